@@ -1,0 +1,22 @@
+"""Equal-weight average of the teachers' softened distributions, the standard ensemble target
+(Hinton et al. 2015, Sec. 2; You et al., "Learning from Multiple Teacher Networks", KDD 2017)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Aggregate, softened
+
+
+class MeanAggregator(nn.Module):
+    description = "equal-weight mean of the teachers' softened probabilities"
+
+    def __init__(self, num_teachers: int):
+        super().__init__()
+        self.num_teachers = num_teachers
+
+    def forward(self, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Aggregate:
+        probs = softened(teacher_logits, temperature)  # [K, B, C]
+        k, b, _ = probs.shape
+        weights = torch.full((b, k), 1.0 / k, dtype=probs.dtype, device=probs.device)
+        return Aggregate(probs.mean(dim=0), weights)

@@ -1,0 +1,78 @@
+"""The Python API: any ``torch.nn.Module`` teachers and student, any data loader.
+
+    import mtkd
+    student = mtkd.distill(student, [teacher_a, teacher_b], train_loader, steps=3000)
+
+Defaults are the CLI's (``mtkd.config.DistillConfig``), so the same settings give the same run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .aggregation import build_aggregator
+from .config import DistillConfig
+from .data import IndexedTensorDataset
+from .errors import ConfigError
+from .recipes import RECIPES
+from .teachers import FrozenTeacher
+from .trainer import MetricsLog, Trainer, unpack_batch
+
+
+def _settings(**kwargs: Any) -> DistillConfig:
+    from .config import _validate
+
+    return _validate(DistillConfig, {k: v for k, v in kwargs.items() if v is not None}, "distill", "distill")
+
+
+def _as_dataset(val_data: Any) -> IndexedTensorDataset | None:
+    if val_data is None or isinstance(val_data, IndexedTensorDataset):
+        return val_data
+    x, y = val_data
+    return IndexedTensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+
+
+def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.Module], train_loader: Iterable,
+            *, recipe: str = "offline", aggregator: str = "mean", teacher_weights: Sequence[float] | None = None,
+            val_data: Any = None, checkpoint: str | Path | None = None, metrics_path: str | Path | None = None,
+            progress: bool = True, **settings: Any) -> nn.Module:
+    """Distill ``teachers`` into ``student`` (trained in place and returned).
+
+    teachers: modules (named teacher0, teacher1, ...) or a name -> module mapping; they are frozen.
+    train_loader: yields ``(x, y)``, ``(x, y, index)`` or dicts; label -1 marks an unlabeled sample.
+    val_data: optional ``(x, y)`` for validation accuracy in the metrics.
+    checkpoint: file for a resumable checkpoint; if it exists, training resumes from it.
+    settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
+    schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
+    """
+    cfg = _settings(recipe=recipe, aggregator=aggregator, **settings)
+    if cfg.recipe not in RECIPES:
+        raise ConfigError(f"recipe {cfg.recipe!r} is unknown; choose one of: {', '.join(RECIPES)}")
+    named = dict(teachers) if isinstance(teachers, Mapping) else {f"teacher{i}": t for i, t in enumerate(teachers)}
+    recipe_cls = RECIPES[cfg.recipe]
+    if recipe_cls.needs_teachers and not named:
+        raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    student.to(device)
+    frozen = [FrozenTeacher(m.to(device), name) for name, m in named.items()]
+    if frozen:
+        x, _, _ = unpack_batch(next(iter(train_loader)))
+        example = x[:1].to(device)
+        with torch.no_grad():
+            num_classes = student(example).shape[-1]
+        for t in frozen:
+            t.check_classes(example, num_classes)
+    agg = build_aggregator(cfg.aggregator, len(frozen), teacher_weights) if frozen else None
+    rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha)
+    Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=_as_dataset(val_data),
+            checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
+    return student
+
+
+def train(model: nn.Module, train_loader: Iterable, **kwargs: Any) -> nn.Module:
+    """Train ``model`` on labels alone (recipe ``scratch``); same keywords as :func:`distill`."""
+    return distill(model, [], train_loader, recipe="scratch", **kwargs)

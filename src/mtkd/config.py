@@ -1,0 +1,281 @@
+"""Config: YAML loaded with ``yaml.safe_load``, ``--set key.path=value`` overrides, and
+validation of every key before any work starts.
+
+Top-level sections: ``seed``, ``data``, ``teachers`` (a list), ``student``, ``distill``,
+``output``. Keys inside a section belong to the component its ``name`` / ``arch`` /
+``recipe`` names; each component is a pydantic model with defaults, so a short config
+works, and unknown keys or wrong types are errors naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+SECTIONS = ("seed", "data", "teachers", "student", "distill", "output")
+
+
+class TrainConfig(BaseModel):
+    """How one network is trained; a teacher's ``train:`` and the ``distill`` section share these keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(3000, gt=0, description="optimizer steps")
+    batch_size: int = Field(100, gt=0)
+    lr: float = Field(1e-2, gt=0, description="peak learning rate")
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up before the schedule")
+    eval_every: int = Field(500, gt=0, description="validation accuracy every N steps")
+    log_every: int = Field(50, gt=0, description="a metrics.jsonl record every N steps")
+    checkpoint_every: int = Field(500, gt=0, description="save the resumable checkpoint every N steps")
+
+
+class DistillConfig(TrainConfig):
+    recipe: str = Field("offline", description="training scheme, see `mtkd list`")
+    aggregator: str = Field("mean", description="how teacher outputs become one target")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the KD loss")
+    alpha: float = Field(0.9, ge=0, le=1, description="loss = (1 - alpha) * CE + alpha * KD")
+    baseline: bool = Field(False, description="also train the student from scratch, for comparison")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dir: Path = Field(Path("runs/mtkd"), description="run directory (the CLI's --out wins)")
+    plots: bool = True
+
+
+@dataclass
+class TeacherSpec:
+    name: str
+    model: BaseModel | None  # built-in arch config, or None when the checkpoint carries it
+    checkpoint: Path | None
+    weight: float
+    train: TrainConfig
+
+
+@dataclass
+class Config:
+    seed: int
+    data: BaseModel
+    teachers: list[TeacherSpec]
+    student: BaseModel
+    distill: DistillConfig
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved config (every default filled in), as plain YAML-able data."""
+        teachers = []
+        for t in self.teachers:
+            entry: dict[str, Any] = {"name": t.name}
+            if t.model is not None:
+                entry.update(t.model.model_dump(mode="json"))
+            if t.checkpoint is not None:
+                entry["checkpoint"] = str(t.checkpoint)
+            entry["weight"] = t.weight
+            entry["train"] = t.train.model_dump(mode="json")
+            teachers.append(entry)
+        return {
+            "seed": self.seed,
+            "data": self.data.model_dump(mode="json"),
+            "teachers": teachers,
+            "student": self.student.model_dump(mode="json"),
+            "distill": self.distill.model_dump(mode="json"),
+            "output": self.output.model_dump(mode="json"),
+        }
+
+
+# ---------------------------------------------------------------- validation helpers
+
+def _choices(table) -> str:
+    return ", ".join(sorted(table))
+
+
+def _validate(schema: type[BaseModel], raw: Any, where: str, what: str) -> BaseModel:
+    """Validate ``raw`` against ``schema``; turn pydantic's error into one line naming the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__} {raw!r}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        path = f"{where}.{key}" if key else where
+        allowed = ", ".join(k for k in schema.model_fields)
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{path}: unknown key for {what}; allowed keys: {allowed}") from None
+        if err["type"] == "missing":
+            raise ConfigError(f"{path}: required key for {what} is missing") from None
+        got = err.get("input")
+        raise ConfigError(f"{path}: {err['msg']} (got {got!r})") from None
+
+
+def _pick(table: dict, raw: dict, key: str, where: str, kind: str, default: str | None = None) -> str:
+    name = raw.get(key, default)
+    if name is None:
+        raise ConfigError(f"{where}.{key}: required; choose a {kind}: {_choices(table)}")
+    if not isinstance(name, str) or name not in table:
+        raise ConfigError(f"{where}.{key}: unknown {kind} {name!r}; choose one of: {_choices(table)}")
+    return name
+
+
+def _model(raw: dict, where: str) -> BaseModel:
+    from .models import MODELS
+
+    arch = _pick(MODELS, raw, "arch", where, "model")
+    return _validate(MODELS[arch].config, raw, where, f"model '{arch}'")
+
+
+TEACHER_KEYS = ("name", "checkpoint", "weight", "train")
+
+
+def _teacher(raw: Any, i: int) -> TeacherSpec:
+    where = f"teachers[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'name' and 'arch' or 'checkpoint', got {raw!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{where}.name: required, a non-empty string without '/' (got {name!r})")
+    model_keys = {k: v for k, v in raw.items() if k not in TEACHER_KEYS}
+    checkpoint = raw.get("checkpoint")
+    if checkpoint is not None:
+        checkpoint = Path(str(checkpoint))
+        if not checkpoint.is_file():
+            raise ConfigError(f"{where}.checkpoint: file not found: {checkpoint}")
+    if "arch" not in model_keys and checkpoint is None:
+        if model_keys:
+            raise ConfigError(f"{where}: keys {sorted(model_keys)} need an 'arch'; allowed teacher keys: "
+                              f"{', '.join(TEACHER_KEYS)}, arch and the model's size keys")
+        raise ConfigError(f"{where}: give 'arch' (a built-in model) or 'checkpoint' (a file)")
+    model = _model(model_keys, where) if "arch" in model_keys else None
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ConfigError(f"{where}.weight: a non-negative number (got {weight!r})")
+    train = _validate(TrainConfig, raw.get("train") or {}, f"{where}.train", "teacher training")
+    return TeacherSpec(name, model, checkpoint, float(weight), train)
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a raw config mapping (as loaded from YAML) into a :class:`Config`."""
+    from .aggregation import AGGREGATORS
+    from .data import DATASETS
+    from .recipes import RECIPES
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"config: unknown section {unknown[0]!r}; allowed sections: {', '.join(SECTIONS)}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed: an integer (got {seed!r})")
+
+    data_raw = raw.get("data") or {}
+    if not isinstance(data_raw, dict):
+        raise ConfigError(f"data: expected a mapping with 'name', got {data_raw!r}")
+    data_name = _pick(DATASETS, data_raw, "name", "data", "data set", default="mnist1d")
+    data = _validate(DATASETS[data_name].config, data_raw, "data", f"data set '{data_name}'")
+
+    teachers_raw = raw.get("teachers") or []
+    if not isinstance(teachers_raw, list):
+        raise ConfigError(f"teachers: expected a list of teachers, got {type(teachers_raw).__name__}")
+    teachers = [_teacher(t, i) for i, t in enumerate(teachers_raw)]
+    names = [t.name for t in teachers]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"teachers: the name {dup!r} is used twice; teacher names must be unique")
+
+    student_raw = raw.get("student") or {"arch": "mlp"}
+    if not isinstance(student_raw, dict):
+        raise ConfigError(f"student: expected a mapping with 'arch', got {student_raw!r}")
+    student = _model(student_raw, "student")
+
+    distill_raw = raw.get("distill") or {}
+    distill = _validate(DistillConfig, distill_raw, "distill", "distill")
+    if distill.recipe not in RECIPES:
+        raise ConfigError(f"distill.recipe: unknown recipe {distill.recipe!r}; choose one of: {_choices(RECIPES)}")
+    if distill.aggregator not in AGGREGATORS:
+        raise ConfigError(f"distill.aggregator: unknown aggregator {distill.aggregator!r}; "
+                          f"choose one of: {_choices(AGGREGATORS)}")
+    if RECIPES[distill.recipe].needs_teachers and not teachers:
+        raise ConfigError(f"teachers: recipe {distill.recipe!r} needs at least one teacher; "
+                          f"add teachers or use distill.recipe: scratch")
+    for t in teachers:
+        if t.model is not None and t.model.num_classes and student.num_classes \
+                and t.model.num_classes != student.num_classes:
+            raise ConfigError(f"teachers: teacher {t.name!r} has {t.model.num_classes} classes "
+                              f"but the student has {student.num_classes}")
+    output = _validate(OutputConfig, raw.get("output") or {}, "output", "output")
+    return Config(seed, data, teachers, student, distill, output)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (YAML) file") from None
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``3`` is an int, ``[1, 2]`` a list).
+
+    List items are addressed by index: ``teachers.0.arch=gru`` or ``teachers[0].arch=gru``.
+    """
+    raw = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping of sections at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. distill.steps=1000")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.replace("[", ".").replace("]", "").split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            here = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {here} is not an item of a list of {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw = load_yaml(path) if path is not None else {}
+    return parse_config(apply_overrides(raw, overrides or []))

@@ -1,0 +1,62 @@
+"""Tables from CSV files with a header row: one label column, every other column a numeric feature."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import MtkdError
+from .base import DataSplits, IndexedTensorDataset, split_off
+
+
+class CsvConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["csv"] = "csv"
+    train: Path = Field(description="CSV file of training rows")
+    test: Path = Field(description="CSV file of test rows")
+    label: str = Field("label", description="name of the label column")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+def _read(path: Path, label: str) -> tuple[list[str], np.ndarray, list[str]]:
+    if not path.is_file():
+        raise MtkdError(f"data: CSV file not found: {path}")
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise MtkdError(f"data: {path} is empty")
+    header, body = rows[0], rows[1:]
+    if label not in header:
+        raise MtkdError(f"data.label: column {label!r} not in {path}; columns are {header}")
+    col = header.index(label)
+    features = [h for i, h in enumerate(header) if i != col]
+    try:
+        x = np.array([[float(v) for i, v in enumerate(r) if i != col] for r in body], dtype=np.float32)
+    except ValueError as exc:
+        raise MtkdError(f"data: {path} has a non-numeric feature value ({exc})") from exc
+    return features, x, [r[col] for r in body]
+
+
+def load(cfg: CsvConfig) -> DataSplits:
+    feats_tr, x_tr, lab_tr = _read(cfg.train, cfg.label)
+    feats_te, x_te, lab_te = _read(cfg.test, cfg.label)
+    if feats_tr != feats_te:
+        raise MtkdError(f"data: train and test CSV columns differ: {feats_tr} vs {feats_te}")
+    # integer labels keep their value; anything else is mapped in sorted order
+    names = sorted(set(lab_tr), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    lookup = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(lab_te) - set(lookup))
+    if unknown:
+        raise MtkdError(f"data: test labels {unknown[:5]} never occur in the training CSV")
+    y_tr = torch.tensor([lookup[v] for v in lab_tr])
+    y_te = torch.tensor([lookup[v] for v in lab_te])
+    train = IndexedTensorDataset(torch.from_numpy(x_tr), y_tr)
+    test = IndexedTensorDataset(torch.from_numpy(x_te), y_te)
+    train, val = split_off(train, cfg.val_fraction, cfg.seed)
+    return DataSplits("csv", train, test, val, None, num_classes=len(names), input_shape=(x_tr.shape[1],),
+                      class_names=names)

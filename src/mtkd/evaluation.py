@@ -1,0 +1,52 @@
+"""Test-split evaluation: accuracy, parameter count and inference time per 1,000 examples."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .data import IndexedTensorDataset
+from .models import count_params
+from .trainer import predict_logits
+
+
+def ensemble_probs(models: Sequence[nn.Module], x: torch.Tensor, device="cpu") -> torch.Tensor:
+    """Mean of the models' softmax probabilities (T = 1): [N, C]."""
+    return torch.stack([torch.softmax(predict_logits(m, x, device), dim=-1) for m in models]).mean(0)
+
+
+@torch.no_grad()
+def ms_per_1000(models: Sequence[nn.Module], x: torch.Tensor, device="cpu", repeats: int = 5) -> float:
+    """Median wall time, in milliseconds, to predict 1,000 examples (one batch of up to 1,000,
+    scaled), all ``models`` in turn as an ensemble would. One warm-up pass first."""
+    batch = x[:1000].to(device)
+    for m in models:
+        m.eval()
+
+    def once() -> float:
+        start = time.perf_counter()
+        for m in models:
+            m(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    once()
+    seconds = statistics.median(once() for _ in range(repeats))
+    return seconds * 1000.0 * 1000.0 / len(batch)
+
+
+def describe(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cpu") -> dict:
+    """{"params", "accuracy", "ms_per_1000"} of one model, or of an ensemble of several."""
+    if len(models) == 1:
+        pred = predict_logits(models[0], data.x, device).argmax(1)
+    else:
+        pred = ensemble_probs(models, data.x, device).argmax(1)
+    return {
+        "params": sum(count_params(m) for m in models),
+        "accuracy": round(float((pred == data.y).float().mean()), 4),
+        "ms_per_1000": round(ms_per_1000(models, data.x, device), 3),
+    }

@@ -1,0 +1,52 @@
+"""Atomic file writes: a reader (or a resumed run) never sees half a file.
+
+Every file is written to a temporary sibling, flushed, fsynced and renamed over
+the target; ``os.replace`` is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+
+def _atomic(path: str | Path, write: Callable[[Any], None], mode: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    _atomic(path, lambda h: h.write(text), "w")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_yaml(path: str | Path, obj: Any) -> None:
+    write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    _atomic(path, lambda h: torch.save(obj, h), "wb")
+
+
+def load_torch(path: str | Path) -> Any:
+    """Load a checkpoint written by mtkd; ``weights_only`` so a file cannot run code."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,38 @@
+"""The built-in model zoo: arch name -> (config schema, builder, one-line description)."""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from pydantic import BaseModel
+from torch import nn
+
+from . import cnn1d, cnn2d, gru, linear, mlp, transformer
+
+
+class ModelEntry(NamedTuple):
+    config: type[BaseModel]
+    build: Callable[..., nn.Module]
+    description: str
+
+
+MODELS: dict[str, ModelEntry] = {
+    "linear": ModelEntry(linear.LinearConfig, linear.build, "logistic regression on the flattened input"),
+    "mlp": ModelEntry(mlp.MlpConfig, mlp.build, "multi-layer perceptron (hidden: [100, 100])"),
+    "cnn1d": ModelEntry(cnn1d.Cnn1dConfig, cnn1d.build, "1-D CNN of stride-2 convolutions (channels: 25, layers: 3)"),
+    "gru": ModelEntry(gru.GruConfig, gru.build, "GRU over the sequence, head on the last state (hidden: 64)"),
+    "transformer": ModelEntry(transformer.TransformerConfig, transformer.build,
+                              "small pre-norm transformer over signal patches (dim: 32, layers: 2)"),
+    "cnn2d": ModelEntry(cnn2d.Cnn2dConfig, cnn2d.build, "small 2-D CNN for images (channels: [16, 32])"),
+}
+
+
+def build_model(cfg: BaseModel, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build a model from its validated config; ``cfg.num_classes`` overrides the data's."""
+    return MODELS[cfg.arch].build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["MODELS", "build_model", "count_params"]

@@ -1,0 +1,64 @@
+"""Model files: weights plus the built-in arch config that rebuilds the network.
+
+A file is a dict ``{"format", "arch", "input_shape", "num_classes", "state_dict"}`` of
+plain types and tensors, loaded with ``weights_only=True`` so opening it cannot run code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from ..errors import MtkdError
+from ..io import load_torch, save_torch
+
+MODEL_FORMAT = "mtkd.model/1"
+
+
+def save_model_file(path: str | Path, model: nn.Module, arch: BaseModel, input_shape, num_classes: int) -> None:
+    save_torch(path, {
+        "format": MODEL_FORMAT,
+        "arch": arch.model_dump(mode="json"),
+        "input_shape": list(input_shape),
+        "num_classes": int(num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    })
+
+
+def read_model_file(path: str | Path) -> dict:
+    """The file's contents, checked to be an mtkd model file."""
+    try:
+        blob = load_torch(path)
+    except FileNotFoundError:
+        raise MtkdError(f"model file not found: {path}") from None
+    except Exception as exc:
+        raise MtkdError(f"{path} is not a readable mtkd model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise MtkdError(f"{path} is not an mtkd model file (format {MODEL_FORMAT}); "
+                        "save models with mtkd.save_model_file or let `mtkd run` train them")
+    return blob
+
+
+def arch_config(blob: dict, where: str) -> BaseModel:
+    from . import MODELS
+
+    arch = blob["arch"].get("arch")
+    if arch not in MODELS:
+        raise MtkdError(f"{where}: the file's arch {arch!r} is not a built-in model ({', '.join(MODELS)})")
+    try:
+        return MODELS[arch].config.model_validate(blob["arch"])
+    except ValidationError as exc:
+        raise MtkdError(f"{where}: the file's arch config is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def load_model_file(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the network stored in ``path``; returns (model, file contents without weights)."""
+    from . import build_model
+
+    blob = read_model_file(path)
+    cfg = arch_config(blob, str(path))
+    model = build_model(cfg, tuple(blob["input_shape"]), blob["num_classes"])
+    model.load_state_dict(blob["state_dict"])
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return model, meta

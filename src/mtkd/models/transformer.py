@@ -1,0 +1,58 @@
+"""Small pre-norm transformer encoder for sequences: non-overlapping patches of the
+signal become tokens, learned position embeddings, mean pooling, linear head."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..errors import ConfigError
+from .common import ModelConfig, as_sequence
+
+
+class TransformerConfig(ModelConfig):
+    arch: Literal["transformer"] = "transformer"
+    patch: int = Field(4, ge=1, description="positions per token")
+    dim: int = Field(32, ge=1)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1)
+    mlp_ratio: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class Transformer(nn.Module):
+    def __init__(self, in_channels: int, length: int, cfg: TransformerConfig, num_classes: int):
+        super().__init__()
+        if length % cfg.patch:
+            raise ConfigError(f"transformer patch ({cfg.patch}) must divide the input length ({length})")
+        self.patch = cfg.patch
+        self.embed = nn.Linear(in_channels * cfg.patch, cfg.dim)
+        self.pos = nn.Parameter(torch.zeros(1, length // cfg.patch, cfg.dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.dim * cfg.mlp_ratio, cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)  # [B, 1, L]
+        b, c, length = x.shape
+        # [B, C, L] -> [B, L/p, p*C]: each token is one patch of every channel
+        tokens = x.transpose(1, 2).reshape(b, length // self.patch, self.patch * c)
+        h = self.encoder(self.embed(tokens) + self.pos)  # [B, T, dim]
+        return self.head(self.norm(h.mean(dim=1)))
+
+
+def build(cfg: TransformerConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    c, length = as_sequence(input_shape, "transformer")
+    return Transformer(c, length, cfg, num_classes)

@@ -1,0 +1,237 @@
+"""The whole pipeline a config describes: data -> teachers (trained or loaded) -> distillation
+(and the from-scratch baseline) -> test evaluation -> summary.json, report.md.
+
+Every stage writes its result atomically and is skipped when its result exists, and every
+training stage resumes from its own checkpoint, so running the same command again with
+the same run directory continues an interrupted run and does nothing for a finished one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .aggregation import build_aggregator
+from .config import Config, TeacherSpec
+from .data import BatchLoader, DataSplits, load_data
+from .errors import ConfigError, MtkdError
+from .evaluation import describe
+from .io import write_json, write_yaml
+from .models import build_model
+from .models.files import arch_config, load_model_file, read_model_file, save_model_file
+from .recipes import RECIPES, ScratchRecipe
+from .seeding import seed_everything
+from .teachers import FrozenTeacher
+from .trainer import MetricsLog, Trainer
+
+
+@dataclass
+class TeacherPlan:
+    spec: TeacherSpec
+    arch: object  # the model config (from the YAML, or read from the checkpoint)
+    num_classes: int
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    data: DataSplits
+    num_classes: int
+    teachers: list[TeacherPlan]
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("distill.device: 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Everything that can be checked before a run directory is created or any training starts."""
+    data = load_data(cfg.data)
+    num_classes = cfg.student.num_classes or data.num_classes
+    if num_classes != data.num_classes:
+        raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
+    build_model(cfg.student, data.input_shape, num_classes)  # shape errors surface now
+    plans = []
+    for i, spec in enumerate(cfg.teachers):
+        where = f"teachers[{i}] ({spec.name})"
+        if spec.checkpoint is not None:
+            blob = read_model_file(spec.checkpoint)
+            arch = arch_config(blob, where)
+            if spec.model is not None and spec.model.model_dump() != arch.model_dump():
+                raise ConfigError(f"{where}: arch keys {spec.model.model_dump()} differ from the checkpoint's "
+                                  f"{arch.model_dump()}; drop them or make them match")
+            if tuple(blob["input_shape"]) != tuple(data.input_shape):
+                raise ConfigError(f"{where}: checkpoint expects inputs {blob['input_shape']}, "
+                                  f"the data has {list(data.input_shape)}")
+            classes = blob["num_classes"]
+        else:
+            arch = spec.model
+            classes = arch.num_classes or data.num_classes
+            build_model(arch, data.input_shape, classes)
+        if classes != num_classes:
+            raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
+        plans.append(TeacherPlan(spec, arch, classes))
+    return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device))
+
+
+# ---------------------------------------------------------------- run directory
+
+def _comparable(cfg_dict: dict) -> dict:
+    """The parts of a resolved config that change results (not where output goes)."""
+    out = dict(cfg_dict)
+    out.pop("output", None)
+    return out
+
+
+def open_run_dir(out: Path, cfg_dict: dict, restart: bool) -> str:
+    """Create or reopen ``out``; returns "new", "resume" or "done"."""
+    if out.exists() and not out.is_dir():
+        raise MtkdError(f"--out {out} is a file, not a directory")
+    is_run = (out / "config.yaml").is_file()
+    if out.exists() and any(out.iterdir()) and not is_run:
+        raise MtkdError(f"--out {out} exists and is not an mtkd run directory; choose another --out")
+    if restart and out.exists():
+        shutil.rmtree(out)
+        is_run = False
+    if is_run:
+        import yaml
+
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        if _comparable(saved) != _comparable(cfg_dict):
+            changed = sorted(k for k in set(saved) | set(cfg_dict)
+                             if k != "output" and saved.get(k) != cfg_dict.get(k))
+            raise MtkdError(f"{out} holds a run with a different config (sections {changed} differ); "
+                            "use --restart to start over or another --out")
+        return "done" if (out / "summary.json").is_file() else "resume"
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", cfg_dict)
+    return "new"
+
+
+def fingerprint(*parts) -> str:
+    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- stages
+
+class Run:
+    def __init__(self, prep: Prepared, out: Path, progress: bool = True, log: Callable[[str], None] = print):
+        self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
+        self.out, self.progress, self.log = out, progress, log
+        self.metrics = MetricsLog(out / "metrics.jsonl")
+        self.state_path = out / "stages.json"
+        self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def _record(self, stage: str, trainer: Trainer, batch_size: int) -> None:
+        self.stages[stage] = {"seconds": round(trainer.elapsed, 3), "steps": trainer.step,
+                              "examples_per_second": round(trainer.step * batch_size / max(trainer.elapsed, 1e-9), 1)}
+        write_json(self.state_path, self.stages)
+
+    def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None):
+        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
+        trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
+                          checkpoint=self.out / "checkpoints" / ckpt,
+                          best_path=self.out / best if best else None, metrics=self.metrics,
+                          device=self.prep.device, progress=self.progress,
+                          fingerprint=fingerprint(self.cfg.to_dict(), stage))
+        trainer.fit()
+        self._record(stage, trainer, settings.batch_size)
+        return trainer
+
+    def teacher(self, i: int, plan: TeacherPlan) -> nn.Module:
+        spec = plan.spec
+        if spec.checkpoint is not None:
+            return load_model_file(spec.checkpoint)[0]
+        path = self.out / "teachers" / f"{spec.name}.pt"
+        if path.exists():
+            return load_model_file(path)[0]
+        self.log(f"training teacher {spec.name} ({plan.arch.arch}, {spec.train.steps} steps)")
+        seed = self.cfg.seed + 1 + i
+        seed_everything(seed)
+        model = build_model(plan.arch, self.data.input_shape, plan.num_classes)
+        self._train(f"teacher/{spec.name}", ScratchRecipe(model), self.data.train, spec.train, seed,
+                    f"teacher-{spec.name}.pt", None)
+        save_model_file(path, model, plan.arch, self.data.input_shape, plan.num_classes)
+        (self.out / "checkpoints" / f"teacher-{spec.name}.pt").unlink(missing_ok=True)
+        return model
+
+    def student(self, recipe_name: str, teachers: list[nn.Module]) -> nn.Module:
+        """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student."""
+        cfg, d = self.cfg, self.cfg.distill
+        file_name = "student_scratch.pt" if recipe_name == "scratch" and d.recipe != "scratch" else "student.pt"
+        path = self.out / file_name
+        if path.exists():
+            return load_model_file(path)[0]
+        self.log(f"training student ({cfg.student.arch}) with recipe '{recipe_name}', {d.steps} steps")
+        seed_everything(cfg.seed)
+        student = build_model(cfg.student, self.data.input_shape, self.prep.num_classes)
+        recipe_cls = RECIPES[recipe_name]
+        frozen = []
+        for plan, model in zip(self.prep.teachers, teachers):
+            t = FrozenTeacher(model.to(self.prep.device), plan.spec.name)
+            t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
+            frozen.append(t)
+        aggregator = build_aggregator(d.aggregator, len(frozen), [p.spec.weight for p in self.prep.teachers])
+        recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha)
+        dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
+        stem = file_name.removesuffix(".pt")
+        self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
+                    f"{stem}.pt", f"{stem}_best.pt")
+        save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)
+        (self.out / "checkpoints" / f"{stem}.pt").unlink(missing_ok=True)
+        return student
+
+
+def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
+    """Run (or resume, or skip if finished) the pipeline ``cfg`` describes in run directory ``out``.
+
+    Returns the summary (the contents of ``summary.json``).
+    """
+    from .report import build_summary, write_report
+
+    out = Path(out)
+    if cfg.distill.threads:
+        torch.set_num_threads(cfg.distill.threads)
+    prep = prepare(cfg)  # raises before anything is written
+    cfg_dict = cfg.to_dict()
+    cfg_dict["output"]["dir"] = str(out)
+    status = open_run_dir(out, cfg_dict, restart)
+    if status == "done":
+        log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
+        return json.loads((out / "summary.json").read_text())
+    if status == "resume":
+        log(f"resuming the run in {out}")
+    run = Run(prep, out, progress, log)
+    d = cfg.distill
+    teachers = [run.teacher(i, plan) for i, plan in enumerate(prep.teachers)] if RECIPES[d.recipe].needs_teachers else []
+    scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
+    student = run.student(d.recipe, teachers)
+
+    device = prep.device
+    results = {
+        "teachers": [{"name": p.spec.name, "arch": p.arch.arch, **describe([m], prep.data.test, device)}
+                     for p, m in zip(prep.teachers, teachers)],
+        "ensemble": describe(teachers, prep.data.test, device) if len(teachers) > 1 else None,
+        "student": {"arch": cfg.student.arch, **describe([student], prep.data.test, device)},
+        "scratch": {"arch": cfg.student.arch, **describe([scratch], prep.data.test, device)} if scratch else None,
+    }
+    if len(teachers) == 1:
+        results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}
+    summary = build_summary(cfg, prep.data, results, run.stages)
+    write_report(out, summary, run.metrics.read(), plots=cfg.output.plots)
+    write_json(out / "summary.json", summary)  # last: its presence marks the run finished
+    return summary

@@ -1,0 +1,13 @@
+"""Recipes: one file per training scheme. A recipe is an ``nn.Module`` holding what it trains;
+``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
+from __future__ import annotations
+
+from .offline import OfflineRecipe
+from .scratch import ScratchRecipe
+
+RECIPES = {
+    "scratch": ScratchRecipe,
+    "offline": OfflineRecipe,
+}
+
+__all__ = ["RECIPES", "OfflineRecipe", "ScratchRecipe"]

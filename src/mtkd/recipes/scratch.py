@@ -1,0 +1,22 @@
+"""Train the student on the labels alone (cross-entropy, no teacher): the baseline every
+distillation method has to beat."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..losses import ce_loss
+
+
+class ScratchRecipe(nn.Module):
+    description = "no teacher: cross-entropy on the labels (the baseline)"
+    needs_teachers = False
+    uses_unlabeled = False  # unlabeled samples carry no signal without a teacher
+
+    def __init__(self, student: nn.Module, teachers=(), aggregator: nn.Module | None = None, **_):
+        super().__init__()
+        self.student = student
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        ce = ce_loss(self.student(x), y)  # x: [B, ...], y: [B]
+        return {"loss": ce, "ce": ce}

@@ -1,0 +1,3 @@
+from .frozen import FrozenTeacher
+
+__all__ = ["FrozenTeacher"]

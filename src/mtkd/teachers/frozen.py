@@ -1,0 +1,58 @@
+"""A frozen teacher: any ``nn.Module`` in eval mode, without gradients, invisible to optimizers.
+
+As in timm's ``DistillationTeacher``, the wrapper owns the model but does not register it
+as a submodule, so ``student_or_recipe.parameters()`` never yields teacher weights and an
+optimizer can never step them. Every output is checked: shape [B, num_classes] and finite,
+with the teacher's name and the offending sample indices in the error.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import TeacherError
+
+
+class FrozenTeacher:
+    def __init__(self, model: nn.Module, name: str, num_classes: int | None = None):
+        model.eval()
+        model.requires_grad_(False)
+        self._model = model  # deliberately a plain attribute, not a registered submodule
+        self.name = name
+        self.num_classes = num_classes
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    def to(self, device) -> "FrozenTeacher":
+        self._model.to(device)
+        return self
+
+    def check_classes(self, example: torch.Tensor, num_classes: int) -> None:
+        """Run one example through the teacher; raise if its class count differs from the student's."""
+        out = self(example[:1], indices=None, check=False)
+        if out.dim() != 2 or out.shape[1] != num_classes:
+            raise TeacherError(f"teacher '{self.name}' outputs shape {list(out.shape)} per batch of 1, "
+                               f"but the student has {num_classes} classes")
+        self.num_classes = num_classes
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+        """Logits [B, C] for inputs x [B, ...]; ``indices`` [B] name the samples in errors."""
+        self._model.eval()  # in case someone switched it back to train mode
+        out = self._model(x)
+        if check:
+            self.validate(out, len(x), indices)
+        return out
+
+    def validate(self, out: torch.Tensor, batch: int, indices: torch.Tensor | None) -> None:
+        if out.dim() != 2 or out.shape[0] != batch or (self.num_classes and out.shape[1] != self.num_classes):
+            raise TeacherError(f"teacher '{self.name}' returned shape {list(out.shape)}, "
+                               f"expected [{batch}, {self.num_classes}]")
+        bad = ~torch.isfinite(out).all(dim=1)
+        if bad.any():
+            rows = bad.nonzero().flatten()
+            ids = (indices[rows] if indices is not None else rows).tolist()
+            raise TeacherError(f"teacher '{self.name}' returned NaN or infinite logits for "
+                               f"{len(ids)} sample(s), indices {ids[:10]}{' ...' if len(ids) > 10 else ''}")

@@ -1,0 +1,53 @@
+import pytest
+import torch
+from torch import nn
+
+from mtkd.errors import TeacherError
+from mtkd.recipes import OfflineRecipe
+from mtkd.aggregation import build_aggregator
+from mtkd.teachers import FrozenTeacher
+
+
+def test_frozen_teacher_is_invisible_to_optimizers_and_stays_in_eval():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    teacher = FrozenTeacher(model, "t")
+    student = nn.Linear(4, 3)
+    recipe = OfflineRecipe(student, [teacher], build_aggregator("mean", 1))
+    names = [n for n, _ in recipe.named_parameters()]
+    assert names == ["student.weight", "student.bias"]
+    assert all(not p.requires_grad for p in model.parameters())
+    recipe.train()
+    x = torch.randn(5, 4)
+    out = teacher(x)
+    assert not out.requires_grad
+    assert not model.training
+    assert torch.equal(out, teacher(x))  # dropout is off: eval mode
+
+
+def test_teacher_with_other_class_count_is_rejected():
+    teacher = FrozenTeacher(nn.Linear(4, 5), "wide")
+    with pytest.raises(TeacherError, match="'wide'.*3 classes"):
+        teacher.check_classes(torch.randn(1, 4), 3)
+
+
+class NanAt(nn.Module):
+    def __init__(self, row):
+        super().__init__()
+        self.row = row
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 3)
+        out[self.row] = float("nan")
+        return out
+
+
+def test_nan_output_is_reported_with_teacher_name_and_sample_index():
+    teacher = FrozenTeacher(NanAt(1), "broken", num_classes=3)
+    with pytest.raises(TeacherError, match=r"'broken'.*NaN.*\[42\]"):
+        teacher(torch.randn(3, 4), indices=torch.tensor([41, 42, 43]))
+
+
+def test_wrong_batch_shape_is_reported():
+    teacher = FrozenTeacher(nn.Linear(4, 3), "t", num_classes=3)
+    with pytest.raises(TeacherError, match="shape"):
+        teacher.validate(torch.zeros(2, 3), 3, None)
