@@ -25,7 +25,7 @@ from .errors import ConfigError, MtkdError
 from .evaluation import describe
 from .io import write_json, write_yaml
 from .models import build_model
-from .models.files import arch_config, load_model_file, read_model_file, save_model_file
+from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
@@ -37,6 +37,7 @@ class TeacherPlan:
     spec: TeacherSpec
     arch: object  # the model config (from the YAML, or read from the checkpoint)
     num_classes: int
+    model: nn.Module | None = None  # loaded from the checkpoint; None until trained
 
 
 @dataclass
@@ -66,8 +67,9 @@ def prepare(cfg: Config) -> Prepared:
     plans = []
     for i, spec in enumerate(cfg.teachers):
         where = f"teachers[{i}] ({spec.name})"
+        model = None
         if spec.checkpoint is not None:
-            blob = read_model_file(spec.checkpoint)
+            model, blob = load_model_file(spec.checkpoint)
             arch = arch_config(blob, where)
             if spec.model is not None and spec.model.model_dump() != arch.model_dump():
                 raise ConfigError(f"{where}: arch keys {spec.model.model_dump()} differ from the checkpoint's "
@@ -82,7 +84,9 @@ def prepare(cfg: Config) -> Prepared:
             build_model(arch, data.input_shape, classes)
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
-        plans.append(TeacherPlan(spec, arch, classes))
+        if model is not None:  # a stored teacher must give finite outputs before any run starts
+            FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
+        plans.append(TeacherPlan(spec, arch, classes, model))
     return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device))
 
 
@@ -153,8 +157,8 @@ class Run:
 
     def teacher(self, i: int, plan: TeacherPlan) -> nn.Module:
         spec = plan.spec
-        if spec.checkpoint is not None:
-            return load_model_file(spec.checkpoint)[0]
+        if plan.model is not None:
+            return plan.model
         path = self.out / "teachers" / f"{spec.name}.pt"
         if path.exists():
             return load_model_file(path)[0]

@@ -233,7 +233,7 @@ class Trainer:
                 if not torch.isfinite(loss):
                     terms = {k: round(float(v.detach()), 6) for k, v in losses.items()}
                     last = self.checkpoint if self.checkpoint and self.checkpoint.exists() else "none written yet"
-                    raise TrainingDiverged(f"{self.stage}: loss became {float(loss)} at step {self.step + 1} "
+                    raise TrainingDiverged(f"{self.stage}: loss became {float(loss.detach())} at step {self.step + 1} "
                                            f"(terms {terms}); last good checkpoint: {last}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
