@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from .api import distill, train  # noqa: E402
 from .config import load_config, parse_config  # noqa: E402
-from .data import BatchLoader, IndexedTensorDataset, load_data  # noqa: E402
+from .data import BatchLoader, DataSplits, IndexedTensorDataset, load_data, load_dataset  # noqa: E402
 from .errors import ConfigError, MtkdError, TeacherError  # noqa: E402
 from .evaluation import describe, ensemble_probs  # noqa: E402
 from .models import build_model, count_params  # noqa: E402
@@ -19,7 +19,7 @@ from .teachers import FrozenTeacher  # noqa: E402
 from .trainer import accuracy, predict_logits  # noqa: E402
 
 __all__ = [
-    "BatchLoader", "ConfigError", "FrozenTeacher", "IndexedTensorDataset", "MtkdError", "TeacherError",
+    "BatchLoader", "ConfigError", "DataSplits", "FrozenTeacher", "IndexedTensorDataset", "MtkdError", "TeacherError",
     "accuracy", "build_model", "count_params", "describe", "distill", "ensemble_probs", "load_config",
-    "load_data", "load_model_file", "parse_config", "predict_logits", "run_pipeline", "save_model_file", "train",
+    "load_data", "load_dataset", "load_model_file", "parse_config", "predict_logits", "run_pipeline", "save_model_file", "train",
 ]

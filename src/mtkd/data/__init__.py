@@ -28,4 +28,15 @@ def load_data(cfg: BaseModel) -> DataSplits:
     return DATASETS[cfg.name].load(cfg)
 
 
-__all__ = ["DATASETS", "UNLABELED", "BatchLoader", "DataSplits", "IndexedTensorDataset", "load_data"]
+def load_dataset(name: str, **options) -> DataSplits:
+    """Load a built-in data set by name with the options its config section takes::
+
+        data = load_dataset("mnist1d", num_samples=5000, unlabeled=20000)
+    """
+    from ..config import _pick, _validate
+
+    _pick(DATASETS, {"name": name}, "name", "data", "data set")
+    return load_data(_validate(DATASETS[name].config, {"name": name, **options}, "data", f"data set '{name}'"))
+
+
+__all__ = ["DATASETS", "UNLABELED", "BatchLoader", "DataSplits", "IndexedTensorDataset", "load_data", "load_dataset"]

@@ -26,8 +26,17 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
-def build_model(cfg: BaseModel, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build a model from its validated config; ``cfg.num_classes`` overrides the data's."""
+def build_model(cfg: BaseModel | str, input_shape: tuple[int, ...], num_classes: int, **size) -> nn.Module:
+    """Build a built-in model from its config, or from its arch name and size keys::
+
+        build_model("cnn1d", (40,), 10, channels=8)
+
+    ``num_classes`` in the config overrides the data's.
+    """
+    if isinstance(cfg, str):
+        from ..config import _model
+
+        cfg = _model({"arch": cfg, **size}, "model")
     return MODELS[cfg.arch].build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
 
 
