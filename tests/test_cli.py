@@ -187,3 +187,26 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, tiny_raw_config):
     steps = [json.loads(l)["step"] for l in (killed / "metrics.jsonl").read_text().splitlines()
              if '"distill"' in l and '"loss"' in l]
     assert steps == sorted(set(steps))  # the resumed run logged no step twice
+
+
+def test_ctrl_c_then_resume_with_another_output_dir_setting(tmp_path, capsys, monkeypatch, tiny_raw_config):
+    """Ctrl-C during distillation exits 130 with a hint; the same --out resumes even if output.dir differs."""
+    from mtkd.recipes import OfflineRecipe
+
+    original, calls = OfflineRecipe.step, {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(OfflineRecipe, "step", interrupted)
+    cfg, out = _write(tmp_path, tiny_raw_config), tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert (out / "checkpoints" / "student.pt").exists() and not (out / "summary.json").exists()
+    monkeypatch.setattr(OfflineRecipe, "step", original)
+    assert main(["run", str(cfg), "--out", str(out), "--set", "output.dir=elsewhere", "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["timing"]["steps"] == 40

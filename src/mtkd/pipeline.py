@@ -150,7 +150,7 @@ class Run:
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
-                          fingerprint=fingerprint(self.cfg.to_dict(), stage))
+                          fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage))
         trainer.fit()
         self._record(stage, trainer, settings.batch_size)
         return trainer
