@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mtkd.aggregation import AGGREGATORS, build_aggregator
+from mtkd.aggregation import AGGREGATORS, AggregatorContext, build_aggregator
 from mtkd.errors import ConfigError
 
 LN3 = math.log(3.0)
@@ -12,12 +12,16 @@ LOGITS = torch.tensor([[[LN3, 0.0]], [[0.0, LN3]]])
 LABELS = torch.tensor([0])
 
 
+def ctx(k, weights=None):
+    return AggregatorContext(teachers=[None] * k, num_classes=2, teacher_weights=weights)
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_every_aggregator_returns_distributions_and_weights(name):
     torch.manual_seed(0)
     k, b, c = 3, 5, 4
-    agg = build_aggregator(name, k)
-    target, weights = agg(torch.randn(k, b, c), torch.randint(0, c, (b,)), 2.0)
+    agg = build_aggregator(name, ctx(k))
+    target, weights, _ = agg(torch.randn(k, b, c), torch.randint(0, c, (b,)), 2.0)
     assert target.shape == (b, c) and weights.shape == (b, k)
     assert torch.allclose(target.sum(1), torch.ones(b), atol=1e-6)
     assert torch.allclose(weights.sum(1), torch.ones(b), atol=1e-6)
@@ -26,20 +30,20 @@ def test_every_aggregator_returns_distributions_and_weights(name):
 
 
 def test_mean_averages_probabilities():
-    target, weights = build_aggregator("mean", 2)(LOGITS, LABELS, 1.0)
+    target, weights, _ = build_aggregator("mean", ctx(2))(LOGITS, LABELS, 1.0)
     assert torch.allclose(target, torch.tensor([[0.5, 0.5]]))
     assert torch.allclose(weights, torch.tensor([[0.5, 0.5]]))
 
 
 def test_mean_softens_at_temperature():
-    target, _ = build_aggregator("mean", 1)(LOGITS[:1], LABELS, 2.0)
+    target, _, _ = build_aggregator("mean", ctx(1))(LOGITS[:1], LABELS, 2.0)
     # softmax([ln3 / 2, 0]) = [sqrt3, 1] / (sqrt3 + 1)
     s3 = math.sqrt(3.0)
     assert torch.allclose(target, torch.tensor([[s3 / (s3 + 1), 1 / (s3 + 1)]]))
 
 
 def test_weighted_uses_normalized_fixed_weights():
-    target, weights = build_aggregator("weighted", 2, [3.0, 1.0])(LOGITS, LABELS, 1.0)
+    target, weights, _ = build_aggregator("weighted", ctx(2, [3.0, 1.0]))(LOGITS, LABELS, 1.0)
     # 0.75 * [0.75, 0.25] + 0.25 * [0.25, 0.75] = [0.625, 0.375]
     assert torch.allclose(target, torch.tensor([[0.625, 0.375]]))
     assert torch.allclose(weights, torch.tensor([[0.75, 0.25]]))
@@ -48,4 +52,4 @@ def test_weighted_uses_normalized_fixed_weights():
 @pytest.mark.parametrize("bad", [[1.0], [-1.0, 2.0], [0.0, 0.0]])
 def test_weighted_rejects_bad_weights(bad):
     with pytest.raises(ConfigError):
-        build_aggregator("weighted", 2, bad)
+        build_aggregator("weighted", ctx(2, bad))

@@ -33,7 +33,7 @@ def test_distill_any_modules_with_a_torch_dataloader():
 def test_api_defaults_are_the_cli_defaults():
     from mtkd.config import DistillConfig
 
-    cfg = mtkd.api._settings()
+    cfg, aggregator_options, recipe_options = mtkd.api._settings()
     assert cfg == DistillConfig()
 
 
@@ -41,7 +41,7 @@ def test_api_validates_settings_and_teachers():
     loader, _ = _loader()
     with pytest.raises(mtkd.ConfigError, match="distill.temperature"):
         mtkd.distill(nn.Linear(8, 2), [nn.Linear(8, 2)], loader, temperature=-1, progress=False)
-    with pytest.raises(mtkd.ConfigError, match="distill.stepz: unknown key"):
+    with pytest.raises(mtkd.ConfigError, match="distill.stepz: unknown key for distill"):
         mtkd.distill(nn.Linear(8, 2), [nn.Linear(8, 2)], loader, stepz=3, progress=False)
     with pytest.raises(TeacherError, match="'teacher0'.*2 classes"):
         mtkd.distill(nn.Linear(8, 2), [nn.Linear(8, 5)], loader, steps=2, progress=False)

@@ -45,7 +45,7 @@ def _fails_cleanly(capsys, argv, message, out_dir):
     ("teachers.0.train.steps=-5", "teachers[0].train.steps: Input should be greater than 0"),
     ("teachers.1.num_classes=3", "teachers[1] (mlp): the teacher has 3 classes but the student has 10"),
     ("teachers.0.checkpoint=/no/such/teacher.pt", "teachers[0].checkpoint: file not found: /no/such/teacher.pt"),
-    ("distill.stepz=3", "distill.stepz: unknown key for distill; allowed keys:"),
+    ("distill.stepz=3", "distill.stepz: unknown key for distill (recipe 'offline', aggregator 'mean'); allowed keys: steps"),
 ])
 def test_config_errors_exit_2_with_one_line_and_no_run_dir(tmp_path, capsys, tiny_raw_config, override, message):
     cfg = _write(tmp_path, tiny_raw_config)

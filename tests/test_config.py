@@ -60,7 +60,7 @@ def test_overrides_set_nested_values_and_list_items():
     ({"distill": {"batch_size": 0}}, r"distill.batch_size: Input should be greater than 0"),
     ({"distill": {"steps": -3}}, r"distill.steps: Input should be greater than 0"),
     ({"distill": {"steps": "many"}}, r"distill.steps: Input should be a valid integer"),
-    ({"distill": {"temprature": 2}}, r"distill.temprature: unknown key for distill; allowed keys: steps"),
+    ({"distill": {"temprature": 2}}, r"distill.temprature: unknown key for distill \(recipe 'offline', aggregator 'mean'\); allowed keys: steps"),
     ({"student": {"arch": "mlp", "channels": 3}}, r"student.channels: unknown key for model 'mlp'; allowed keys: num_classes, arch, hidden"),
     ({"teachers": [{"name": "t", "arch": "cnn1d", "train": {"steps": 0}}]}, r"teachers\[0\].train.steps: Input should be greater than 0"),
     ({"teachers": [{"arch": "cnn1d"}]}, r"teachers\[0\].name: required"),

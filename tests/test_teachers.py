@@ -4,7 +4,7 @@ from torch import nn
 
 from mtkd.errors import TeacherError
 from mtkd.recipes import OfflineRecipe
-from mtkd.aggregation import build_aggregator
+from mtkd.aggregation import AggregatorContext, build_aggregator
 from mtkd.teachers import FrozenTeacher
 
 
@@ -12,7 +12,7 @@ def test_frozen_teacher_is_invisible_to_optimizers_and_stays_in_eval():
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
     teacher = FrozenTeacher(model, "t")
     student = nn.Linear(4, 3)
-    recipe = OfflineRecipe(student, [teacher], build_aggregator("mean", 1))
+    recipe = OfflineRecipe(student, [teacher], build_aggregator("mean", AggregatorContext([teacher])))
     names = [n for n, _ in recipe.named_parameters()]
     assert names == ["student.weight", "student.bias"]
     assert all(not p.requires_grad for p in model.parameters())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtkd.aggregation import build_aggregator
+from mtkd.aggregation import AggregatorContext, build_aggregator
 from mtkd.config import TrainConfig
 from mtkd.data import BatchLoader, IndexedTensorDataset
 from mtkd.errors import MtkdError
@@ -25,7 +25,7 @@ def _offline_recipe(seed):
     student = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
     torch.manual_seed(100)  # the same teacher in every call
     teacher = FrozenTeacher(nn.Linear(6, 2), "t", 2)
-    return OfflineRecipe(student, [teacher], build_aggregator("mean", 1), temperature=2.0, alpha=0.5)
+    return OfflineRecipe(student, [teacher], build_aggregator("mean", AggregatorContext([teacher])), temperature=2.0, alpha=0.5)
 
 
 def test_lr_schedule_warmup_then_cosine():

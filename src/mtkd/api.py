@@ -13,8 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .aggregation import build_aggregator
-from .config import DistillConfig
+from .aggregation import AggregatorContext, build_aggregator
+from .models.features import head_layer
 from .data import IndexedTensorDataset
 from .errors import ConfigError
 from .recipes import RECIPES
@@ -22,10 +22,12 @@ from .teachers import FrozenTeacher
 from .trainer import MetricsLog, Trainer, unpack_batch
 
 
-def _settings(**kwargs: Any) -> DistillConfig:
-    from .config import _validate
+def _settings(**kwargs: Any):
+    """(DistillConfig, aggregator options, recipe options) from keyword arguments, validated
+    exactly as the config's distill section."""
+    from .config import parse_distill
 
-    return _validate(DistillConfig, {k: v for k, v in kwargs.items() if v is not None}, "distill", "distill")
+    return parse_distill({k: v for k, v in kwargs.items() if v is not None})
 
 
 def _as_dataset(val_data: Any) -> IndexedTensorDataset | None:
@@ -48,13 +50,12 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
     schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
     """
-    cfg = _settings(recipe=recipe, aggregator=aggregator, **settings)
-    if cfg.recipe not in RECIPES:
-        raise ConfigError(f"recipe {cfg.recipe!r} is unknown; choose one of: {', '.join(RECIPES)}")
+    cfg, aggregator_options, recipe_options = _settings(recipe=recipe, aggregator=aggregator, **settings)
     named = dict(teachers) if isinstance(teachers, Mapping) else {f"teacher{i}": t for i, t in enumerate(teachers)}
     recipe_cls = RECIPES[cfg.recipe]
     if recipe_cls.needs_teachers and not named:
         raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
+    val = _as_dataset(val_data)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     student.to(device)
@@ -66,9 +67,13 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             num_classes = student(example).shape[-1]
         for t in frozen:
             t.check_classes(example, num_classes)
-    agg = build_aggregator(cfg.aggregator, len(frozen), teacher_weights) if frozen else None
-    rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha)
-    Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=_as_dataset(val_data),
+    agg = None
+    if frozen:
+        ctx = AggregatorContext(frozen, num_classes, teacher_weights, val,
+                                head_layer(student).in_features, device)
+        agg = build_aggregator(cfg.aggregator, ctx, aggregator_options)
+    rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options)
+    Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
     return student
 

@@ -63,6 +63,12 @@ class TeacherSpec:
     train: TrainConfig
 
 
+class NoOptions(BaseModel):
+    """Options schema of a component that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 @dataclass
 class Config:
     seed: int
@@ -71,6 +77,9 @@ class Config:
     student: BaseModel
     distill: DistillConfig
     output: OutputConfig = field(default_factory=OutputConfig)
+    # keys of the distill section that belong to the chosen aggregator and recipe
+    aggregator_options: BaseModel = field(default_factory=NoOptions)
+    recipe_options: BaseModel = field(default_factory=NoOptions)
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved config (every default filled in), as plain YAML-able data."""
@@ -89,7 +98,8 @@ class Config:
             "data": self.data.model_dump(mode="json"),
             "teachers": teachers,
             "student": self.student.model_dump(mode="json"),
-            "distill": self.distill.model_dump(mode="json"),
+            "distill": {**self.distill.model_dump(mode="json"), **self.recipe_options.model_dump(mode="json"),
+                        **self.aggregator_options.model_dump(mode="json")},
             "output": self.output.model_dump(mode="json"),
         }
 
@@ -166,7 +176,6 @@ def _teacher(raw: Any, i: int) -> TeacherSpec:
 
 def parse_config(raw: Any) -> Config:
     """Validate a raw config mapping (as loaded from YAML) into a :class:`Config`."""
-    from .aggregation import AGGREGATORS
     from .data import DATASETS
     from .recipes import RECIPES
 
@@ -201,13 +210,7 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(f"student: expected a mapping with 'arch', got {student_raw!r}")
     student = _model(student_raw, "student")
 
-    distill_raw = raw.get("distill") or {}
-    distill = _validate(DistillConfig, distill_raw, "distill", "distill")
-    if distill.recipe not in RECIPES:
-        raise ConfigError(f"distill.recipe: unknown recipe {distill.recipe!r}; choose one of: {_choices(RECIPES)}")
-    if distill.aggregator not in AGGREGATORS:
-        raise ConfigError(f"distill.aggregator: unknown aggregator {distill.aggregator!r}; "
-                          f"choose one of: {_choices(AGGREGATORS)}")
+    distill, aggregator_options, recipe_options = parse_distill(raw.get("distill") or {})
     if RECIPES[distill.recipe].needs_teachers and not teachers:
         raise ConfigError(f"teachers: recipe {distill.recipe!r} needs at least one teacher; "
                           f"add teachers or use distill.recipe: scratch")
@@ -217,7 +220,32 @@ def parse_config(raw: Any) -> Config:
             raise ConfigError(f"teachers: teacher {t.name!r} has {t.model.num_classes} classes "
                               f"but the student has {student.num_classes}")
     output = _validate(OutputConfig, raw.get("output") or {}, "output", "output")
-    return Config(seed, data, teachers, student, distill, output)
+    return Config(seed, data, teachers, student, distill, output, aggregator_options, recipe_options)
+
+
+def parse_distill(raw: Any) -> tuple[DistillConfig, BaseModel, BaseModel]:
+    """Split the ``distill`` section into the shared training keys, the keys of the chosen
+    aggregator and those of the chosen recipe, and validate each part."""
+    from .aggregation import AGGREGATORS
+    from .recipes import RECIPES
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"distill: expected a mapping of keys, got {raw!r}")
+    recipe = _pick(RECIPES, raw, "recipe", "distill", "recipe", default="offline")
+    aggregator = _pick(AGGREGATORS, raw, "aggregator", "distill", "aggregator", default="mean")
+    schemas = [DistillConfig, RECIPES[recipe].Options, AGGREGATORS[aggregator].Options]
+    parts: list[dict] = [{}, {}, {}]
+    for key, value in raw.items():
+        owner = next((i for i, schema in enumerate(schemas) if key in schema.model_fields), None)
+        if owner is None:
+            allowed = ", ".join(k for schema in schemas for k in schema.model_fields)
+            raise ConfigError(f"distill.{key}: unknown key for distill (recipe {recipe!r}, aggregator "
+                              f"{aggregator!r}); allowed keys: {allowed}")
+        parts[owner][key] = value
+    what = [("distill", "distill"), ("distill", f"recipe '{recipe}'"), ("distill", f"aggregator '{aggregator}'")]
+    base, recipe_options, aggregator_options = (_validate(schema, part, where, label)
+                                                for schema, part, (where, label) in zip(schemas, parts, what))
+    return base, aggregator_options, recipe_options
 
 
 # ---------------------------------------------------------------- loading and overrides

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .aggregation import build_aggregator
+from .aggregation import AggregatorContext, build_aggregator
+from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
@@ -188,8 +189,13 @@ class Run:
             t = FrozenTeacher(model.to(self.prep.device), plan.spec.name)
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
-        aggregator = build_aggregator(d.aggregator, len(frozen), [p.spec.weight for p in self.prep.teachers])
-        recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha)
+        aggregator = None
+        if recipe_cls.needs_teachers:
+            ctx = AggregatorContext(frozen, self.prep.num_classes, [p.spec.weight for p in self.prep.teachers],
+                                    self.data.val, head_layer(student).in_features, self.prep.device)
+            aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
+        recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
+                            options=cfg.recipe_options)
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
         stem = file_name.removesuffix(".pt")
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,

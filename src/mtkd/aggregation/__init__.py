@@ -1,12 +1,12 @@
-"""Aggregators: teacher logits [K, B, C] (+ labels [B], temperature) -> soft target [B, C]
-and the per-teacher, per-sample weights [B, K] used. Later strategies join this table."""
+"""Aggregators: teacher logits [K, B, C] (+ labels [B], temperature, and optionally the
+student's logits and features) -> soft target [B, C] and the per-teacher, per-sample
+weights [B, K] used. One file per strategy; this table is the only registry."""
 from __future__ import annotations
 
-from typing import Sequence
-
+from pydantic import BaseModel
 from torch import nn
 
-from .base import Aggregate, softened
+from .base import Aggregate, AggregatorContext, softened
 from .mean import MeanAggregator
 from .weighted import WeightedAggregator
 
@@ -16,10 +16,13 @@ AGGREGATORS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_aggregator(name: str, num_teachers: int, teacher_weights: Sequence[float] | None = None) -> nn.Module:
-    if name == "weighted":
-        return WeightedAggregator(num_teachers, teacher_weights)
-    return AGGREGATORS[name](num_teachers)
+def build_aggregator(name: str, ctx: AggregatorContext, options: BaseModel | dict | None = None) -> nn.Module:
+    """Build aggregator ``name`` for the teachers in ``ctx``; ``options`` are its keys of the distill section."""
+    cls = AGGREGATORS[name]
+    if not isinstance(options, BaseModel):
+        options = cls.Options.model_validate(options or {})
+    return cls(ctx, options)
 
 
-__all__ = ["AGGREGATORS", "Aggregate", "MeanAggregator", "WeightedAggregator", "build_aggregator", "softened"]
+__all__ = ["AGGREGATORS", "Aggregate", "AggregatorContext", "MeanAggregator", "WeightedAggregator",
+           "build_aggregator", "softened"]

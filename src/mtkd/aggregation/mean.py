@@ -5,17 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Aggregate, softened
+from ..config import NoOptions
+from .base import Aggregate, AggregatorContext, softened
 
 
 class MeanAggregator(nn.Module):
     description = "equal-weight mean of the teachers' softened probabilities"
+    Options = NoOptions
 
-    def __init__(self, num_teachers: int):
+    def __init__(self, ctx: AggregatorContext, options: NoOptions | None = None):
         super().__init__()
-        self.num_teachers = num_teachers
 
-    def forward(self, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Aggregate:
+    def forward(self, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, **_) -> Aggregate:
         probs = softened(teacher_logits, temperature)  # [K, B, C]
         k, b, _ = probs.shape
         weights = torch.full((b, k), 1.0 / k, dtype=probs.dtype, device=probs.device)

@@ -52,3 +52,18 @@ def kd_ce_loss(student_logits: torch.Tensor, labels: torch.Tensor, target_probs:
     ce = ce_loss(student_logits, labels)
     kd = kd_loss(student_logits, target_probs, temperature)
     return {"loss": (1 - alpha) * ce + alpha * kd, "ce": ce, "kd": kd}
+
+
+def multi_temperature_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                              temperatures: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of per-teacher KD terms, each teacher k softened at its own per-sample T_bk:
+
+        mean_b  sum_k  w_bk * T_bk^2 * KL(softmax(z_kb / T_bk) || softmax(s_b / T_bk))
+
+    student_logits [B, C]; teacher_logits [K, B, C]; temperatures, weights [B, K].
+    """
+    t = temperatures.t().unsqueeze(-1)  # [K, B, 1]
+    p = torch.softmax(teacher_logits / t, dim=-1)  # [K, B, C]
+    log_q = torch.log_softmax(student_logits.unsqueeze(0) / t, dim=-1)  # [K, B, C]
+    kl = (torch.xlogy(p, p) - p * log_q).sum(-1) * t.squeeze(-1) ** 2  # [K, B]
+    return (kl * weights.t()).sum(0).mean()

@@ -7,7 +7,9 @@ Loss (Hinton, Vinyals and Dean 2015, arXiv:1503.02531; multi-teacher form as in 
     loss = (1 - alpha) * CE(student, labels) + alpha * T^2 * KL(aggregate_T(teachers) || student_T)
 
 CE is taken over the labeled samples of the batch only, KD over every sample, so an
-unlabeled transfer pool (label -1) adds distillation signal where no labels exist.
+unlabeled transfer pool (label -1) adds distillation signal where no labels exist. When
+the aggregator softens each teacher at its own temperature (ATMKD), the KD term is the
+weighted sum of per-teacher terms, each at that teacher's temperature.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..losses import kd_ce_loss
+from ..config import NoOptions
+from ..losses import ce_loss, kd_loss, multi_temperature_kd_loss
+from ..models.features import PenultimateFeatures
 from ..teachers import FrozenTeacher
 
 
@@ -24,19 +28,41 @@ class OfflineRecipe(nn.Module):
     description = "frozen teachers, aggregated soft targets: (1 - alpha) * CE + alpha * KD"
     needs_teachers = True
     uses_unlabeled = True
+    Options = NoOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
-                 temperature: float = 4.0, alpha: float = 0.9, **_):
+                 temperature: float = 4.0, alpha: float = 0.9, options: NoOptions | None = None, **_):
         super().__init__()
         self.student = student
         self.aggregator = aggregator  # registered: an aggregator may have parameters of its own
         self.teachers = list(teachers)  # plain list: teacher weights stay out of parameters()
         self.temperature, self.alpha = temperature, alpha
+        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+
+    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return torch.stack([t(x, index) for t in self.teachers])  # [K, B, C], no grad
+
+    def distill_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The KD term and the weights [B, K] the aggregator gave the teachers."""
+        features = self.features.value if self.features is not None else None
+        agg = self.aggregator(teacher_logits, labels, self.temperature, student_logits=student_logits,
+                              features=features)
+        if agg.temperatures is not None:
+            kd = multi_temperature_kd_loss(student_logits, teacher_logits, agg.temperatures, agg.weights)
+        else:
+            kd = kd_loss(student_logits, agg.target, self.temperature)
+        return kd, agg.weights
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        teacher_logits = torch.stack([t(x, index) for t in self.teachers])  # [K, B, C], no grad
-        target, weights = self.aggregator(teacher_logits, y, self.temperature)  # [B, C], [B, K]
-        losses = kd_ce_loss(self.student(x), y, target, self.temperature, self.alpha)
+        if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
+            self.aggregator.before_step(self, x, y, index)
+        teacher_logits = self.teacher_logits(x, index)
+        student_logits = self.student(x)  # [B, C]
+        kd, weights = self.distill_loss(student_logits, teacher_logits, y)
+        ce = ce_loss(student_logits, y)
+        losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
+        losses.update(getattr(self.aggregator, "extra_losses", lambda: {})())
         for k, teacher in enumerate(self.teachers):
             losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
         return losses

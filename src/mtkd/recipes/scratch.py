@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import NoOptions
 from ..losses import ce_loss
 
 
@@ -12,6 +13,7 @@ class ScratchRecipe(nn.Module):
     description = "no teacher: cross-entropy on the labels (the baseline)"
     needs_teachers = False
     uses_unlabeled = False  # unlabeled samples carry no signal without a teacher
+    Options = NoOptions
 
     def __init__(self, student: nn.Module, teachers=(), aggregator: nn.Module | None = None, **_):
         super().__init__()
