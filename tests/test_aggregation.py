@@ -53,3 +53,57 @@ def test_weighted_uses_normalized_fixed_weights():
 def test_weighted_rejects_bad_weights(bad):
     with pytest.raises(ConfigError):
         build_aggregator("weighted", ctx(2, bad))
+
+
+# a third teacher that is undecided: [0.5, 0.5]
+LOGITS3 = torch.cat([LOGITS, torch.zeros(1, 1, 2)])
+
+
+def test_confidence_weights_match_camkd_eq2():
+    # CE of the teachers on label 0: -ln 0.75, -ln 0.25, -ln 0.5 -> exp(CE) = 4/3, 4, 2
+    # softmax over teachers = [4/22, 12/22, 6/22]; w = (1 - softmax) / (K - 1)
+    _, weights, _ = build_aggregator("confidence", ctx(3))(LOGITS3, LABELS, 1.0)
+    assert torch.allclose(weights, torch.tensor([[9 / 22, 5 / 22, 8 / 22]]), atol=1e-6)
+    target, weights, _ = build_aggregator("confidence", ctx(2))(LOGITS, LABELS, 1.0)
+    assert torch.allclose(weights, torch.tensor([[0.75, 0.25]]), atol=1e-6)
+    assert torch.allclose(target, torch.tensor([[0.625, 0.375]]), atol=1e-6)
+
+
+def test_confidence_uses_the_ensemble_vote_for_unlabeled_samples():
+    # teachers 0 and 2 vote for class 0 (mean probability [0.5, 0.5] -> argmax 0), like label 0
+    _, labeled, _ = build_aggregator("confidence", ctx(3))(LOGITS3, LABELS, 1.0)
+    _, unlabeled, _ = build_aggregator("confidence", ctx(3))(LOGITS3, torch.tensor([-1]), 1.0)
+    assert torch.allclose(labeled, unlabeled)
+
+
+def test_best_picks_the_right_teacher_with_highest_confidence():
+    # label 0: teacher 0 right (0.75), teacher 2 right by tie-break (0.5), teacher 1 wrong -> teacher 0
+    target, weights, _ = build_aggregator("best", ctx(3))(LOGITS3, LABELS, 1.0)
+    assert weights.tolist() == [[1.0, 0.0, 0.0]]
+    assert torch.allclose(target, torch.tensor([[0.75, 0.25]]))
+    # label 1 where no teacher is right: the least wrong (highest probability on label 1)
+    wrong = torch.tensor([[[2.0, 0.0]], [[1.0, 0.0]]])
+    _, weights, _ = build_aggregator("best", ctx(2))(wrong, torch.tensor([1]), 1.0)
+    assert weights.tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("name", ["confidence", "best"])
+def test_a_teacher_that_is_always_wrong_gets_less_weight(name):
+    torch.manual_seed(1)
+    b, c = 64, 5
+    labels = torch.randint(0, c, (b,))
+    right = torch.nn.functional.one_hot(labels, c).float() * 3 + 0.3 * torch.randn(b, c)
+    wrong = torch.nn.functional.one_hot((labels + 1) % c, c).float() * 3 + 0.3 * torch.randn(b, c)
+    _, weights, _ = build_aggregator(name, ctx(2))(torch.stack([right, wrong]), labels, 4.0)
+    assert (weights[:, 0] > weights[:, 1]).all()
+
+
+def test_disagreement_measures_by_hand():
+    from mtkd.aggregation.disagreement import pairwise_kl, vote_entropy
+
+    # KL([.75,.25] || [.25,.75]) = 0.5 ln 3 in both directions
+    assert pairwise_kl(LOGITS).item() == pytest.approx(0.5 * math.log(3), rel=1e-6)
+    assert vote_entropy(LOGITS).item() == pytest.approx(math.log(2), rel=1e-6)
+    same = LOGITS[:1].expand(3, -1, -1)
+    assert pairwise_kl(same).item() == pytest.approx(0.0, abs=1e-7)
+    assert vote_entropy(same).item() == pytest.approx(0.0, abs=1e-7)

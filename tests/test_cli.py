@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from mtkd.aggregation import AGGREGATORS
 from mtkd.cli import main
 from mtkd.io import load_torch
 from mtkd.models import build_model
@@ -36,7 +37,8 @@ def _fails_cleanly(capsys, argv, message, out_dir):
     ("data.name=imagenet", "data.name: unknown data set 'imagenet'; choose one of: csv, digits, mnist1d, npz"),
     ("student.arch=resnet", "student.arch: unknown model 'resnet'; choose one of:"),
     ("teachers.0.arch=vit", "teachers[0].arch: unknown model 'vit'; choose one of:"),
-    ("distill.aggregator=median", "distill.aggregator: unknown aggregator 'median'; choose one of: mean, weighted"),
+    ("distill.aggregator=median", "distill.aggregator: unknown aggregator 'median'; choose one of: "
+     + ", ".join(sorted(AGGREGATORS))),
     ("distill.recipe=magic", "distill.recipe: unknown recipe 'magic'; choose one of: offline, scratch"),
     ("distill.temperature=-1", "distill.temperature: Input should be greater than 0"),
     ("distill.temperature=0", "distill.temperature: Input should be greater than 0"),

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from mtkd.aggregation import AGGREGATORS
 from mtkd.config import apply_overrides, load_config, parse_config
 from mtkd.errors import ConfigError
 from mtkd.pipeline import prepare
@@ -53,7 +54,8 @@ def test_overrides_set_nested_values_and_list_items():
 @pytest.mark.parametrize("raw, message", [
     ({"data": {"name": "imagenet"}}, r"data.name: unknown data set 'imagenet'; choose one of: csv, digits, mnist1d, npz"),
     ({"student": {"arch": "resnet"}}, r"student.arch: unknown model 'resnet'; choose one of: cnn1d, cnn2d, gru"),
-    ({"distill": {"aggregator": "median"}}, r"distill.aggregator: unknown aggregator 'median'; choose one of: mean"),
+    ({"distill": {"aggregator": "median"}},
+     r"distill.aggregator: unknown aggregator 'median'; choose one of: " + ", ".join(sorted(AGGREGATORS))),
     ({"distill": {"recipe": "magic"}}, r"distill.recipe: unknown recipe 'magic'; choose one of: offline, scratch"),
     ({"distill": {"temperature": 0}}, r"distill.temperature: Input should be greater than 0"),
     ({"distill": {"temperature": -1.5}}, r"distill.temperature: Input should be greater than 0"),

@@ -39,13 +39,16 @@ def _as_dataset(val_data: Any) -> IndexedTensorDataset | None:
 
 def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.Module], train_loader: Iterable,
             *, recipe: str = "offline", aggregator: str = "mean", teacher_weights: Sequence[float] | None = None,
-            val_data: Any = None, checkpoint: str | Path | None = None, metrics_path: str | Path | None = None,
-            progress: bool = True, **settings: Any) -> nn.Module:
+            val_data: Any = None, unlabeled: Any = None, checkpoint: str | Path | None = None,
+            metrics_path: str | Path | None = None, progress: bool = True, seed: int = 0,
+            **settings: Any) -> nn.Module:
     """Distill ``teachers`` into ``student`` (trained in place and returned).
 
     teachers: modules (named teacher0, teacher1, ...) or a name -> module mapping; they are frozen.
     train_loader: yields ``(x, y)``, ``(x, y, index)`` or dicts; label -1 marks an unlabeled sample.
-    val_data: optional ``(x, y)`` for validation accuracy in the metrics.
+    val_data: optional ``(x, y)``, held out from training: validation accuracy in the metrics, and
+    the labeled data that the ``accuracy`` and ``meta`` aggregators learn teacher weights from.
+    unlabeled: an unlabeled pool ``x`` (or IndexedTensorDataset) for recipe ``semi_supervised``.
     checkpoint: file for a resumable checkpoint; if it exists, training resumes from it.
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
     schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
@@ -72,7 +75,11 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         ctx = AggregatorContext(frozen, num_classes, teacher_weights, val,
                                 head_layer(student).in_features, device)
         agg = build_aggregator(cfg.aggregator, ctx, aggregator_options)
-    rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options)
+    if unlabeled is not None and not isinstance(unlabeled, IndexedTensorDataset):
+        x_unl = torch.as_tensor(unlabeled)
+        unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
+    rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
+                     unlabeled=unlabeled, seed=seed)
     Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
     return student

@@ -65,6 +65,9 @@ def prepare(cfg: Config) -> Prepared:
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
     build_model(cfg.student, data.input_shape, num_classes)  # shape errors surface now
+    if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
+        raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
+                          f"(mnist1d) or add x_unlabeled to the .npz file")
     plans = []
     for i, spec in enumerate(cfg.teachers):
         where = f"teachers[{i}] ({spec.name})"
@@ -195,7 +198,7 @@ class Run:
                                     self.data.val, head_layer(student).in_features, self.prep.device)
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
-                            options=cfg.recipe_options)
+                            options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed)
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
         stem = file_name.removesuffix(".pt")
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,

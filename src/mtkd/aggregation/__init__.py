@@ -7,12 +7,16 @@ from pydantic import BaseModel
 from torch import nn
 
 from .base import Aggregate, AggregatorContext, softened
+from .best import BestTeacherAggregator
+from .confidence import ConfidenceAggregator
 from .mean import MeanAggregator
 from .weighted import WeightedAggregator
 
 AGGREGATORS: dict[str, type[nn.Module]] = {
     "mean": MeanAggregator,
     "weighted": WeightedAggregator,
+    "best": BestTeacherAggregator,
+    "confidence": ConfidenceAggregator,
 }
 
 

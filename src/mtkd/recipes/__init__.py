@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from .offline import OfflineRecipe
 from .scratch import ScratchRecipe
+from .semi_supervised import SemiSupervisedRecipe
 
 RECIPES = {
     "scratch": ScratchRecipe,
     "offline": OfflineRecipe,
+    "semi_supervised": SemiSupervisedRecipe,
 }
 
-__all__ = ["RECIPES", "OfflineRecipe", "ScratchRecipe"]
+__all__ = ["RECIPES", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]

@@ -1,0 +1,121 @@
+"""UEKD-style semi-supervised distillation: labeled batches get the supervised loss, unlabeled
+batches get the distillation loss against the aggregated teachers, and the unlabeled samples
+the teachers disagree on most are drawn more often (or weigh more).
+
+Follows the "unified ensemble KD" scheme described in our seed document (UEKD: dynamic teacher
+weights from validation accuracy, see the ``accuracy`` aggregator, plus disagreement-based
+learning on unlabeled data). Each step:
+
+    loss = (1 - alpha) * CE(student(x_labeled), y) + alpha * sum_i v_i KD_i(x_unlabeled_i) / sum_i v_i
+
+Disagreement d_i of every unlabeled sample is computed once (teachers are frozen) with
+``disagreement`` (``pairwise_kl`` or ``vote_entropy``); ``selection: sample`` draws unlabeled
+samples with probability proportional to d_i + ``floor`` * mean(d), ``selection: weight``
+draws uniformly and sets v_i = d_i + ``floor`` * mean(d), ``selection: uniform`` ignores d.
+Unlabeled batches are drawn from a generator seeded by the step, so a resumed run draws
+exactly the same samples.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..aggregation.disagreement import DISAGREEMENT
+from ..data import IndexedTensorDataset
+from ..errors import ConfigError
+from ..losses import ce_loss, kd_loss, multi_temperature_kd_loss
+from ..models.features import PenultimateFeatures
+from ..teachers import FrozenTeacher
+
+
+class SemiSupervisedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unlabeled_batch_size: int = Field(100, gt=0, description="unlabeled samples per step")
+    disagreement: Literal["pairwise_kl", "vote_entropy"] = "pairwise_kl"
+    selection: Literal["sample", "weight", "uniform"] = "sample"
+    floor: float = Field(0.1, ge=0, description="added to every score, as a fraction of the mean score")
+    labeled_kd: bool = Field(False, description="also distill on the labeled batch")
+
+
+class SemiSupervisedRecipe(nn.Module):
+    description = "UEKD: CE on labeled batches, KD on unlabeled ones picked by teacher disagreement"
+    needs_teachers = True
+    uses_unlabeled = False  # the trainer's loader gives labeled batches; the pool is drawn here
+    needs_unlabeled = True
+    Options = SemiSupervisedOptions
+
+    def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
+                 temperature: float = 4.0, alpha: float = 0.9, options: SemiSupervisedOptions | None = None,
+                 unlabeled: IndexedTensorDataset | None = None, seed: int = 0, **_):
+        super().__init__()
+        if unlabeled is None or len(unlabeled) == 0:
+            raise ConfigError("recipe 'semi_supervised' needs an unlabeled pool: set data.unlabeled (mnist1d) "
+                              "or x_unlabeled (npz)")
+        self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
+        self.temperature, self.alpha = temperature, alpha
+        self.options = options or SemiSupervisedOptions()
+        self.unlabeled, self.seed = unlabeled, seed
+        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        scores = self._disagreement()  # [U]
+        bonus = self.options.floor * scores.mean().clamp_min(1e-12)
+        self.register_buffer("scores", scores + bonus, persistent=False)
+
+    @torch.no_grad()
+    def _disagreement(self) -> torch.Tensor:
+        measure = DISAGREEMENT[self.options.disagreement]
+        x = self.unlabeled.x
+        device = next(self.student.parameters()).device
+        out = []
+        for i in range(0, len(x), 2048):
+            xb = x[i:i + 2048].to(device)
+            out.append(measure(torch.stack([t(xb, self.unlabeled.index[i:i + 2048]) for t in self.teachers])).cpu())
+        return torch.cat(out)
+
+    def _unlabeled_batch(self):
+        n = self.options.unlabeled_batch_size
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps_done))
+        scores = self.scores.cpu()
+        if self.options.selection == "sample":
+            rows = torch.multinomial(scores, n, replacement=True, generator=gen)
+        else:
+            rows = torch.randint(len(scores), (n,), generator=gen)
+        d = self.unlabeled
+        return d.x[rows], d.index[rows], scores[rows]
+
+    def _kd(self, x, labels, index, sample_weights=None):
+        teacher_logits = torch.stack([t(x, index) for t in self.teachers])  # [K, B, C]
+        student_logits = self.student(x)
+        features = self.features.value if self.features is not None else None
+        agg = self.aggregator(teacher_logits, labels, self.temperature, student_logits=student_logits,
+                              features=features)
+        if agg.temperatures is not None:
+            if sample_weights is not None:
+                agg = agg._replace(weights=agg.weights * (sample_weights / sample_weights.mean()).unsqueeze(1))
+            kd = multi_temperature_kd_loss(student_logits, teacher_logits, agg.temperatures, agg.weights)
+        else:
+            kd = kd_loss(student_logits, agg.target, self.temperature, sample_weights)
+        return student_logits, kd, agg.weights
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        device = x.device
+        xu, iu, scores = self._unlabeled_batch()
+        xu = xu.to(device)
+        v = scores.to(device) if self.options.selection == "weight" else None  # per-sample KD weights
+        yu = torch.full((len(xu),), -1, dtype=torch.long, device=device)
+        _, kd_unlabeled, weights = self._kd(xu, yu, iu, v)
+        if self.options.labeled_kd:
+            logits, kd_labeled, _ = self._kd(x, y, index)
+            kd = 0.5 * (kd_unlabeled + kd_labeled)
+        else:
+            logits, kd = self.student(x), kd_unlabeled
+        ce = ce_loss(logits, y)
+        self.steps_done += 1
+        losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd,
+                  "disagreement": scores.mean()}  # of the unlabeled samples drawn: selection at work
+        for k, teacher in enumerate(self.teachers):
+            losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
+        return losses
