@@ -16,12 +16,26 @@ def ctx(k, weights=None):
     return AggregatorContext(teachers=[None] * k, num_classes=2, teacher_weights=weights)
 
 
+def full_ctx(k, c, features=6):
+    """Real teachers, a validation split and a feature width: what the pipeline gives aggregators."""
+    from torch import nn
+
+    from mtkd.data import IndexedTensorDataset
+    from mtkd.teachers import FrozenTeacher
+
+    teachers = [FrozenTeacher(nn.Linear(3, c), f"t{i}", c) for i in range(k)]
+    val = IndexedTensorDataset(torch.randn(20, 3), torch.randint(0, c, (20,)))
+    return AggregatorContext(teachers, c, None, val, features)
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_every_aggregator_returns_distributions_and_weights(name):
     torch.manual_seed(0)
     k, b, c = 3, 5, 4
-    agg = build_aggregator(name, ctx(k))
-    target, weights, _ = agg(torch.randn(k, b, c), torch.randint(0, c, (b,)), 2.0)
+    agg = build_aggregator(name, full_ctx(k, c))
+    student = torch.randn(b, c, requires_grad=True)
+    target, weights, _ = agg(torch.randn(k, b, c), torch.randint(0, c, (b,)), 2.0, student_logits=student,
+                             features=torch.randn(b, 6))
     assert target.shape == (b, c) and weights.shape == (b, k)
     assert torch.allclose(target.sum(1), torch.ones(b), atol=1e-6)
     assert torch.allclose(weights.sum(1), torch.ones(b), atol=1e-6)
@@ -107,3 +121,38 @@ def test_disagreement_measures_by_hand():
     same = LOGITS[:1].expand(3, -1, -1)
     assert pairwise_kl(same).item() == pytest.approx(0.0, abs=1e-7)
     assert vote_entropy(same).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_accuracy_weights_are_softmax_of_validation_accuracy():
+    from torch import nn
+
+    from mtkd.data import IndexedTensorDataset
+    from mtkd.teachers import FrozenTeacher
+
+    class Says(nn.Module):  # predicts class x[:, 0] where `right`, else the next class
+        def __init__(self, right):
+            super().__init__()
+            self.right = right
+
+        def forward(self, x):
+            y = x[:, 0].long()
+            y = torch.where(self.right, y, (y + 1) % 2)
+            return torch.nn.functional.one_hot(y, 2).float() * 5
+
+    x = torch.tensor([[0.0], [1.0], [0.0], [1.0]])
+    val = IndexedTensorDataset(x, x[:, 0].long())
+    always = FrozenTeacher(Says(torch.tensor([True] * 4)), "always", 2)
+    half = FrozenTeacher(Says(torch.tensor([True, True, False, False])), "half", 2)
+    never = FrozenTeacher(Says(torch.tensor([False] * 4)), "never", 2)
+    agg = build_aggregator("accuracy", AggregatorContext([always, half, never], 2, None, val),
+                           {"weight_temperature": 0.5})
+    assert agg.accuracy.tolist() == [1.0, 0.5, 0.0]
+    e = torch.exp(torch.tensor([2.0, 1.0, 0.0]))  # accuracy / 0.5
+    _, weights, _ = agg(torch.zeros(3, 2, 2), torch.tensor([0, 1]), 1.0)
+    assert torch.allclose(weights, (e / e.sum()).expand(2, -1))
+    assert weights[0, 0] > weights[0, 1] > weights[0, 2]
+
+
+def test_accuracy_without_validation_split_is_a_clear_error():
+    with pytest.raises(ConfigError, match="needs a labeled validation split"):
+        build_aggregator("accuracy", ctx(2))

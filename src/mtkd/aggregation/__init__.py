@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from .base import Aggregate, AggregatorContext, softened
+from .accuracy import AccuracyAggregator
 from .best import BestTeacherAggregator
 from .confidence import ConfidenceAggregator
 from .mean import MeanAggregator
@@ -15,6 +16,7 @@ from .weighted import WeightedAggregator
 AGGREGATORS: dict[str, type[nn.Module]] = {
     "mean": MeanAggregator,
     "weighted": WeightedAggregator,
+    "accuracy": AccuracyAggregator,
     "best": BestTeacherAggregator,
     "confidence": ConfidenceAggregator,
 }
