@@ -156,3 +156,74 @@ def test_accuracy_weights_are_softmax_of_validation_accuracy():
 def test_accuracy_without_validation_split_is_a_clear_error():
     with pytest.raises(ConfigError, match="needs a labeled validation split"):
         build_aggregator("accuracy", ctx(2))
+
+
+def test_entropy_weights_match_ebkd():
+    # H([.75, .25]) and H([.5, .5]) = ln 2; w_k = 1 - H_k / sum_j H_j (K = 2, so no rescaling)
+    h0 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    h1 = math.log(2)
+    logits = torch.tensor([[[LN3, 0.0]], [[0.0, 0.0]]])
+    _, weights, _ = build_aggregator("entropy", ctx(2))(logits, torch.tensor([-1]), 1.0)
+    assert torch.allclose(weights, torch.tensor([[1 - h0 / (h0 + h1), 1 - h1 / (h0 + h1)]]), atol=1e-6)
+    # K = 3: the reference weights sum to K - 1 = 2; ours are divided by 2
+    _, weights3, _ = build_aggregator("entropy", ctx(3))(LOGITS3, LABELS, 1.0)
+    h = torch.tensor([h0, h0, h1])
+    assert torch.allclose(weights3, ((1 - h / h.sum()) / 2).unsqueeze(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("vectors, cap, expected", [
+    ([[1.0, 0.0], [-1.0, 0.0]], 1.0, [0.5, 0.5]),  # opposite gradients cancel
+    ([[1.0, 0.0], [0.0, 2.0]], 1.0, [0.8, 0.2]),  # min of w^2 + 4 (1 - w)^2
+    ([[1.0, 0.0], [0.0, 2.0]], 0.6, [0.6, 0.4]),  # the cap binds
+    ([[2.0, 0.0], [1.0, 0.0]], 1.0, [0.0, 1.0]),  # the shorter vector alone
+    ([[2.0, 0.0], [1.0, 0.0]], 0.3, [0.5, 0.5]),  # cap below 1/K: uniform
+])
+def test_aekd_min_norm_weights_by_hand(vectors, cap, expected):
+    from mtkd.aggregation.aekd import min_norm_weights
+
+    w = min_norm_weights(torch.tensor(vectors), cap, tolerance=1e-9, max_iterations=5000)
+    assert torch.allclose(w, torch.tensor(expected), atol=1e-4)
+
+
+def test_aekd_matches_a_brute_force_search():
+    from mtkd.aggregation.aekd import min_norm_weights
+
+    torch.manual_seed(3)
+    v = torch.randn(3, 5).double()
+    w = min_norm_weights(v, 0.6, tolerance=1e-10, max_iterations=20000)
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 0.6, 241), torch.linspace(0, 0.6, 241), indexing="ij"), -1)
+    grid = torch.cat([grid.reshape(-1, 2), 1 - grid.reshape(-1, 2).sum(1, keepdim=True)], 1)
+    grid = grid[(grid[:, 2] >= 0) & (grid[:, 2] <= 0.6)].double()
+    best = grid[((grid @ v).norm(dim=1)).argmin()]
+    assert (w @ v).norm() <= (best @ v).norm() + 1e-9
+    assert torch.allclose(w, best, atol=5e-3) and w.sum().item() == pytest.approx(1.0)
+
+
+def test_aekd_favours_the_teacher_the_student_is_closest_to():
+    # student predicts class 0; teacher 0 agrees, teacher 1 says class 1 -> weight moves to teacher 0
+    teacher = torch.tensor([[[3.0, 0.0]] * 4, [[0.0, 3.0]] * 4])
+    student = torch.tensor([[3.0, 0.0]] * 4)
+    _, weights, _ = build_aggregator("aekd", ctx(2), {"weight_cap": 1.0})(teacher, torch.full((4,), -1), 1.0,
+                                                                           student_logits=student)
+    assert weights[0, 0] > 0.95
+
+
+def test_adaptive_temperature_by_hand():
+    # teacher 0: [.75, .25] -> confidence rescaled 0.5 -> T; teacher 1: [.5, .5] -> 0 -> T (1 + spread)
+    # teacher 2: nearly one-hot -> ~1 -> T (1 - spread)
+    logits = torch.tensor([[[LN3, 0.0]], [[0.0, 0.0]], [[50.0, 0.0]]])
+    agg = build_aggregator("adaptive_temperature", ctx(3), {"spread": 0.5, "weight_temperature": 1.0})
+    target, weights, temps = agg(logits, LABELS, 4.0)
+    assert torch.allclose(temps, torch.tensor([[4.0, 6.0, 2.0]]), atol=1e-5)
+    # weights proportional to the probability on the label: .75, .5, ~1
+    assert torch.allclose(weights, torch.tensor([[0.75, 0.5, 1.0]]) / 2.25, atol=1e-5)
+    # the target mixes each teacher softened at its own temperature
+    p = torch.stack([torch.softmax(logits[k, 0] / temps[0, k], -1) for k in range(3)])
+    assert torch.allclose(target[0], (weights[0].unsqueeze(1) * p).sum(0), atol=1e-6)
+
+
+def test_adaptive_temperature_weighs_a_confidently_wrong_teacher_down():
+    right = torch.tensor([[[4.0, 0.0]]])
+    wrong = torch.tensor([[[0.0, 8.0]]])  # more confident, but wrong
+    _, weights, _ = build_aggregator("adaptive_temperature", ctx(2))(torch.cat([right, wrong]), LABELS, 4.0)
+    assert weights[0, 0] > 0.99

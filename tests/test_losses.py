@@ -60,3 +60,30 @@ def test_kd_ce_loss_is_the_alpha_weighted_sum():
 def test_every_listed_loss_has_a_description():
     for name, (fn, text) in LOSSES.items():
         assert callable(fn) and text, name
+
+
+def test_multi_temperature_kd_by_hand():
+    from mtkd.losses import multi_temperature_kd_loss
+
+    teacher = torch.tensor([[[math.log(3.0), 0.0]], [[0.0, 0.0]]])  # [K=2, B=1, C=2]
+    student = torch.tensor([[0.0, math.log(3.0)]])
+    temps, weights = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.25, 0.75]])
+    # teacher 0 at T=1: KL([.75,.25] || [.25,.75]) = 0.5 ln 3; teacher 1 at T=2: p = [.5,.5],
+    # q = softmax([0, ln3 / 2]) = [1, sqrt3] / (1 + sqrt3); KL = -ln 2 - 0.5 (ln q0 + ln q1), times 4
+    s3 = math.sqrt(3)
+    kl1 = -math.log(2) - 0.5 * (math.log(1 / (1 + s3)) + math.log(s3 / (1 + s3)))
+    expected = 0.25 * 0.5 * math.log(3) + 0.75 * 4 * kl1
+    assert multi_temperature_kd_loss(student, teacher, temps, weights).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_multi_temperature_kd_with_one_temperature_has_the_mixture_gradient():
+    from mtkd.losses import multi_temperature_kd_loss
+
+    torch.manual_seed(0)
+    teacher, weights = torch.randn(3, 4, 5), torch.softmax(torch.randn(4, 3), 1)
+    s1 = torch.randn(4, 5, requires_grad=True)
+    s2 = s1.detach().clone().requires_grad_()
+    multi_temperature_kd_loss(s1, teacher, torch.full((4, 3), 2.0), weights).backward()
+    mixture = torch.einsum("bk,kbc->bc", weights, torch.softmax(teacher / 2.0, -1))
+    kd_loss(s2, mixture, 2.0).backward()
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-6)

@@ -8,9 +8,13 @@ from torch import nn
 
 from .base import Aggregate, AggregatorContext, softened
 from .accuracy import AccuracyAggregator
+from .adaptive_temperature import AdaptiveTemperatureAggregator
+from .aekd import AekdAggregator
 from .best import BestTeacherAggregator
 from .confidence import ConfidenceAggregator
+from .entropy import EntropyAggregator
 from .mean import MeanAggregator
+from .meta import MetaAggregator
 from .weighted import WeightedAggregator
 
 AGGREGATORS: dict[str, type[nn.Module]] = {
@@ -19,6 +23,10 @@ AGGREGATORS: dict[str, type[nn.Module]] = {
     "accuracy": AccuracyAggregator,
     "best": BestTeacherAggregator,
     "confidence": ConfidenceAggregator,
+    "entropy": EntropyAggregator,
+    "adaptive_temperature": AdaptiveTemperatureAggregator,
+    "aekd": AekdAggregator,
+    "meta": MetaAggregator,
 }
 
 

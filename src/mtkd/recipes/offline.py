@@ -62,7 +62,12 @@ class OfflineRecipe(nn.Module):
         kd, weights = self.distill_loss(student_logits, teacher_logits, y)
         ce = ce_loss(student_logits, y)
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
-        losses.update(getattr(self.aggregator, "extra_losses", lambda: {})())
+        # an aggregator that learns (the joint meta-weight network) adds its own loss terms
+        aux = getattr(self.aggregator, "auxiliary_losses", dict)()
+        for name, value in aux.items():
+            losses["loss"] = losses["loss"] + value
+        losses.update(aux)
+        losses.update(getattr(self.aggregator, "logged", dict)())
         for k, teacher in enumerate(self.teachers):
             losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
         return losses

@@ -87,7 +87,7 @@ class SemiSupervisedRecipe(nn.Module):
         return d.x[rows], d.index[rows], scores[rows]
 
     def _kd(self, x, labels, index, sample_weights=None):
-        teacher_logits = torch.stack([t(x, index) for t in self.teachers])  # [K, B, C]
+        teacher_logits = self.teacher_logits(x, index)  # [K, B, C]
         student_logits = self.student(x)
         features = self.features.value if self.features is not None else None
         agg = self.aggregator(teacher_logits, labels, self.temperature, student_logits=student_logits,
@@ -100,7 +100,12 @@ class SemiSupervisedRecipe(nn.Module):
             kd = kd_loss(student_logits, agg.target, self.temperature, sample_weights)
         return student_logits, kd, agg.weights
 
+    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return torch.stack([t(x, index) for t in self.teachers])  # [K, B, C], no grad
+
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
+            self.aggregator.before_step(self, x, y, index)
         device = x.device
         xu, iu, scores = self._unlabeled_batch()
         xu = xu.to(device)
@@ -116,6 +121,11 @@ class SemiSupervisedRecipe(nn.Module):
         self.steps_done += 1
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd,
                   "disagreement": scores.mean()}  # of the unlabeled samples drawn: selection at work
+        aux = getattr(self.aggregator, "auxiliary_losses", dict)()
+        for value in aux.values():
+            losses["loss"] = losses["loss"] + value
+        losses.update(aux)
+        losses.update(getattr(self.aggregator, "logged", dict)())
         for k, teacher in enumerate(self.teachers):
             losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
         return losses

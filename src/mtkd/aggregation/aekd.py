@@ -1,0 +1,86 @@
+"""AE-KD: teacher weights found in gradient space (Du, You, Li, Wu, Wang, Qian and Zhang,
+"Agree to Disagree: Adaptive Ensemble Knowledge Distillation in Gradient Space", NeurIPS 2020).
+
+For each teacher k, v_k is the gradient of its KD loss with respect to the student's
+logits, averaged over the batch. For KD at temperature T that gradient is analytic:
+
+    d/ds_b [T^2 KL(p_kb || softmax(s_b / T))] = T (softmax(s_b / T) - p_kb)     ->  v_k in R^C
+
+The weights are the minimum-norm point of the convex hull of {v_k}, each weight capped at
+C (the authors' "-C", default 0.6; C >= 1 is the plain min-norm point, C <= 1/K uniform):
+
+    w = argmin_w || sum_k w_k v_k ||^2   s.t.  sum_k w_k = 1,  0 <= w_k <= C
+
+The authors solve this quadratic program with libsvm's one-class SVM; here projected
+gradient descent on the capped simplex runs until the weights move less than ``tolerance``.
+One weight per teacher per batch (the same for every sample of the batch).
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Aggregate, AggregatorContext, mix, softened
+
+
+class AekdOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight_cap: float = Field(0.6, gt=0, description="upper bound C on each teacher's weight")
+    tolerance: float = Field(1e-6, gt=0, description="stop when no weight moves more than this")
+    max_iterations: int = Field(500, gt=0)
+
+
+def project_capped_simplex(v: torch.Tensor, cap: float) -> torch.Tensor:
+    """Euclidean projection of v [K] onto {w : sum w = 1, 0 <= w <= cap}: w = clamp(v - tau, 0, cap)
+    with tau found by bisection (sum of the clamp is monotone in tau)."""
+    lo, hi = float(v.min()) - cap - 1.0, float(v.max())
+    for _ in range(60):
+        tau = 0.5 * (lo + hi)
+        if float((v - tau).clamp(0, cap).sum()) > 1.0:
+            lo = tau
+        else:
+            hi = tau
+    return (v - 0.5 * (lo + hi)).clamp(0, cap)
+
+
+def min_norm_weights(vectors: torch.Tensor, cap: float = 1.0, tolerance: float = 1e-6,
+                     max_iterations: int = 500) -> torch.Tensor:
+    """Min-norm point of the convex hull of the rows of ``vectors`` [K, D], weights capped at ``cap``."""
+    k = vectors.shape[0]
+    cap = max(cap, 1.0 / k)  # below 1/K the constraints leave only uniform weights
+    gram = (vectors @ vectors.t()).double()  # [K, K]
+    step = 1.0 / max(float(torch.linalg.eigvalsh(gram).max()), 1e-12)
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64, device=vectors.device)
+    for _ in range(max_iterations):
+        new = project_capped_simplex(w - step * (gram @ w), cap)
+        moved = float((new - w).abs().max())
+        w = new
+        if moved < tolerance:
+            break
+    return w.to(vectors.dtype)
+
+
+class AekdAggregator(nn.Module):
+    description = "AE-KD: min-norm point of the teachers' KD gradients, weights capped (Du et al. 2020)"
+    Options = AekdOptions
+
+    def __init__(self, ctx: AggregatorContext, options: AekdOptions | None = None):
+        super().__init__()
+        self.options = options or AekdOptions()
+        if ctx.num_teachers and self.options.weight_cap * ctx.num_teachers < 1:
+            raise ConfigError(f"weight_cap: {self.options.weight_cap} x {ctx.num_teachers} teachers < 1; "
+                              f"the weights could not sum to 1 (use weight_cap >= {1 / ctx.num_teachers:.3f})")
+
+    def forward(self, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                student_logits: torch.Tensor | None = None, **_) -> Aggregate:
+        if student_logits is None:
+            raise ValueError("aggregator 'aekd' needs the student's logits")
+        probs = softened(teacher_logits, temperature)  # [K, B, C]
+        q = torch.softmax(student_logits.detach() / temperature, dim=-1)  # [B, C]
+        grads = (temperature * (q.unsqueeze(0) - probs)).mean(1)  # [K, C]: batch-mean gradient per teacher
+        o = self.options
+        w = min_norm_weights(grads, o.weight_cap, o.tolerance, o.max_iterations)  # [K]
+        weights = w.expand(teacher_logits.shape[1], -1)  # [B, K]
+        return Aggregate(mix(probs, weights), weights)
