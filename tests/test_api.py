@@ -56,3 +56,20 @@ def test_api_checkpoint_resumes(tmp_path):
     again = nn.Linear(8, 2)
     mtkd.distill(again, [nn.Linear(8, 2)], loader, steps=10, checkpoint=tmp_path / "c.pt", progress=False)
     assert torch.equal(again.weight, student.weight)  # finished run: loaded, no further steps
+
+
+def test_distill_does_not_skip_the_first_batch_of_a_batch_loader():
+    x = torch.randn(40, 8)
+    loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, (x[:, 0] > 0).long()), 10, seed=3)
+    seen = []
+
+    class Spy(nn.Linear):
+        def forward(self, inp):
+            if self.training:
+                seen.append(inp.clone())
+            return super().forward(inp)
+
+    mtkd.distill(Spy(8, 2), [nn.Linear(8, 2)], loader, steps=4, progress=False)
+    seen = [s for s in seen if len(s) == 10]  # not the 1-example probe of the class count
+    expected = [b[0] for b in mtkd.BatchLoader(loader.dataset, 10, seed=3)]
+    assert len(seen) == 4 and all(torch.equal(a, b) for a, b in zip(seen, expected))

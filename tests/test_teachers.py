@@ -51,3 +51,20 @@ def test_wrong_batch_shape_is_reported():
     teacher = FrozenTeacher(nn.Linear(4, 3), "t", num_classes=3)
     with pytest.raises(TeacherError, match="shape"):
         teacher.validate(torch.zeros(2, 3), 3, None)
+
+
+def test_precomputed_teacher_serves_stored_outputs_only_for_the_same_inputs():
+    from mtkd.teachers import PrecomputedTeacher
+
+    torch.manual_seed(0)
+    live = FrozenTeacher(nn.Linear(4, 3), "t", 3)
+    x, index = torch.randn(10, 4), torch.arange(100, 110)
+    pre = PrecomputedTeacher(live, x, index, batch_size=3)
+    rows = torch.tensor([2, 7, 7])
+    assert torch.allclose(pre(x[rows], index[rows]), live(x[rows]), atol=1e-6)
+    live.model.weight.data.zero_()  # from now on the live teacher says something else
+    assert not torch.allclose(pre(x[rows], index[rows]), live(x[rows]))  # still the stored outputs
+    other = torch.randn(3, 4)  # same indices, other inputs (e.g. a validation batch): live answer
+    assert torch.equal(pre(other, index[rows]), live(other))
+    assert torch.equal(pre(x[rows], None), live(x[rows]))
+    assert torch.equal(pre(x[:2], torch.tensor([0, 1])), live(x[:2]))  # indices never stored

@@ -15,7 +15,7 @@ from torch import nn
 
 from .aggregation import AggregatorContext, build_aggregator
 from .models.features import head_layer
-from .data import IndexedTensorDataset
+from .data import BatchLoader, IndexedTensorDataset
 from .errors import ConfigError
 from .recipes import RECIPES
 from .teachers import FrozenTeacher
@@ -44,7 +44,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             **settings: Any) -> nn.Module:
     """Distill ``teachers`` into ``student`` (trained in place and returned).
 
-    teachers: modules (named teacher0, teacher1, ...) or a name -> module mapping; they are frozen.
+    teachers: modules (named teacher0, teacher1, ...) or a name -> module mapping; they are frozen
+    (a ``FrozenTeacher``, e.g. a ``PrecomputedTeacher``, is used as it is, with its own name).
     train_loader: yields ``(x, y)``, ``(x, y, index)`` or dicts; label -1 marks an unlabeled sample.
     val_data: optional ``(x, y)``, held out from training: validation accuracy in the metrics, and
     the labeled data that the ``accuracy`` and ``meta`` aggregators learn teacher weights from.
@@ -62,9 +63,11 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     student.to(device)
-    frozen = [FrozenTeacher(m.to(device), name) for name, m in named.items()]
+    frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
+              for name, m in named.items()]
     if frozen:
-        x, _, _ = unpack_batch(next(iter(train_loader)))
+        # an example input to check class counts; peeking must not advance a BatchLoader's state
+        x = train_loader.dataset.x if isinstance(train_loader, BatchLoader) else unpack_batch(next(iter(train_loader)))[0]
         example = x[:1].to(device)
         with torch.no_grad():
             num_classes = student(example).shape[-1]

@@ -60,12 +60,16 @@ def cmd_list() -> None:
     from .models import MODELS
     from .recipes import RECIPES
 
+    def keys(schema, skip=("name", "arch", "num_classes")) -> str:
+        names = [k for k in schema.model_fields if k not in skip]
+        return f" [keys: {', '.join(names)}]" if names else ""
+
     groups = [
-        ("data sets", {k: v.description for k, v in DATASETS.items()}),
-        ("models", {k: v.description for k, v in MODELS.items()}),
-        ("aggregators", {k: v.description for k, v in AGGREGATORS.items()}),
+        ("data sets", {k: v.description + keys(v.config) for k, v in DATASETS.items()}),
+        ("models", {k: v.description + keys(v.config) for k, v in MODELS.items()}),
+        ("aggregators", {k: v.description + keys(v.Options) for k, v in AGGREGATORS.items()}),
         ("losses", {k: v[1] for k, v in LOSSES.items()}),
-        ("recipes", {k: v.description for k, v in RECIPES.items()}),
+        ("recipes", {k: v.description + keys(v.Options) for k, v in RECIPES.items()}),
     ]
     for title, entries in groups:
         print(f"{title}:")

@@ -21,7 +21,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..errors import ConfigError
 from .base import Aggregate, AggregatorContext, mix, softened
 
 
@@ -33,33 +32,38 @@ class AekdOptions(BaseModel):
 
 
 def project_capped_simplex(v: torch.Tensor, cap: float) -> torch.Tensor:
-    """Euclidean projection of v [K] onto {w : sum w = 1, 0 <= w <= cap}: w = clamp(v - tau, 0, cap)
-    with tau found by bisection (sum of the clamp is monotone in tau)."""
-    lo, hi = float(v.min()) - cap - 1.0, float(v.max())
-    for _ in range(60):
-        tau = 0.5 * (lo + hi)
-        if float((v - tau).clamp(0, cap).sum()) > 1.0:
-            lo = tau
-        else:
-            hi = tau
-    return (v - 0.5 * (lo + hi)).clamp(0, cap)
+    """Euclidean projection of v [K] onto {w : sum w = 1, 0 <= w <= cap} (needs cap * K >= 1).
+
+    The projection is clamp(v - tau, 0, cap) for the tau where the sum is 1. That sum is
+    piecewise linear and non-increasing in tau with breakpoints at v_i and v_i - cap, so tau
+    is found exactly by evaluating it at the sorted breakpoints and interpolating."""
+    taus = torch.cat([v, v - cap]).sort().values  # [2K]
+    sums = (v.unsqueeze(0) - taus.unsqueeze(1)).clamp(0, cap).sum(1)  # [2K], non-increasing
+    j = int((sums >= 1.0).nonzero().max())  # last breakpoint with sum >= 1 (sums[0] = K * cap >= 1)
+    if j == len(taus) - 1 or sums[j] == sums[j + 1]:
+        tau = taus[j]
+    else:  # linear between breakpoints j and j + 1
+        tau = taus[j] + (sums[j] - 1.0) * (taus[j + 1] - taus[j]) / (sums[j] - sums[j + 1])
+    return (v - tau).clamp(0, cap)
 
 
 def min_norm_weights(vectors: torch.Tensor, cap: float = 1.0, tolerance: float = 1e-6,
-                     max_iterations: int = 500) -> torch.Tensor:
-    """Min-norm point of the convex hull of the rows of ``vectors`` [K, D], weights capped at ``cap``."""
+                     max_iterations: int = 500, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Min-norm point of the convex hull of the rows of ``vectors`` [K, D], weights capped at ``cap``,
+    by projected gradient descent (step 1 / largest eigenvalue of the Gram matrix) from ``start``."""
     k = vectors.shape[0]
     cap = max(cap, 1.0 / k)  # below 1/K the constraints leave only uniform weights
-    gram = (vectors @ vectors.t()).double()  # [K, K]
+    gram = (vectors @ vectors.t()).double().cpu()  # [K, K]: tiny, the loop runs on the CPU
     step = 1.0 / max(float(torch.linalg.eigvalsh(gram).max()), 1e-12)
-    w = torch.full((k,), 1.0 / k, dtype=torch.float64, device=vectors.device)
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if start is None else \
+        project_capped_simplex(start.double().cpu(), cap)
     for _ in range(max_iterations):
         new = project_capped_simplex(w - step * (gram @ w), cap)
         moved = float((new - w).abs().max())
         w = new
         if moved < tolerance:
             break
-    return w.to(vectors.dtype)
+    return w.to(vectors.dtype).to(vectors.device)
 
 
 class AekdAggregator(nn.Module):
@@ -69,9 +73,8 @@ class AekdAggregator(nn.Module):
     def __init__(self, ctx: AggregatorContext, options: AekdOptions | None = None):
         super().__init__()
         self.options = options or AekdOptions()
-        if ctx.num_teachers and self.options.weight_cap * ctx.num_teachers < 1:
-            raise ConfigError(f"weight_cap: {self.options.weight_cap} x {ctx.num_teachers} teachers < 1; "
-                              f"the weights could not sum to 1 (use weight_cap >= {1 / ctx.num_teachers:.3f})")
+        # warm start: consecutive batches have nearby solutions (kept in checkpoints for exact resume)
+        self.register_buffer("last", torch.full((max(ctx.num_teachers, 1),), 1.0 / max(ctx.num_teachers, 1)))
 
     def forward(self, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
                 student_logits: torch.Tensor | None = None, **_) -> Aggregate:
@@ -81,6 +84,7 @@ class AekdAggregator(nn.Module):
         q = torch.softmax(student_logits.detach() / temperature, dim=-1)  # [B, C]
         grads = (temperature * (q.unsqueeze(0) - probs)).mean(1)  # [K, C]: batch-mean gradient per teacher
         o = self.options
-        w = min_norm_weights(grads, o.weight_cap, o.tolerance, o.max_iterations)  # [K]
+        w = min_norm_weights(grads, o.weight_cap, o.tolerance, o.max_iterations, start=self.last)  # [K]
+        self.last.copy_(w.detach())
         weights = w.expand(teacher_logits.shape[1], -1)  # [B, K]
         return Aggregate(mix(probs, weights), weights)

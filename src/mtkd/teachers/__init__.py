@@ -1,3 +1,4 @@
 from .frozen import FrozenTeacher
+from .precomputed import PrecomputedTeacher
 
-__all__ = ["FrozenTeacher"]
+__all__ = ["FrozenTeacher", "PrecomputedTeacher"]
