@@ -167,8 +167,8 @@ def test_meta_weight_network_learns_during_training(form):
                 {"form": form, "meta_every": 1, "meta_lr": 0.01})
     recipe = OfflineRecipe(student, teachers, agg, temperature=2.0, alpha=0.9)
     before = [p.clone() for p in agg.net.parameters()]
-    trainer = Trainer(recipe, BatchLoader(data, 20), TrainConfig(steps=60, lr=0.01, log_every=10),
-                      metrics=MetricsLog(None), progress=False).fit()
+    Trainer(recipe, BatchLoader(data, 20), TrainConfig(steps=60, lr=0.01, log_every=10),
+          metrics=MetricsLog(None), progress=False).fit()
     assert any(not torch.equal(a, b) for a, b in zip(before, agg.net.parameters()))
     with torch.no_grad():
         x = data.x[:50]

@@ -62,3 +62,35 @@ def pseudo_labels(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     probability), so label-based weightings also work on an unlabeled transfer pool."""
     vote = torch.softmax(teacher_logits, dim=-1).mean(0).argmax(-1)  # [B]
     return torch.where(labeled_mask(labels), labels, vote)
+
+
+def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                  temperature: float, features: torch.Tensor | None = None,
+                  sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KD term against what ``aggregator`` makes of the teachers, and the weights [B, K] it used.
+
+    With one temperature: KD to the aggregated target (optionally weighted per sample,
+    sample_weights [B]). With per-teacher temperatures (ATMKD): the weighted sum of
+    per-teacher terms, each at its own temperature.
+    """
+    from ..losses import kd_loss, multi_temperature_kd_loss
+
+    agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features)
+    if agg.temperatures is None:
+        return kd_loss(student_logits, agg.target, temperature, sample_weights), agg.weights
+    weights = agg.weights
+    if sample_weights is not None:  # [B, K] * [B, 1], normalised so the mean sample weight is 1
+        weights = weights * (sample_weights / sample_weights.mean()).unsqueeze(1)
+    return multi_temperature_kd_loss(student_logits, teacher_logits, agg.temperatures, weights), agg.weights
+
+
+def add_aggregator_terms(losses: dict, aggregator, teachers, weights: torch.Tensor) -> dict:
+    """Finish a step's losses: add the aggregator's own training terms to ``"loss"`` (the joint
+    meta-weight network), record what it wants logged, and the mean weight of each teacher."""
+    for name, value in getattr(aggregator, "auxiliary_losses", dict)().items():
+        losses["loss"] = losses["loss"] + value
+        losses[name] = value
+    losses.update(getattr(aggregator, "logged", dict)())
+    for k, teacher in enumerate(teachers):
+        losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
+    return losses

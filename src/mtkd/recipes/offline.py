@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..config import NoOptions
-from ..losses import ce_loss, kd_loss, multi_temperature_kd_loss
+from ..aggregation.base import add_aggregator_terms, aggregated_kd
+from ..losses import ce_loss
 from ..models.features import PenultimateFeatures
 from ..teachers import FrozenTeacher
 
@@ -46,13 +47,7 @@ class OfflineRecipe(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """The KD term and the weights [B, K] the aggregator gave the teachers."""
         features = self.features.value if self.features is not None else None
-        agg = self.aggregator(teacher_logits, labels, self.temperature, student_logits=student_logits,
-                              features=features)
-        if agg.temperatures is not None:
-            kd = multi_temperature_kd_loss(student_logits, teacher_logits, agg.temperatures, agg.weights)
-        else:
-            kd = kd_loss(student_logits, agg.target, self.temperature)
-        return kd, agg.weights
+        return aggregated_kd(self.aggregator, student_logits, teacher_logits, labels, self.temperature, features)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
@@ -62,12 +57,4 @@ class OfflineRecipe(nn.Module):
         kd, weights = self.distill_loss(student_logits, teacher_logits, y)
         ce = ce_loss(student_logits, y)
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
-        # an aggregator that learns (the joint meta-weight network) adds its own loss terms
-        aux = getattr(self.aggregator, "auxiliary_losses", dict)()
-        for name, value in aux.items():
-            losses["loss"] = losses["loss"] + value
-        losses.update(aux)
-        losses.update(getattr(self.aggregator, "logged", dict)())
-        for k, teacher in enumerate(self.teachers):
-            losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
-        return losses
+        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)

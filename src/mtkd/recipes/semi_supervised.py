@@ -34,7 +34,8 @@ from torch import nn
 from ..aggregation.disagreement import DISAGREEMENT
 from ..data import IndexedTensorDataset
 from ..errors import ConfigError
-from ..losses import ce_loss, kd_loss, multi_temperature_kd_loss
+from ..aggregation.base import add_aggregator_terms, aggregated_kd
+from ..losses import ce_loss
 from ..models.features import PenultimateFeatures
 from ..teachers import FrozenTeacher
 
@@ -102,15 +103,9 @@ class SemiSupervisedRecipe(nn.Module):
         teacher_logits = self.teacher_logits(x, index)  # [K, B, C]
         student_logits = self.student(x)
         features = self.features.value if self.features is not None else None
-        agg = self.aggregator(teacher_logits, labels, self.temperature, student_logits=student_logits,
-                              features=features)
-        if agg.temperatures is not None:
-            if sample_weights is not None:
-                agg = agg._replace(weights=agg.weights * (sample_weights / sample_weights.mean()).unsqueeze(1))
-            kd = multi_temperature_kd_loss(student_logits, teacher_logits, agg.temperatures, agg.weights)
-        else:
-            kd = kd_loss(student_logits, agg.target, self.temperature, sample_weights)
-        return student_logits, kd, agg.weights
+        kd, weights = aggregated_kd(self.aggregator, student_logits, teacher_logits, labels, self.temperature,
+                                    features, sample_weights)
+        return student_logits, kd, weights
 
     def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         return torch.stack([t(x, index) for t in self.teachers])  # [K, B, C], no grad
@@ -133,11 +128,4 @@ class SemiSupervisedRecipe(nn.Module):
         self.steps_done += 1
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd,
                   "disagreement": scores.mean()}  # of the unlabeled samples drawn: selection at work
-        aux = getattr(self.aggregator, "auxiliary_losses", dict)()
-        for value in aux.values():
-            losses["loss"] = losses["loss"] + value
-        losses.update(aux)
-        losses.update(getattr(self.aggregator, "logged", dict)())
-        for k, teacher in enumerate(self.teachers):
-            losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
-        return losses
+        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
