@@ -212,3 +212,22 @@ def test_ctrl_c_then_resume_with_another_output_dir_setting(tmp_path, capsys, mo
     assert main(["run", str(cfg), "--out", str(out), "--set", "output.dir=elsewhere", "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["timing"]["steps"] == 40
+
+
+def test_unwritable_output_directory_is_a_clear_error(tmp_path, capsys, tiny_raw_config):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory would have to be")
+    out = blocker / "run"  # mkdir fails with an OSError (NotADirectoryError), for root too
+    assert main(["run", str(_write(tmp_path, tiny_raw_config)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the run directory" in err and "Traceback" not in err
+    assert blocker.read_text().startswith("a file")
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path, capsys, tiny_raw_config):
+    target = tmp_path / "file"
+    target.write_text("x")
+    _ = _write(tmp_path, tiny_raw_config)
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--out", str(target)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert target.read_text() == "x"

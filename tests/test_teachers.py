@@ -68,3 +68,11 @@ def test_precomputed_teacher_serves_stored_outputs_only_for_the_same_inputs():
     assert torch.equal(pre(other, index[rows]), live(other))
     assert torch.equal(pre(x[rows], None), live(x[rows]))
     assert torch.equal(pre(x[:2], torch.tensor([0, 1])), live(x[:2]))  # indices never stored
+
+
+def test_nan_report_with_indices_on_another_device_than_outputs():
+    teacher = FrozenTeacher(NanAt(0), "broken", num_classes=3)
+    out = torch.zeros(2, 3)
+    out[0] = float("inf")
+    with pytest.raises(TeacherError, match=r"\[7\]"):
+        teacher.validate(out, 2, torch.tensor([7, 8]))

@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except MtkdError as exc:
         print(f"mtkd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # e.g. the disk filled up while writing; files are written atomically
+        print(f"mtkd: error: {exc}; files already written are intact, run the same command again "
+              "to resume from the last checkpoint", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mtkd: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130

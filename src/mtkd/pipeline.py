@@ -123,8 +123,12 @@ def open_run_dir(out: Path, cfg_dict: dict, restart: bool) -> str:
             raise MtkdError(f"{out} holds a run with a different config (sections {changed} differ); "
                             "use --restart to start over or another --out")
         return "done" if (out / "summary.json").is_file() else "resume"
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", cfg_dict)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_yaml(out / "config.yaml", cfg_dict)
+    except OSError as exc:  # read-only disk, permissions, disk full: say so before any training
+        raise MtkdError(f"--out {out}: cannot write the run directory ({exc.strerror or exc}); "
+                        "choose a writable --out") from None
     return "new"
 
 

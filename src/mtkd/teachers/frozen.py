@@ -52,7 +52,7 @@ class FrozenTeacher:
                                f"expected [{batch}, {self.num_classes}]")
         bad = ~torch.isfinite(out).all(dim=1)
         if bad.any():
-            rows = bad.nonzero().flatten()
-            ids = (indices[rows] if indices is not None else rows).tolist()
+            rows = bad.nonzero().flatten().cpu()  # indices may live on another device than the outputs
+            ids = (indices.cpu()[rows] if indices is not None else rows).tolist()
             raise TeacherError(f"teacher '{self.name}' returned NaN or infinite logits for "
                                f"{len(ids)} sample(s), indices {ids[:10]}{' ...' if len(ids) > 10 else ''}")
