@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -76,3 +78,85 @@ def test_nan_report_with_indices_on_another_device_than_outputs():
     out[0] = float("inf")
     with pytest.raises(TeacherError, match=r"\[7\]"):
         teacher.validate(out, 2, torch.tensor([7, 8]))
+
+
+class Flaky(nn.Module):
+    """A linear teacher that raises on batches holding sample 0 and returns NaN on those holding sample 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.index = None
+
+    def forward(self, x):
+        out = self.lin(x)
+        if self.index is not None and (self.index == 0).any():
+            raise RuntimeError("GPU fell off the bus")
+        if self.index is not None and (self.index == 1).any():
+            out = out * float("nan")
+        return out
+
+
+class IndexAware(FrozenTeacher):
+    def __call__(self, x, indices=None, check=True):
+        self.model.index = indices
+        return super().__call__(x, indices, check)
+
+
+def test_run_teachers_stop_policy_names_the_teacher():
+    from mtkd.teachers import run_teachers
+
+    good, flaky = FrozenTeacher(nn.Linear(4, 3), "good", 3), IndexAware(Flaky(), "flaky", 3)
+    with pytest.raises(TeacherError, match="teacher 'flaky' raised RuntimeError: GPU fell off the bus"):
+        run_teachers([good, flaky], torch.randn(2, 4), torch.tensor([0, 5]), "stop")
+    with pytest.raises(TeacherError, match="'flaky' returned NaN"):
+        run_teachers([good, flaky], torch.randn(2, 4), torch.tensor([1, 5]), "stop")
+
+
+def test_run_teachers_drop_policy_records_and_masks():
+    from mtkd.aggregation import AggregatorContext, build_aggregator
+    from mtkd.aggregation.base import aggregated_kd
+    from mtkd.teachers import run_teachers
+
+    good, flaky = FrozenTeacher(nn.Linear(4, 3), "good", 3), IndexAware(Flaky(), "flaky", 3)
+    events = []
+    x = torch.randn(2, 4)
+    logits, alive = run_teachers([good, flaky], x, torch.tensor([1, 5]), "drop", events)
+    assert alive.tolist() == [True, False] and torch.isfinite(logits).all()
+    assert events[0]["teacher"] == "flaky" and "NaN" in events[0]["error"]
+    # the dropped teacher gets weight 0; the target is the good teacher's alone
+    agg = build_aggregator("mean", AggregatorContext([good, flaky]))
+    student = torch.zeros(2, 3, requires_grad=True)
+    kd, weights = aggregated_kd(agg, student, logits, torch.tensor([-1, -1]), 2.0, alive=alive)
+    assert weights.tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    from mtkd.losses import kd_loss
+    assert torch.allclose(kd, kd_loss(student, torch.softmax(good(x) / 2.0, -1), 2.0))
+    # when every teacher fails, the batch cannot be used
+    with pytest.raises(TeacherError, match="every teacher failed"):
+        run_teachers([flaky], x, torch.tensor([0, 5]), "drop", [])
+
+
+def test_distill_with_drop_policy_finishes_and_records_each_drop(tmp_path):
+    import json
+
+    import mtkd
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()), 16, seed=0)
+    teachers = {"good": FrozenTeacher(nn.Linear(4, 3), "good", 3), "flaky": IndexAware(Flaky(), "flaky", 3)}
+    student = nn.Linear(4, 3)
+    with pytest.raises(TeacherError, match="'flaky'"):
+        mtkd.distill(student, teachers, loader, steps=8, progress=False)  # default policy: stop
+    loader = mtkd.BatchLoader(loader.dataset, 16, seed=0)
+    mtkd.distill(student, teachers, loader, steps=8, progress=False, on_teacher_error="drop", log_every=1,
+                 metrics_path=tmp_path / "m.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    drops = [r for r in records if r.get("event") == "teacher_dropped"]
+    # samples 0 and 1 are each in one batch per epoch; 8 steps of 16 over 64 samples = 2 epochs
+    assert len(drops) == 4 and all(r["teacher"] == "flaky" for r in drops)
+    dropped_steps = {r["step"] for r in drops}
+    for r in records:
+        if "loss" in r:
+            assert math.isfinite(r["loss"])
+            assert (r["weight/flaky"] == 0.0) == (r["step"] in dropped_steps)

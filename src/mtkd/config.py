@@ -44,6 +44,8 @@ class DistillConfig(TrainConfig):
     temperature: float = Field(4.0, gt=0, description="softmax temperature T of the KD loss")
     alpha: float = Field(0.9, ge=0, le=1, description="loss = (1 - alpha) * CE + alpha * KD")
     baseline: bool = Field(False, description="also train the student from scratch, for comparison")
+    on_teacher_error: Literal["stop", "drop"] = Field(
+        "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
 

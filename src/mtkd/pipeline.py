@@ -202,7 +202,8 @@ class Run:
                                     self.data.val, head_layer(student).in_features, self.prep.device)
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
-                            options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed)
+                            options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
+                            on_teacher_error=d.on_teacher_error)
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
         stem = file_name.removesuffix(".pt")
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
@@ -218,7 +219,7 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 
     Returns the summary (the contents of ``summary.json``).
     """
-    from .report import build_summary, write_report
+    from .report import build_summary, teacher_faults, write_report
 
     out = Path(out)
     if cfg.distill.threads:
@@ -248,7 +249,12 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     }
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}
-    summary = build_summary(cfg, prep.data, results, run.stages)
-    write_report(out, summary, run.metrics.read(), plots=cfg.output.plots)
+    records = run.metrics.read()
+    faults = teacher_faults(records)
+    for name, count in faults.items():
+        log(f"warning: teacher '{name}' failed on {count} batch(es) and was left out of them "
+            "(see 'teacher_dropped' in metrics.jsonl)")
+    summary = build_summary(cfg, prep.data, results, run.stages, faults)
+    write_report(out, summary, records, plots=cfg.output.plots)
     write_json(out / "summary.json", summary)  # last: its presence marks the run finished
     return summary

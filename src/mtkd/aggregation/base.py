@@ -64,18 +64,33 @@ def pseudo_labels(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return torch.where(labeled_mask(labels), labels, vote)
 
 
+def mask_weights(weights: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Zero the weights [B, K] of teachers left out of a batch (alive [K] False) and renormalise."""
+    w = weights * alive.to(weights.dtype)
+    total = w.sum(1, keepdim=True)
+    uniform = alive.to(weights.dtype).expand_as(w) / alive.sum()
+    return torch.where(total > 0, w / total.clamp_min(1e-12), uniform)
+
+
 def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                   temperature: float, features: torch.Tensor | None = None,
-                  sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  sample_weights: torch.Tensor | None = None,
+                  alive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The KD term against what ``aggregator`` makes of the teachers, and the weights [B, K] it used.
 
     With one temperature: KD to the aggregated target (optionally weighted per sample,
     sample_weights [B]). With per-teacher temperatures (ATMKD): the weighted sum of
-    per-teacher terms, each at its own temperature.
+    per-teacher terms, each at its own temperature. Teachers dropped from the batch
+    (alive [K] False, see ``run_teachers``) get weight 0 and the others are renormalised.
     """
     from ..losses import kd_loss, multi_temperature_kd_loss
 
     agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features)
+    if alive is not None and not bool(alive.all()):
+        weights = mask_weights(agg.weights, alive)
+        target = mix(softened(teacher_logits, temperature if agg.temperatures is None
+                              else agg.temperatures.t().unsqueeze(-1)), weights)
+        agg = agg._replace(target=target, weights=weights)
     if agg.temperatures is None:
         return kd_loss(student_logits, agg.target, temperature, sample_weights), agg.weights
     weights = agg.weights

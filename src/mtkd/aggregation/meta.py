@@ -39,7 +39,7 @@ from torch.func import functional_call
 
 from ..data.base import UNLABELED
 from ..errors import ConfigError
-from .base import Aggregate, AggregatorContext, mix, softened
+from .base import Aggregate, AggregatorContext, mask_weights, mix, softened
 
 
 class MetaOptions(BaseModel):
@@ -132,8 +132,10 @@ class MetaAggregator(nn.Module):
         rows = torch.randint(len(self.val_data), (self.options.quiz_batch_size,), generator=gen)
         return self.val_data.x[rows].to(device), self.val_data.y[rows].to(device)
 
-    def before_step(self, recipe: nn.Module, x: torch.Tensor, y: torch.Tensor, index) -> None:
-        """Bilevel form: one meta update of phi through a virtual student step (see the module doc)."""
+    def before_step(self, recipe: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
+                    alive: torch.Tensor) -> None:
+        """Bilevel form: one meta update of phi through a virtual student step (see the module doc).
+        teacher_logits [K, B, C] of this batch; alive [K] marks teachers not dropped from it."""
         o = self.options
         step = int(self.steps_done)
         self.steps_done += 1
@@ -143,9 +145,10 @@ class MetaAggregator(nn.Module):
 
         student = recipe.student
         params = dict(student.named_parameters())
-        teacher_logits = recipe.teacher_logits(x, index)
         logits = functional_call(student, params, (x,))
         w = self.net(recipe.features.value, teacher_logits, logits)
+        if not bool(alive.all()):
+            w = mask_weights(w, alive)
         kd = (w * per_teacher_kd(logits, teacher_logits, recipe.temperature)).sum(1).mean()
         inner = (1 - recipe.alpha) * ce_loss(logits, y) + recipe.alpha * kd
         grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)

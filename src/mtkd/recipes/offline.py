@@ -22,7 +22,7 @@ from ..config import NoOptions
 from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..losses import ce_loss
 from ..models.features import PenultimateFeatures
-from ..teachers import FrozenTeacher
+from ..teachers import FrozenTeacher, run_teachers
 
 
 class OfflineRecipe(nn.Module):
@@ -32,29 +32,29 @@ class OfflineRecipe(nn.Module):
     Options = NoOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
-                 temperature: float = 4.0, alpha: float = 0.9, options: NoOptions | None = None, **_):
+                 temperature: float = 4.0, alpha: float = 0.9, options: NoOptions | None = None,
+                 on_teacher_error: str = "stop", **_):
         super().__init__()
+        self.on_teacher_error = on_teacher_error  # "stop" or "drop" (the teacher, for that batch)
+        self.events: list[dict] = []  # teacher faults of the last step, written to metrics by the trainer
         self.student = student
         self.aggregator = aggregator  # registered: an aggregator may have parameters of its own
         self.teachers = list(teachers)  # plain list: teacher weights stay out of parameters()
         self.temperature, self.alpha = temperature, alpha
         self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
 
-    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        return torch.stack([t(x, index) for t in self.teachers])  # [K, B, C], no grad
-
-    def distill_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The KD term and the weights [B, K] the aggregator gave the teachers."""
-        features = self.features.value if self.features is not None else None
-        return aggregated_kd(self.aggregator, student_logits, teacher_logits, labels, self.temperature, features)
+    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """([K, B, C] logits, no grad; alive [K]) under the teacher-fault policy."""
+        return run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        teacher_logits, alive = self.teacher_logits(x, index)
         if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
-            self.aggregator.before_step(self, x, y, index)
-        teacher_logits = self.teacher_logits(x, index)
+            self.aggregator.before_step(self, x, y, teacher_logits, alive)
         student_logits = self.student(x)  # [B, C]
-        kd, weights = self.distill_loss(student_logits, teacher_logits, y)
+        features = self.features.value if self.features is not None else None
+        kd, weights = aggregated_kd(self.aggregator, student_logits, teacher_logits, y, self.temperature, features,
+                                    alive=alive)
         ce = ce_loss(student_logits, y)
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
         return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)

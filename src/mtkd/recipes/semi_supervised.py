@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..losses import ce_loss
 from ..models.features import PenultimateFeatures
-from ..teachers import FrozenTeacher
+from ..teachers import FrozenTeacher, run_teachers
 
 
 class SemiSupervisedOptions(BaseModel):
@@ -58,8 +58,10 @@ class SemiSupervisedRecipe(nn.Module):
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
                  temperature: float = 4.0, alpha: float = 0.9, options: SemiSupervisedOptions | None = None,
-                 unlabeled: IndexedTensorDataset | None = None, seed: int = 0, **_):
+                 unlabeled: IndexedTensorDataset | None = None, seed: int = 0, on_teacher_error: str = "stop", **_):
         super().__init__()
+        self.on_teacher_error = on_teacher_error  # "stop" or "drop" (the teacher, for that batch)
+        self.events: list[dict] = []  # teacher faults of the last step, written to metrics by the trainer
         if unlabeled is None or len(unlabeled) == 0:
             raise ConfigError("recipe 'semi_supervised' needs an unlabeled pool: set data.unlabeled (mnist1d) "
                               "or x_unlabeled (npz)")
@@ -85,7 +87,8 @@ class SemiSupervisedRecipe(nn.Module):
         out = []
         for i in range(0, len(x), 2048):
             xb = x[i:i + 2048].to(device)
-            out.append(measure(torch.stack([t(xb, self.unlabeled.index[i:i + 2048]) for t in self.teachers])).cpu())
+            logits, _ = run_teachers(self.teachers, xb, self.unlabeled.index[i:i + 2048])  # faults stop here
+            out.append(measure(logits).cpu())
         return torch.cat(out)
 
     def _unlabeled_batch(self):
@@ -99,20 +102,24 @@ class SemiSupervisedRecipe(nn.Module):
         d = self.unlabeled
         return d.x[rows], d.index[rows], scores[rows]
 
-    def _kd(self, x, labels, index, sample_weights=None):
-        teacher_logits = self.teacher_logits(x, index)  # [K, B, C]
+    def _kd(self, x, labels, index, sample_weights=None, teachers_out=None):
+        teacher_logits, alive = teachers_out if teachers_out is not None else self.teacher_logits(x, index)
         student_logits = self.student(x)
         features = self.features.value if self.features is not None else None
         kd, weights = aggregated_kd(self.aggregator, student_logits, teacher_logits, labels, self.temperature,
-                                    features, sample_weights)
+                                    features, sample_weights, alive)
         return student_logits, kd, weights
 
-    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        return torch.stack([t(x, index) for t in self.teachers])  # [K, B, C], no grad
+    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """([K, B, C] logits, no grad; alive [K]) under the teacher-fault policy."""
+        return run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        labeled_out = None  # teachers on the labeled batch, only when something needs them
+        if hasattr(self.aggregator, "before_step") or self.options.labeled_kd:
+            labeled_out = self.teacher_logits(x, index)
         if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
-            self.aggregator.before_step(self, x, y, index)
+            self.aggregator.before_step(self, x, y, *labeled_out)
         device = x.device
         xu, iu, scores = self._unlabeled_batch()
         xu = xu.to(device)
@@ -120,7 +127,7 @@ class SemiSupervisedRecipe(nn.Module):
         yu = torch.full((len(xu),), -1, dtype=torch.long, device=device)
         _, kd_unlabeled, weights = self._kd(xu, yu, iu, v)
         if self.options.labeled_kd:
-            logits, kd_labeled, _ = self._kd(x, y, index)
+            logits, kd_labeled, _ = self._kd(x, y, index, teachers_out=labeled_out)
             kd = 0.5 * (kd_unlabeled + kd_labeled)
         else:
             logits, kd = self.student(x), kd_unlabeled

@@ -5,7 +5,16 @@ from ..config import Config
 from ..data import DataSplits
 
 
-def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict) -> dict:
+def teacher_faults(records: list[dict]) -> dict[str, int]:
+    """Batches each teacher was dropped from (distill.on_teacher_error: drop), from metrics.jsonl."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.get("event") == "teacher_dropped":
+            counts[r["teacher"]] = counts.get(r["teacher"], 0) + 1
+    return counts
+
+
+def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, faults: dict | None = None) -> dict:
     distill_stage = stages.get("distill", {})
     summary = {
         "dataset": data.name,
@@ -26,6 +35,8 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict) ->
     }
     if results.get("scratch"):
         summary["scratch"] = results["scratch"]
+    if faults:
+        summary["teacher_faults"] = faults
     if summary["ensemble"] is None:
         del summary["ensemble"]
     return summary

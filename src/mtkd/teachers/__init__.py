@@ -1,4 +1,4 @@
-from .frozen import FrozenTeacher
+from .frozen import FrozenTeacher, run_teachers
 from .precomputed import PrecomputedTeacher
 
-__all__ = ["FrozenTeacher", "PrecomputedTeacher"]
+__all__ = ["FrozenTeacher", "PrecomputedTeacher", "run_teachers"]

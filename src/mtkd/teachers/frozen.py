@@ -56,3 +56,32 @@ class FrozenTeacher:
             ids = (indices.cpu()[rows] if indices is not None else rows).tolist()
             raise TeacherError(f"teacher '{self.name}' returned NaN or infinite logits for "
                                f"{len(ids)} sample(s), indices {ids[:10]}{' ...' if len(ids) > 10 else ''}")
+
+
+def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: str = "stop",
+                 events: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every teacher's logits on a batch: ([K, B, C], alive [K] bool).
+
+    A teacher that fails (non-finite or misshapen output, or an exception from its forward):
+    ``policy="stop"`` raises a TeacherError naming it; ``policy="drop"`` leaves it out of this
+    batch (its logits are a uniform placeholder and ``alive`` is False), and appends an event
+    to ``events`` so the run records it. If every teacher fails, the batch cannot be used.
+    """
+    outs: list[torch.Tensor | None] = []
+    for t in teachers:
+        try:
+            outs.append(t(x, index))
+        except Exception as exc:  # noqa: BLE001 - any failure of a teacher is handled by the policy
+            error = exc if isinstance(exc, TeacherError) else TeacherError(
+                f"teacher '{t.name}' raised {type(exc).__name__}: {exc}")
+            if policy == "stop":
+                raise error from exc
+            if events is not None:
+                events.append({"event": "teacher_dropped", "teacher": t.name, "error": str(error)})
+            outs.append(None)
+    alive = torch.tensor([o is not None for o in outs])
+    if not alive.any():
+        raise TeacherError("every teacher failed on this batch: " + "; ".join(e["error"] for e in (events or [])[-len(outs):]))
+    shape = next(o for o in outs if o is not None)
+    logits = torch.stack([o if o is not None else torch.zeros_like(shape) for o in outs])
+    return logits, alive.to(logits.device)
