@@ -233,3 +233,30 @@ def test_output_path_that_is_a_file_is_refused(tmp_path, capsys, tiny_raw_config
     assert main(["run", str(tmp_path / "cfg.yaml"), "--out", str(target)]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
     assert target.read_text() == "x"
+
+
+def test_force_continues_an_interrupted_run_with_a_changed_config(tmp_path, capsys, monkeypatch, tiny_raw_config):
+    from mtkd.recipes import OfflineRecipe
+
+    original, calls = OfflineRecipe.step, {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(OfflineRecipe, "step", interrupted)
+    cfg, out = _write(tmp_path, tiny_raw_config), tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 130
+    monkeypatch.setattr(OfflineRecipe, "step", original)
+    capsys.readouterr()
+    changed = ["--set", "distill.lr=0.005"]
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress", *changed]) == 2
+    assert "--force to continue it" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress", "--force", *changed]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert yaml.safe_load((out / "config.yaml").read_text())["distill"]["lr"] == 0.005
+    # a finished run cannot be changed, not even with --force
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress", "--force", "--set", "distill.lr=0.002"]) == 2
+    assert "--force cannot change a finished run" in capsys.readouterr().err

@@ -29,6 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory (default runs/demo, or runs/demo-fast)")
     demo.add_argument("--fast", action="store_true", help="a smaller run, under a minute (smoke test)")
     demo.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    demo.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     run = sub.add_parser("run", help="run the pipeline a YAML config describes")
@@ -37,18 +38,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a config value, e.g. --set distill.steps=1000 (repeatable)")
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    run.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
     return parser
 
 
-def _run(cfg, out: Path, restart: bool, progress: bool) -> None:
+def _run(cfg, out: Path, restart: bool, progress: bool, force: bool = False) -> None:
     from .pipeline import run_pipeline
     from .report import format_table
 
     start = time.perf_counter()
-    summary = run_pipeline(cfg, out, restart=restart, progress=progress, log=lambda m: print(m, file=sys.stderr))
+    summary = run_pipeline(cfg, out, restart=restart, progress=progress, log=lambda m: print(m, file=sys.stderr),
+                           force=force)
     print(format_table(summary))
     print(f"\nrun directory: {out}  ({time.perf_counter() - start:.0f} s; report: {out / 'report.md'})")
 
@@ -88,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import demo_config
 
             cfg = parse_config(demo_config(args.fast))
-            _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress)
+            _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
         elif args.command == "run":
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
-            _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress)
+            _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
     except MtkdError as exc:
         print(f"mtkd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

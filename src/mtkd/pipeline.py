@@ -103,8 +103,11 @@ def _comparable(cfg_dict: dict) -> dict:
     return out
 
 
-def open_run_dir(out: Path, cfg_dict: dict, restart: bool) -> str:
-    """Create or reopen ``out``; returns "new", "resume" or "done"."""
+def open_run_dir(out: Path, cfg_dict: dict, restart: bool, force: bool = False) -> str:
+    """Create or reopen ``out``; returns "new", "resume" or "done".
+
+    A run directory holding another config is refused, unless ``force``: then the new config
+    replaces the saved one and finished stages are kept as they are."""
     if out.exists() and not out.is_dir():
         raise MtkdError(f"--out {out} is a file, not a directory")
     is_run = (out / "config.yaml").is_file()
@@ -120,8 +123,13 @@ def open_run_dir(out: Path, cfg_dict: dict, restart: bool) -> str:
         if _comparable(saved) != _comparable(cfg_dict):
             changed = sorted(k for k in set(saved) | set(cfg_dict)
                              if k != "output" and saved.get(k) != cfg_dict.get(k))
-            raise MtkdError(f"{out} holds a run with a different config (sections {changed} differ); "
-                            "use --restart to start over or another --out")
+            finished = (out / "summary.json").is_file()
+            if not force or finished:
+                hint = "--force cannot change a finished run; " if force else ""
+                raise MtkdError(f"{out} holds a {'finished ' if finished else ''}run with a different config "
+                                f"(sections {changed} differ); {hint}use --restart to start over, another --out"
+                                f"{'' if finished else ', or --force to continue it with the new config'}")
+            write_yaml(out / "config.yaml", cfg_dict)
         return "done" if (out / "summary.json").is_file() else "resume"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -140,8 +148,10 @@ def fingerprint(*parts) -> str:
 # ---------------------------------------------------------------- stages
 
 class Run:
-    def __init__(self, prep: Prepared, out: Path, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, prep: Prepared, out: Path, progress: bool = True, log: Callable[[str], None] = print,
+                 force: bool = False):
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
+        self.force = force
         self.out, self.progress, self.log = out, progress, log
         self.metrics = MetricsLog(out / "metrics.jsonl")
         self.state_path = out / "stages.json"
@@ -158,7 +168,7 @@ class Run:
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
-                          fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage))
+                          fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage), force=self.force)
         trainer.fit()
         self._record(stage, trainer, settings.batch_size)
         return trainer
@@ -214,8 +224,11 @@ class Run:
 
 
 def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, force: bool = False) -> dict:
     """Run (or resume, or skip if finished) the pipeline ``cfg`` describes in run directory ``out``.
+
+    ``force`` continues a run directory whose config or code version differs (the results
+    then mix both); without it such a directory is refused.
 
     Returns the summary (the contents of ``summary.json``).
     """
@@ -227,13 +240,13 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     prep = prepare(cfg)  # raises before anything is written
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
-    status = open_run_dir(out, cfg_dict, restart)
+    status = open_run_dir(out, cfg_dict, restart, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
         return json.loads((out / "summary.json").read_text())
     if status == "resume":
         log(f"resuming the run in {out}")
-    run = Run(prep, out, progress, log)
+    run = Run(prep, out, progress, log, force)
     d = cfg.distill
     teachers = [run.teacher(i, plan) for i, plan in enumerate(prep.teachers)] if RECIPES[d.recipe].needs_teachers else []
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None

@@ -149,7 +149,8 @@ class Trainer:
     def __init__(self, recipe: nn.Module, loader: Iterable, cfg: TrainConfig, *, stage: str = "train",
                  val_data: IndexedTensorDataset | None = None, checkpoint: str | Path | None = None,
                  best_path: str | Path | None = None, metrics: MetricsLog | None = None,
-                 device: torch.device | str = "cpu", progress: bool = True, fingerprint: str = ""):
+                 device: torch.device | str = "cpu", progress: bool = True, fingerprint: str = "",
+                 force: bool = False):
         self.recipe, self.loader, self.cfg, self.stage = recipe, loader, cfg, stage
         self.val_data = val_data
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -158,6 +159,7 @@ class Trainer:
         self.device = torch.device(device)
         self.progress = progress
         self.fingerprint = fingerprint
+        self.force = force  # resume a checkpoint written under another config or code version
         self.optimizer = make_optimizer(recipe.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
@@ -188,9 +190,11 @@ class Trainer:
         except Exception as exc:  # truncated or foreign file: refuse rather than guess
             raise MtkdError(f"checkpoint {self.checkpoint} cannot be read ({exc}); "
                             "delete it or use --restart") from None
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
-            raise MtkdError(f"checkpoint {self.checkpoint} was written by a different configuration; "
-                            "use --restart to start over")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise MtkdError(f"{self.checkpoint} is not an mtkd training checkpoint; delete it or use --restart")
+        if state.get("fingerprint") != self.fingerprint and not self.force:
+            raise MtkdError(f"checkpoint {self.checkpoint} was written by a different configuration or mtkd "
+                            "version; use --restart to start over, or --force to continue from it anyway")
         self.recipe.load_state_dict(state["recipe"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
