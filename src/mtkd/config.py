@@ -9,6 +9,7 @@ works, and unknown keys or wrong types are errors naming the key and what is all
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ SECTIONS = ("seed", "data", "teachers", "student", "distill", "output")
 class TrainConfig(BaseModel):
     """How one network is trained; a teacher's ``train:`` and the ``distill`` section share these keys."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     steps: int = Field(3000, gt=0, description="optimizer steps")
     batch_size: int = Field(100, gt=0)
     lr: float = Field(1e-2, gt=0, description="peak learning rate")
@@ -51,7 +52,7 @@ class DistillConfig(TrainConfig):
 
 
 class OutputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dir: Path = Field(Path("runs/mtkd"), description="run directory (the CLI's --out wins)")
     plots: bool = True
 
@@ -68,7 +69,7 @@ class TeacherSpec:
 class NoOptions(BaseModel):
     """Options schema of a component that takes none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -170,7 +171,7 @@ def _teacher(raw: Any, i: int) -> TeacherSpec:
         raise ConfigError(f"{where}: give 'arch' (a built-in model) or 'checkpoint' (a file)")
     model = _model(model_keys, where) if "arch" in model_keys else None
     weight = raw.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
         raise ConfigError(f"{where}.weight: a non-negative number (got {weight!r})")
     train = _validate(TrainConfig, raw.get("train") or {}, f"{where}.train", "teacher training")
     return TeacherSpec(name, model, checkpoint, float(weight), train)

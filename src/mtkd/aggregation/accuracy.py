@@ -20,7 +20,7 @@ from .base import Aggregate, AggregatorContext, mix, softened
 
 
 class AccuracyOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     weight_temperature: float = Field(0.1, gt=0, description="tau in softmax(accuracy / tau) over teachers")
 
 

@@ -26,7 +26,7 @@ from .base import Aggregate, AggregatorContext, mix, pseudo_labels
 
 
 class AdaptiveTemperatureOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     spread: float = Field(0.5, ge=0, lt=1, description="temperatures range over T * (1 -/+ spread)")
     weight_temperature: float = Field(1.0, gt=0, description="sharpness of the confidence weights")
 

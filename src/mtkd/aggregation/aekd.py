@@ -25,7 +25,7 @@ from .base import Aggregate, AggregatorContext, mix, softened
 
 
 class AekdOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     weight_cap: float = Field(0.6, gt=0, description="upper bound C on each teacher's weight")
     tolerance: float = Field(1e-6, gt=0, description="stop when no weight moves more than this")
     max_iterations: int = Field(500, gt=0)

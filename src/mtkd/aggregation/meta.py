@@ -43,7 +43,7 @@ from .base import Aggregate, AggregatorContext, mask_weights, mix, softened
 
 
 class MetaOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     form: Literal["bilevel", "joint"] = "bilevel"
     hidden: int = Field(64, gt=0, description="width of the meta-weight network")
     meta_lr: float = Field(1e-3, gt=0, description="bilevel: Adam learning rate of the meta-weight network "

@@ -14,7 +14,7 @@ from .base import DataSplits, IndexedTensorDataset, split_off
 
 
 class CsvConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["csv"] = "csv"
     train: Path = Field(description="CSV file of training rows")
     test: Path = Field(description="CSV file of test rows")

@@ -11,7 +11,7 @@ from .base import DataSplits, IndexedTensorDataset, as_tensors, split_off
 
 
 class DigitsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["digits"] = "digits"
     seed: int = Field(0, description="seed of the train/test split")
     test_fraction: float = Field(0.25, gt=0, lt=1)

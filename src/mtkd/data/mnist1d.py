@@ -17,7 +17,7 @@ from .base import UNLABELED, DataSplits, IndexedTensorDataset, as_tensors, split
 
 
 class Mnist1dConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["mnist1d"] = "mnist1d"
     num_samples: int = Field(5000, ge=20, description="labeled samples, split 80/20 into train/test")
     seed: int = Field(0, description="seed of the generator (data, not training)")

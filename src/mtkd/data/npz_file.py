@@ -16,7 +16,7 @@ REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
 
 class NpzConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Literal["npz"] = "npz"
     path: Path = Field(description="the .npz file")
     val_fraction: float = Field(0.1, ge=0, lt=1)

@@ -7,7 +7,7 @@ from ..errors import ConfigError
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     num_classes: int | None = Field(None, ge=2, description="classes; default: the data set's")
 
 

@@ -41,7 +41,7 @@ from ..teachers import FrozenTeacher, run_teachers
 
 
 class SemiSupervisedOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     unlabeled_batch_size: int = Field(100, gt=0, description="unlabeled samples per step")
     disagreement: Literal["pairwise_kl", "vote_entropy"] = "pairwise_kl"
     selection: Literal["weight", "sample", "uniform"] = "weight"
