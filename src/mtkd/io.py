@@ -18,6 +18,10 @@ import yaml
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a writer killed mid-write (SIGKILL) leaves its temporary file; the next write clears it
+    # (each file has one writer at a time: in a distributed run only one rank writes)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as handle:

@@ -188,8 +188,8 @@ class Trainer:
         try:
             state = load_torch(self.checkpoint)
         except Exception as exc:  # truncated or foreign file: refuse rather than guess
-            raise MtkdError(f"checkpoint {self.checkpoint} cannot be read ({exc}); "
-                            "delete it or use --restart") from None
+            raise MtkdError(f"checkpoint {self.checkpoint} is damaged or truncated and cannot be read "
+                            f"({type(exc).__name__}: {exc}); delete it or use --restart") from None
         if state.get("format") != CHECKPOINT_FORMAT:
             raise MtkdError(f"{self.checkpoint} is not an mtkd training checkpoint; delete it or use --restart")
         if state.get("fingerprint") != self.fingerprint and not self.force:

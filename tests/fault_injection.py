@@ -1,0 +1,280 @@
+"""Fault injection: each fault a long run can meet, what mtkd did, and whether anything was lost.
+
+    python tests/fault_injection.py        # prints the table; exit status 1 if a fault was not survived
+
+A fault is survived when the run either finishes with the right result after it (resume) or
+stops with a one-line message naming the cause, and every file written before the fault
+(checkpoints, model files) still loads. "data lost" counts files that were corrupted or lost.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mtkd.cli import main
+from mtkd.io import load_torch, save_torch
+
+
+def tiny_config(out: Path, **distill) -> dict:
+    return {
+        "seed": 0,
+        "data": {"name": "mnist1d", "num_samples": 400, "unlabeled": 200},
+        "teachers": [{"name": "cnn", "arch": "cnn1d", "channels": 8, "train": {"steps": 30}},
+                     {"name": "mlp", "arch": "mlp", "hidden": [32], "train": {"steps": 30}}],
+        "student": {"arch": "mlp", "hidden": [16]},
+        "distill": {"steps": 40, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, **distill},
+        "output": {"dir": str(out), "plots": False},
+    }
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv + ["--no-progress"])
+    return code, err.getvalue().strip()
+
+
+def unreadable(paths) -> int:
+    """How many of these files no longer load."""
+    lost = 0
+    for p in paths:
+        try:
+            load_torch(p)
+        except Exception:  # noqa: BLE001 - any failure to load is data lost
+            lost += 1
+    return lost
+
+
+def weights(path: Path) -> dict:
+    return load_torch(path)["state_dict"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------ the faults
+
+def sigkill_during_training(tmp: Path):
+    cfg = write_config(tmp / "c.yaml", tiny_config(tmp / "x", steps=1500, checkpoint_every=25))
+    cmd = [sys.executable, "-m", "mtkd", "run", str(cfg), "--no-progress"]
+    killed, ckpt = tmp / "killed", tmp / "killed" / "checkpoints" / "student.pt"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))  # a random step after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load_torch(ckpt)["step"] if ckpt.exists() else None
+    lost = unreadable(list((killed / "teachers").glob("*.pt")) + ([ckpt] if ckpt.exists() else []))
+    resumed = subprocess.run(cmd + ["--out", str(killed)], capture_output=True).returncode == 0
+    code, _ = run_cli(["run", str(cfg), "--out", str(tmp / "unbroken")])
+    same = resumed and code == 0 and same_weights(killed / "student.pt", tmp / "unbroken" / "student.pt")
+    return same and step is not None, lost, f"killed at step {step} of 1500; resumed run equals unbroken: {same}"
+
+
+def sigkill_during_checkpoint_write(tmp: Path):
+    """Kill a process while it rewrites a large checkpoint, many times: the file must always load."""
+    path = tmp / "ckpt.pt"
+    save_torch(path, {"step": 0, "w": torch.zeros(4_000_000)})
+    writer = ("import sys, torch; from mtkd.io import save_torch\n"
+              "i = 1\nwhile True:\n    save_torch(sys.argv[1], {'step': i, 'w': torch.full((4_000_000,), float(i))}); i += 1\n")
+    survived, steps = True, []
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+        time.sleep(random.uniform(0.5, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        try:
+            state = load_torch(path)
+            survived &= bool((state["w"] == float(state["step"])).all())
+            steps.append(state["step"])
+        except Exception:  # noqa: BLE001
+            survived = False
+    left = len(list(tmp.glob(".ckpt.pt.*.tmp")))
+    save_torch(path, {"step": -1})  # the next write clears what killed writers left behind
+    cleared = not list(tmp.glob(".ckpt.pt.*.tmp"))
+    return survived and cleared, unreadable([path]), \
+        f"5 kills mid-write, the file loaded each time (steps {steps}); {left} partial temp file(s), " \
+        f"cleared by the next write: {cleared}"
+
+
+def disk_full_during_checkpoint(tmp: Path):
+    path = tmp / "ckpt.pt"
+    save_torch(path, {"step": 1})
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    os.fsync = full
+    try:
+        save_torch(path, {"step": 2})
+        raised = False
+    except OSError:
+        raised = True
+    finally:
+        os.fsync = real_fsync
+    intact = load_torch(path)["step"] == 1
+    leftovers = list(tmp.glob(".ckpt.pt.*"))
+    return raised and intact and not leftovers, unreadable([path]), \
+        f"ENOSPC while writing: error raised {raised}, previous checkpoint intact {intact}, temp files {len(leftovers)}"
+
+
+def truncated_checkpoint(tmp: Path):
+    from mtkd.recipes import OfflineRecipe
+
+    cfg = write_config(tmp / "c.yaml", tiny_config(tmp / "run"))
+    original, calls = OfflineRecipe.step, {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    OfflineRecipe.step = interrupted
+    try:
+        run_cli(["run", str(cfg)])
+    finally:
+        OfflineRecipe.step = original
+    ckpt = tmp / "run" / "checkpoints" / "student.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # damage from outside mtkd
+    code, err = run_cli(["run", str(cfg)])
+    last = err.splitlines()[-1] if err else ""
+    refused = code == 2 and last.startswith("mtkd: error:") and "cannot be read" in last
+    teachers = list((tmp / "run" / "teachers").glob("*.pt"))
+    code2, _ = run_cli(["run", str(cfg), "--restart"])
+    return refused and code2 == 0, unreadable(teachers) if code2 != 0 else 0, \
+        f"truncated checkpoint refused with one line: {refused}; --restart recovers: {code2 == 0}"
+
+
+def teacher_with_nan_weights(tmp: Path):
+    from mtkd.config import _model
+    from mtkd.models import build_model
+    from mtkd.models.files import save_model_file
+
+    arch = _model({"arch": "mlp", "hidden": [8]}, "t")
+    model = build_model(arch, (40,), 10)
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    save_model_file(tmp / "bad.pt", model, arch, (40,), 10)
+    raw = tiny_config(tmp / "run")
+    raw["teachers"] = [{"name": "broken", "checkpoint": str(tmp / "bad.pt")}]
+    code, err = run_cli(["run", str(write_config(tmp / "c.yaml", raw))])
+    ok = code == 2 and "teacher 'broken' returned NaN" in err and not (tmp / "run").exists()
+    return ok, 0, f"exit {code}: {err[:90]}"
+
+
+def teacher_failing_on_some_batches(tmp: Path):
+    import mtkd
+    from torch import nn
+
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 2)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls % 3 == 0:
+                raise RuntimeError("out of memory")
+            return self.lin(x)
+
+    x = torch.randn(96, 6)
+    loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, (x[:, 0] > 0).long()), 16)
+    student = nn.Linear(6, 2)
+    mtkd.distill(student, {"flaky": Flaky(), "steady": nn.Linear(6, 2)}, loader, steps=12, progress=False,
+                 on_teacher_error="drop", log_every=1, metrics_path=tmp / "m.jsonl")
+    records = [json.loads(line) for line in (tmp / "m.jsonl").read_text().splitlines()]
+    drops = sum(r.get("event") == "teacher_dropped" for r in records)
+    finite = all(torch.isfinite(p).all() for p in student.parameters())
+    return drops > 0 and finite, 0, f"on_teacher_error: drop; {drops} batches without 'flaky', student finite: {finite}"
+
+
+def loss_becomes_nan(tmp: Path):
+    from mtkd.recipes import OfflineRecipe
+
+    cfg = write_config(tmp / "c.yaml", tiny_config(tmp / "run"))
+    original, calls = OfflineRecipe.step, {"n": 0}
+
+    def exploding(self, *args):
+        calls["n"] += 1
+        out = original(self, *args)
+        if calls["n"] == 23:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    OfflineRecipe.step = exploding
+    try:
+        code, err = run_cli(["run", str(cfg)])
+    finally:
+        OfflineRecipe.step = original
+    ckpt = tmp / "run" / "checkpoints" / "student.pt"
+    named = code == 2 and "loss became nan at step 23" in err and "last good checkpoint" in err
+    intact = ckpt.exists() and load_torch(ckpt)["step"] == 20
+    return named and intact, unreadable([ckpt]), f"stopped naming the step and checkpoint: {named}; " \
+                                                  f"checkpoint of step 20 intact: {intact}"
+
+
+def unwritable_output(tmp: Path):
+    blocker = tmp / "file"
+    blocker.write_text("not a directory")
+    code, err = run_cli(["run", str(write_config(tmp / "c.yaml", tiny_config(blocker / "run")))])
+    return code == 2 and "cannot write the run directory" in err, 0, f"exit {code}: {err[:90]}"
+
+
+FAULTS = [sigkill_during_training, sigkill_during_checkpoint_write, disk_full_during_checkpoint,
+          truncated_checkpoint, teacher_with_nan_weights, teacher_failing_on_some_batches, loss_becomes_nan,
+          unwritable_output]
+
+
+def run_all() -> list[tuple[str, bool, int, str]]:
+    torch.set_num_threads(1)
+    rows = []
+    for fault in FAULTS:
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = os.getcwd()
+            os.chdir(tmp)
+            try:
+                survived, lost, detail = fault(Path(tmp))
+            except Exception as exc:  # noqa: BLE001 - an unhandled fault is a failed row, not a crash
+                survived, lost, detail = False, 0, f"{type(exc).__name__}: {exc}"
+            finally:
+                os.chdir(cwd)
+        rows.append((fault.__name__, survived, lost, detail))
+    return rows
+
+
+def format_rows(rows) -> str:
+    lines = [f"{'fault':34} {'survived':8} {'data lost':9}  detail", "-" * 110]
+    lines += [f"{name:34} {'yes' if ok else 'NO':8} {lost:9d}  {detail}" for name, ok, lost, detail in rows]
+    lines.append(f"\n{len(rows)} faults tried, {sum(r[1] for r in rows)} survived, "
+                 f"{sum(r[2] for r in rows)} files lost")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    result = run_all()
+    print(format_rows(result))
+    sys.exit(0 if all(r[1] and r[2] == 0 for r in result) else 1)
