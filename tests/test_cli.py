@@ -260,3 +260,29 @@ def test_force_continues_an_interrupted_run_with_a_changed_config(tmp_path, caps
     # a finished run cannot be changed, not even with --force
     assert main(["run", str(cfg), "--out", str(out), "--no-progress", "--force", "--set", "distill.lr=0.002"]) == 2
     assert "--force cannot change a finished run" in capsys.readouterr().err
+
+
+def test_too_little_disk_space_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, tiny_raw_config):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    out = tmp_path / "run"
+    _fails_cleanly(capsys, ["run", str(_write(tmp_path, tiny_raw_config)), "--out", str(out)],
+                   "5 MiB free on its disk, the run needs about", out)
+
+
+def test_model_files_that_carry_pickled_code_are_refused(tmp_path):
+    """Weights load with weights_only=True: a file whose unpickling would run code is refused."""
+    from mtkd.errors import MtkdError
+    from mtkd.models.files import read_model_file
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    torch.save({"format": "mtkd.model/1", "arch": {"arch": "mlp"}, "payload": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(MtkdError, match="not a readable mtkd model file"):
+        read_model_file(tmp_path / "evil.pt")
+    assert not (tmp_path / "owned").exists()

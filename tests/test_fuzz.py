@@ -81,3 +81,35 @@ def test_non_finite_numbers_are_refused(key, value):
     extra = ["distill.aggregator=accuracy"] if key == "distill.weight_temperature" else []
     with pytest.raises(MtkdError):
         parse_config(apply_overrides(BASE, extra + [f"{key}={value}"]))
+
+
+TOKENS = ["run", "list", "--out", "--set", "--restart", "--force", "--fast", "--no-progress", "cfg.yaml",
+          "missing.yaml", "distill.steps=0", "distill.aggregator=median", "x=1", "=", "", "-q", "--version"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS) | st.text(max_size=8), max_size=6))
+def test_any_command_line_exits_cleanly(tmp_path_factory, argv):
+    """Any argv (short of a valid run) ends with exit status 0 or 2 and leaves no run directory."""
+    import contextlib
+    import io
+    import os
+
+    from mtkd.cli import main
+
+    work = tmp_path_factory.mktemp("argv")
+    (work / "cfg.yaml").write_text("distill: {steps: 0}\nteachers: [{name: t, arch: mlp}]\n")  # invalid on purpose
+    cwd = os.getcwd()
+    os.chdir(work)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: --help, --version, usage errors
+                code = exc.code
+    finally:
+        os.chdir(cwd)
+    assert code in (0, 2), (argv, code, err.getvalue())
+    assert "Traceback" not in err.getvalue()
+    assert not (work / "runs").exists() and sorted(p.name for p in work.iterdir()) == ["cfg.yaml"]

@@ -140,6 +140,24 @@ def open_run_dir(out: Path, cfg_dict: dict, restart: bool, force: bool = False) 
     return "new"
 
 
+MIN_FREE_BYTES = 64 * 2**20  # room for metrics, plots and atomic rewrites beside the checkpoints
+
+
+def check_free_space(out: Path, prep: "Prepared") -> None:
+    """Refuse to start when the disk cannot hold what the run will write: every model file, and
+    a checkpoint (weights plus two optimizer moments) plus its temporary copy during a rewrite."""
+    from .models import count_params
+
+    params = count_params(build_model(prep.cfg.student, prep.data.input_shape, prep.num_classes))
+    params += sum(count_params(build_model(p.arch, prep.data.input_shape, p.num_classes)) for p in prep.teachers)
+    needed = params * 4 * (1 + 3 * 2) + MIN_FREE_BYTES
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise MtkdError(f"--out {out}: {free / 2**20:.0f} MiB free on its disk, the run needs about "
+                        f"{needed / 2**20:.0f} MiB; free some space or choose another --out")
+
+
 def fingerprint(*parts) -> str:
     text = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -240,6 +258,7 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     prep = prepare(cfg)  # raises before anything is written
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
+    check_free_space(out, prep)
     status = open_run_dir(out, cfg_dict, restart, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
