@@ -212,6 +212,74 @@ def teacher_failing_on_some_batches(tmp: Path):
     return drops > 0 and finite, 0, f"on_teacher_error: drop; {drops} batches without 'flaky', student finite: {finite}"
 
 
+def teacher_with_wrong_shape(tmp: Path):
+    import mtkd
+    from mtkd.errors import TeacherError
+    from torch import nn
+
+    class Shifty(nn.Module):  # right for a while, then one class too many
+        def __init__(self):
+            super().__init__()
+            self.lin, self.calls = nn.Linear(6, 3), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.lin(x) if self.calls < 5 else torch.zeros(len(x), 4)
+
+    x = torch.randn(64, 6)
+    loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, (x[:, 0] > 0).long()), 16)
+    try:
+        mtkd.distill(nn.Linear(6, 3), {"shifty": Shifty()}, loader, steps=8, progress=False)
+        return False, 0, "a wrong-shaped output went unnoticed"
+    except TeacherError as exc:
+        ok = "'shifty' returned shape [16, 4]" in str(exc) and "on samples [" in str(exc)
+        return ok, 0, str(exc)[:100]
+
+
+def resume_with_changed_config(tmp: Path):
+    from mtkd.recipes import OfflineRecipe
+
+    cfg = write_config(tmp / "c.yaml", tiny_config(tmp / "run"))
+    original, calls = OfflineRecipe.step, {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    OfflineRecipe.step = interrupted
+    try:
+        run_cli(["run", str(cfg)])
+    finally:
+        OfflineRecipe.step = original
+    ckpt = tmp / "run" / "checkpoints" / "student.pt"
+    before = ckpt.read_bytes()
+    code, err = run_cli(["run", str(cfg), "--set", "distill.temperature=2"])
+    refused = code == 2 and "different config" in err.splitlines()[-1] and ckpt.read_bytes() == before
+    code2, _ = run_cli(["run", str(cfg), "--set", "distill.temperature=2", "--force"])
+    return refused and code2 == 0, unreadable(list((tmp / "run" / "teachers").glob("*.pt"))), \
+        f"changed config refused, checkpoint untouched: {refused}; --force continues: {code2 == 0}"
+
+
+def model_file_with_pickled_code(tmp: Path):
+    from mtkd.errors import MtkdError
+    from mtkd.models.files import read_model_file
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp / 'owned'}",))
+
+    torch.save({"format": "mtkd.model/1", "payload": Payload()}, tmp / "evil.pt")
+    try:
+        read_model_file(tmp / "evil.pt")
+        refused = False
+    except MtkdError:
+        refused = True
+    ran = (tmp / "owned").exists()
+    return refused and not ran, 0, f"refused: {refused}; its code ran: {ran} (weights load with weights_only=True)"
+
+
 def loss_becomes_nan(tmp: Path):
     from mtkd.recipes import OfflineRecipe
 
@@ -245,8 +313,8 @@ def unwritable_output(tmp: Path):
 
 
 FAULTS = [sigkill_during_training, sigkill_during_checkpoint_write, disk_full_during_checkpoint,
-          truncated_checkpoint, teacher_with_nan_weights, teacher_failing_on_some_batches, loss_becomes_nan,
-          unwritable_output]
+          truncated_checkpoint, resume_with_changed_config, teacher_with_nan_weights, teacher_with_wrong_shape,
+          teacher_failing_on_some_batches, loss_becomes_nan, unwritable_output, model_file_with_pickled_code]
 
 
 def run_all() -> list[tuple[str, bool, int, str]]:

@@ -49,13 +49,20 @@ class FrozenTeacher:
     def validate(self, out: torch.Tensor, batch: int, indices: torch.Tensor | None) -> None:
         if out.dim() != 2 or out.shape[0] != batch or (self.num_classes and out.shape[1] != self.num_classes):
             raise TeacherError(f"teacher '{self.name}' returned shape {list(out.shape)}, "
-                               f"expected [{batch}, {self.num_classes}]")
+                               f"expected [{batch}, {self.num_classes}], on samples {sample_list(indices)}")
         bad = ~torch.isfinite(out).all(dim=1)
         if bad.any():
             rows = bad.nonzero().flatten().cpu()  # indices may live on another device than the outputs
             ids = (indices.cpu()[rows] if indices is not None else rows).tolist()
             raise TeacherError(f"teacher '{self.name}' returned NaN or infinite logits for "
                                f"{len(ids)} sample(s), indices {ids[:10]}{' ...' if len(ids) > 10 else ''}")
+
+
+def sample_list(indices: torch.Tensor | None, most: int = 10) -> str:
+    if indices is None:
+        return "(no indices given)"
+    ids = indices.flatten().tolist()
+    return f"{ids[:most]}{' ...' if len(ids) > most else ''}"
 
 
 def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: str = "stop",
@@ -73,7 +80,7 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
             outs.append(t(x, index))
         except Exception as exc:  # noqa: BLE001 - any failure of a teacher is handled by the policy
             error = exc if isinstance(exc, TeacherError) else TeacherError(
-                f"teacher '{t.name}' raised {type(exc).__name__}: {exc}")
+                f"teacher '{t.name}' raised {type(exc).__name__}: {exc}, on samples {sample_list(index)}")
             if policy == "stop":
                 raise error from exc
             if events is not None:
