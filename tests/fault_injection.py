@@ -51,6 +51,27 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue().strip()
 
 
+@contextlib.contextmanager
+def interrupted_at(step: int):
+    """Inside the block, the ``step``-th distillation step (recipe offline) raises KeyboardInterrupt, as
+    Ctrl-C would; the recipe is restored afterwards."""
+    from mtkd.recipes import OfflineRecipe
+
+    original, calls = OfflineRecipe.step, {"n": 0}
+
+    def step_or_interrupt(self, *args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    OfflineRecipe.step = step_or_interrupt
+    try:
+        yield
+    finally:
+        OfflineRecipe.step = original
+
+
 def unreadable(paths) -> int:
     """How many of these files no longer load."""
     lost = 0
@@ -141,22 +162,9 @@ def disk_full_during_checkpoint(tmp: Path):
 
 
 def truncated_checkpoint(tmp: Path):
-    from mtkd.recipes import OfflineRecipe
-
     cfg = write_config(tmp / "c.yaml", tiny_config(tmp / "run"))
-    original, calls = OfflineRecipe.step, {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    OfflineRecipe.step = interrupted
-    try:
+    with interrupted_at(25):
         run_cli(["run", str(cfg)])
-    finally:
-        OfflineRecipe.step = original
     ckpt = tmp / "run" / "checkpoints" / "student.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # damage from outside mtkd
     code, err = run_cli(["run", str(cfg)])
@@ -237,22 +245,9 @@ def teacher_with_wrong_shape(tmp: Path):
 
 
 def resume_with_changed_config(tmp: Path):
-    from mtkd.recipes import OfflineRecipe
-
     cfg = write_config(tmp / "c.yaml", tiny_config(tmp / "run"))
-    original, calls = OfflineRecipe.step, {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    OfflineRecipe.step = interrupted
-    try:
+    with interrupted_at(25):
         run_cli(["run", str(cfg)])
-    finally:
-        OfflineRecipe.step = original
     ckpt = tmp / "run" / "checkpoints" / "student.pt"
     before = ckpt.read_bytes()
     code, err = run_cli(["run", str(cfg), "--set", "distill.temperature=2"])

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from mtkd.aggregation import AGGREGATORS
+from fault_injection import interrupted_at
 from mtkd.cli import main
 from mtkd.recipes import RECIPES
 from mtkd.io import load_torch
@@ -193,24 +194,13 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, tiny_raw_config, re
     assert steps == sorted(set(steps))  # the resumed run logged no step twice
 
 
-def test_ctrl_c_then_resume_with_another_output_dir_setting(tmp_path, capsys, monkeypatch, tiny_raw_config):
+def test_ctrl_c_then_resume_with_another_output_dir_setting(tmp_path, capsys, tiny_raw_config):
     """Ctrl-C during distillation exits 130 with a hint; the same --out resumes even if output.dir differs."""
-    from mtkd.recipes import OfflineRecipe
-
-    original, calls = OfflineRecipe.step, {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(OfflineRecipe, "step", interrupted)
     cfg, out = _write(tmp_path, tiny_raw_config), tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 130
+    with interrupted_at(25):
+        assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert (out / "checkpoints" / "student.pt").exists() and not (out / "summary.json").exists()
-    monkeypatch.setattr(OfflineRecipe, "step", original)
     assert main(["run", str(cfg), "--out", str(out), "--set", "output.dir=elsewhere", "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["timing"]["steps"] == 40
@@ -235,21 +225,10 @@ def test_output_path_that_is_a_file_is_refused(tmp_path, capsys, tiny_raw_config
     assert target.read_text() == "x"
 
 
-def test_force_continues_an_interrupted_run_with_a_changed_config(tmp_path, capsys, monkeypatch, tiny_raw_config):
-    from mtkd.recipes import OfflineRecipe
-
-    original, calls = OfflineRecipe.step, {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(OfflineRecipe, "step", interrupted)
+def test_force_continues_an_interrupted_run_with_a_changed_config(tmp_path, capsys, tiny_raw_config):
     cfg, out = _write(tmp_path, tiny_raw_config), tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 130
-    monkeypatch.setattr(OfflineRecipe, "step", original)
+    with interrupted_at(25):
+        assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 130
     capsys.readouterr()
     changed = ["--set", "distill.lr=0.005"]
     assert main(["run", str(cfg), "--out", str(out), "--no-progress", *changed]) == 2
