@@ -75,15 +75,15 @@ class SemiSupervisedRecipe(nn.Module):
         self.unlabeled, self.seed = unlabeled, seed
         self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
-        scores = self._disagreement()  # [U]
-        bonus = self.options.floor * scores.mean().clamp_min(1e-12)
-        self.register_buffer("scores", scores + bonus, persistent=False)
+        scores = self._disagreement()  # [U], on the CPU where the pool is sampled; recomputed, never saved
+        self.scores = scores + self.options.floor * scores.mean().clamp_min(1e-12)
 
     @torch.no_grad()
     def _disagreement(self) -> torch.Tensor:
         measure = DISAGREEMENT[self.options.disagreement]
         x = self.unlabeled.x
-        device = next(self.student.parameters()).device
+        # the teachers' device: the student has not been moved yet when the recipe is built
+        device = next(self.teachers[0].model.parameters(), torch.zeros(())).device
         out = []
         for i in range(0, len(x), 2048):
             xb = x[i:i + 2048].to(device)
@@ -94,7 +94,7 @@ class SemiSupervisedRecipe(nn.Module):
     def _unlabeled_batch(self):
         n = self.options.unlabeled_batch_size
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps_done))
-        scores = self.scores.cpu()
+        scores = self.scores
         if self.options.selection == "sample":
             rows = torch.multinomial(scores, n, replacement=True, generator=gen)
         else:
