@@ -15,6 +15,7 @@ from torch import nn
 
 from .aggregation import AggregatorContext, build_aggregator
 from .models.features import head_layer
+from .pipeline import resolve_device
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import ConfigError
 from .recipes import RECIPES
@@ -60,8 +61,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     if recipe_cls.needs_teachers and not named:
         raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
     val = _as_dataset(val_data)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     student.to(device)
     frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
               for name, m in named.items()]

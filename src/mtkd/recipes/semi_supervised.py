@@ -83,7 +83,7 @@ class SemiSupervisedRecipe(nn.Module):
         measure = DISAGREEMENT[self.options.disagreement]
         x = self.unlabeled.x
         # the teachers' device: the student has not been moved yet when the recipe is built
-        device = next(self.teachers[0].model.parameters(), torch.zeros(())).device
+        device = self.teachers[0].device
         out = []
         for i in range(0, len(x), 2048):
             xb = x[i:i + 2048].to(device)

@@ -25,6 +25,11 @@ class FrozenTeacher:
     def model(self) -> nn.Module:
         return self._model
 
+    @property
+    def device(self) -> torch.device:
+        """Where the teacher's weights live (the CPU for a model without parameters)."""
+        return next(self._model.parameters(), torch.zeros(())).device
+
     def to(self, device) -> "FrozenTeacher":
         self._model.to(device)
         return self

@@ -21,10 +21,9 @@ class PrecomputedTeacher(FrozenTeacher):
         self.inputs = torch.zeros((size, *x.shape[1:]), dtype=x.dtype)
         self.logits = torch.zeros((size, teacher.num_classes or 0))
         self.known = torch.zeros(size, dtype=torch.bool)
-        device = next(teacher.model.parameters(), torch.zeros(())).device
         for i in range(0, len(x), batch_size):
             xb, ib = x[i:i + batch_size], index[i:i + batch_size]
-            out = teacher(xb.to(device), ib).float().cpu()  # validated: finite, right shape
+            out = teacher(xb.to(teacher.device), ib).float().cpu()  # validated: finite, right shape
             if not self.logits.shape[1]:
                 self.logits = torch.zeros((size, out.shape[1]))
             self.inputs[ib], self.logits[ib], self.known[ib] = xb, out, True
