@@ -25,7 +25,7 @@ from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
 from .evaluation import describe
 from .io import write_json, write_yaml
-from .models import build_model
+from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
 from .seeding import seed_everything
@@ -48,6 +48,7 @@ class Prepared:
     num_classes: int
     teachers: list[TeacherPlan]
     device: torch.device
+    params: int = 0  # parameters of the student and every teacher, for the disk-space check
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,7 +65,7 @@ def prepare(cfg: Config) -> Prepared:
     num_classes = cfg.student.num_classes or data.num_classes
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
-    build_model(cfg.student, data.input_shape, num_classes)  # shape errors surface now
+    params = count_params(build_model(cfg.student, data.input_shape, num_classes))  # shape errors surface now
     if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
@@ -82,16 +83,17 @@ def prepare(cfg: Config) -> Prepared:
                 raise ConfigError(f"{where}: checkpoint expects inputs {blob['input_shape']}, "
                                   f"the data has {list(data.input_shape)}")
             classes = blob["num_classes"]
+            params += count_params(model)
         else:
             arch = spec.model
             classes = arch.num_classes or data.num_classes
-            build_model(arch, data.input_shape, classes)
+            params += count_params(build_model(arch, data.input_shape, classes))
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
         if model is not None:  # a stored teacher must give finite outputs before any run starts
             FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
         plans.append(TeacherPlan(spec, arch, classes, model))
-    return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device))
+    return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device), params)
 
 
 # ---------------------------------------------------------------- run directory
@@ -146,11 +148,7 @@ MIN_FREE_BYTES = 64 * 2**20  # room for metrics, plots and atomic rewrites besid
 def check_free_space(out: Path, prep: "Prepared") -> None:
     """Refuse to start when the disk cannot hold what the run will write: every model file, and
     a checkpoint (weights plus two optimizer moments) plus its temporary copy during a rewrite."""
-    from .models import count_params
-
-    params = count_params(build_model(prep.cfg.student, prep.data.input_shape, prep.num_classes))
-    params += sum(count_params(build_model(p.arch, prep.data.input_shape, p.num_classes)) for p in prep.teachers)
-    needed = params * 4 * (1 + 3 * 2) + MIN_FREE_BYTES
+    needed = prep.params * 4 * (1 + 3 * 2) + MIN_FREE_BYTES
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free
     if free < needed:
