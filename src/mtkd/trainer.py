@@ -233,10 +233,10 @@ class Trainer:
                 x, y, index = unpack_batch(next(batches))
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 losses = self.recipe.step(x, y, index)
-                for event in getattr(self.recipe, "events", ()):  # e.g. a teacher dropped from this batch
+                events = getattr(self.recipe, "events", [])  # e.g. a teacher dropped from this batch
+                for event in events:
                     self.metrics.write({"stage": self.stage, "step": self.step + 1, **event})
-                if getattr(self.recipe, "events", None):
-                    self.recipe.events.clear()
+                events.clear()
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
                     terms = {k: round(float(v.detach()), 6) for k, v in losses.items()}
