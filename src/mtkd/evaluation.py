@@ -1,4 +1,4 @@
-"""Test-split evaluation: accuracy, parameter count and inference time per 1,000 examples."""
+"""Test-split evaluation: accuracy, calibration (ECE), parameter count and inference time per 1,000 examples."""
 from __future__ import annotations
 
 import statistics
@@ -39,14 +39,25 @@ def ms_per_1000(models: Sequence[nn.Module], x: torch.Tensor, device="cpu", repe
     return seconds * 1000.0 * 1000.0 / len(batch)
 
 
-def describe(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cpu") -> dict:
-    """{"params", "accuracy", "ms_per_1000"} of one model, or of an ensemble of several."""
-    if len(models) == 1:
-        pred = predict_logits(models[0], data.x, device).argmax(1)
-    else:
-        pred = ensemble_probs(models, data.x, device).argmax(1)
+def test_probs(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cpu") -> torch.Tensor:
+    """Softmax probabilities [N, C] of one model, or the mean over an ensemble's models."""
+    return ensemble_probs(models, data.x, device)
+
+
+def describe(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cpu",
+             probs: torch.Tensor | None = None) -> dict:
+    """{"params", "accuracy", "ece", "ms_per_1000"} of one model, or of an ensemble of several.
+
+    probs: the models' test probabilities [N, C] (:func:`test_probs`) when already computed,
+    so the models do not predict the test split a second time. ECE: 15 bins (Guo et al. 2017)."""
+    from .report.calibration import expected_calibration_error
+
+    if probs is None:
+        probs = test_probs(models, data, device)
+    pred = probs.argmax(1)
     return {
         "params": sum(count_params(m) for m in models),
         "accuracy": round(float((pred == data.y).float().mean()), 4),
+        "ece": round(expected_calibration_error(probs, data.y), 4),
         "ms_per_1000": round(ms_per_1000(models, data.x, device), 3),
     }

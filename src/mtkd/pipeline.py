@@ -23,7 +23,7 @@ from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
-from .evaluation import describe
+from .evaluation import describe, test_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
@@ -248,7 +248,7 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 
     Returns the summary (the contents of ``summary.json``).
     """
-    from .report import build_summary, teacher_faults, write_report
+    from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
 
     out = Path(out)
     if cfg.distill.threads:
@@ -269,16 +269,24 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
     student = run.student(d.recipe, teachers)
 
-    device = prep.device
+    device, test = prep.device, prep.data.test
+    # test-split probabilities, computed once: accuracy, ECE, reliability bins and agreement use them
+    probs_t = [test_probs([m], test, device) for m in teachers]
+    probs_e = torch.stack(probs_t).mean(0) if len(teachers) > 1 else None  # = ensemble_probs(teachers)
+    probs_s = test_probs([student], test, device)
+    probs_b = test_probs([scratch], test, device) if scratch else None
     results = {
-        "teachers": [{"name": p.spec.name, "arch": p.arch.arch, **describe([m], prep.data.test, device)}
-                     for p, m in zip(prep.teachers, teachers)],
-        "ensemble": describe(teachers, prep.data.test, device) if len(teachers) > 1 else None,
-        "student": {"arch": cfg.student.arch, **describe([student], prep.data.test, device)},
-        "scratch": {"arch": cfg.student.arch, **describe([scratch], prep.data.test, device)} if scratch else None,
+        "teachers": [{"name": p.spec.name, "arch": p.arch.arch, **describe([m], test, device, pr)}
+                     for p, m, pr in zip(prep.teachers, teachers, probs_t)],
+        "ensemble": describe(teachers, test, device, probs_e) if len(teachers) > 1 else None,
+        "student": {"arch": cfg.student.arch, **describe([student], test, device, probs_s)},
+        "scratch": {"arch": cfg.student.arch, **describe([scratch], test, device, probs_b)} if scratch else None,
     }
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}
+    named = [(p.spec.name, pr) for p, pr in zip(prep.teachers, probs_t)] + [("ensemble", probs_e)] \
+        + [("student (scratch)", probs_b), ("student", probs_s)]
+    results.update(calibration_and_agreement([(n, pr) for n, pr in named if pr is not None], test.y))
     records = run.metrics.read()
     faults = teacher_faults(records)
     for name, count in faults.items():

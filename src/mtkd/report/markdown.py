@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
-from .plots import plot_accuracy, plot_curves, plot_teacher_weights
+from .plots import plot_accuracy, plot_agreement, plot_curves, plot_reliability, plot_teacher_weights
 from .summary import markdown_table
 
 
@@ -13,12 +13,16 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
              f"Seed {summary['seed']}. Data: {summary['data']['train']:,} labeled train, {summary['data']['val']:,} "
              f"validation, {summary['data']['unlabeled']:,} unlabeled, {summary['data']['test']:,} test samples.", "",
              "## Test accuracy", "", markdown_table(summary), "",
-             "Accuracy is on the held-out test split. Inference time is the median over 5 passes "
-             "of one batch of up to 1,000 test examples (the ensemble runs every teacher).", ""]
+             "Accuracy is on the held-out test split. ECE: expected calibration error over 15 equal-width "
+             "confidence bins (Guo et al., ICML 2017); 0 is perfectly calibrated. Inference time is the median "
+             "over 5 passes of one batch of up to 1,000 test examples (the ensemble runs every teacher).", ""]
     t = summary["timing"]
     if t["steps"]:
         lines += [f"Distillation: {t['steps']:,} steps in {t['distill_seconds']:.1f} s "
                   f"({t['examples_per_second']:,.0f} examples/s).", ""]
+    if "agreement" in summary:
+        lines += ["## Agreement", "", "Fraction of test samples on which two models predict the same class (%).", "",
+                  agreement_table(summary["agreement"]), ""]
     if plots:
         bars = [(tr["name"], tr["accuracy"], tr["params"]) for tr in summary["teachers"]]
         if "ensemble" in summary:
@@ -30,8 +34,25 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
                    ("curves.png", "Training curves", plot_curves(records, out / "plots" / "curves.png")),
                    ("teacher_weights.png", "Teacher weights during distillation",
                     plot_teacher_weights(records, out / "plots" / "teacher_weights.png"))]
+        if "calibration" in summary:
+            cal = summary["calibration"]
+            figures.append(("reliability.png", "Reliability diagrams",
+                            plot_reliability(cal["models"], cal["bins"], out / "plots" / "reliability.png")))
+        if "agreement" in summary:
+            agr = summary["agreement"]
+            figures.append(("agreement.png", "Agreement matrix",
+                            plot_agreement(agr["models"], agr["matrix"], out / "plots" / "agreement.png")))
         lines += ["## Plots", ""]
         for file, title, made in figures:
             if made:
                 lines += [f"### {title}", "", f"![{title}](plots/{file})", ""]
     write_text(out / "report.md", "\n".join(lines))
+
+
+def agreement_table(agreement: dict) -> str:
+    """summary.json's agreement matrix as a markdown table, in %."""
+    names = agreement["models"]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for name, row in zip(names, agreement["matrix"]):
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |")
+    return "\n".join(lines)

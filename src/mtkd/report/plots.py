@@ -72,3 +72,55 @@ def plot_accuracy(rows: list[tuple[str, float, int]], path: Path) -> bool:
     ax.set(ylabel="test accuracy (%)", ylim=(0, 110), title="test accuracy")
     _save(fig, path)
     return True
+
+
+def plot_reliability(models: list[dict], bins: int, path: Path) -> bool:
+    """Reliability diagrams (Guo et al. 2017, Fig. 1), one panel per model: accuracy of each
+    equal-width confidence bin (bars), the gap to the bin's mean confidence (red), the diagonal
+    a calibrated model would follow. models: summary.json's calibration["models"]."""
+    if not models:
+        return False
+    cols = min(4, len(models))
+    rows = (len(models) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    width = 1.0 / bins
+    lefts = [m * width for m in range(bins)]
+    for ax, rec in zip(axes.flat, models):
+        filled = [i for i, c in enumerate(rec["count"]) if c > 0]
+        acc = [rec["accuracy"][i] for i in filled]
+        conf = [rec["confidence"][i] for i in filled]
+        ax.bar([lefts[i] for i in filled], acc, width=width, align="edge", color="tab:blue",
+               edgecolor="black", linewidth=0.5, label="accuracy")
+        # the gap spans accuracy..confidence, inside the bar when the model is under-confident
+        ax.bar([lefts[i] for i in filled], [abs(c - a) for a, c in zip(acc, conf)],
+               bottom=[min(a, c) for a, c in zip(acc, conf)], width=width, align="edge", fill=False,
+               hatch="///", edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{rec['name']}\nECE {100 * rec['ece']:.1f} %")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    _save(fig, path)
+    return True
+
+
+def plot_agreement(names: list[str], matrix: list[list[float]], path: Path) -> bool:
+    """Heatmap of the pairwise top-1 agreement matrix on the test split, values printed in the cells."""
+    if len(names) < 2:
+        return False
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 * n + 2.5, 0.9 * n + 1.8))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    for i in range(n):
+        for j in range(n):
+            value = matrix[i][j]
+            ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 0.6 else "white")
+    ax.set_xticks(range(n), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_title("top-1 agreement on the test split (%)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    _save(fig, path)
+    return True

@@ -1,8 +1,12 @@
 """``summary.json`` (the contract in DESIGN.md) and the comparison table printed to the console."""
 from __future__ import annotations
 
+import torch
+
 from ..config import Config
 from ..data import DataSplits
+from .agreement import agreement_matrix
+from .calibration import DEFAULT_BINS, ece_from_bins, reliability_bins
 
 
 def teacher_faults(records: list[dict]) -> dict[str, int]:
@@ -12,6 +16,23 @@ def teacher_faults(records: list[dict]) -> dict[str, int]:
         if r.get("event") == "teacher_dropped":
             counts[r["teacher"]] = counts.get(r["teacher"], 0) + 1
     return counts
+
+
+def calibration_and_agreement(named_probs: list[tuple[str, torch.Tensor]], labels: torch.Tensor,
+                              bins: int = DEFAULT_BINS) -> dict:
+    """summary.json's "calibration" (reliability bins per model) and "agreement" (pairwise top-1
+    agreement matrix) from each model's test probabilities [N, C] and the labels [N]."""
+    calibration = {"bins": bins, "models": []}
+    for name, probs in named_probs:
+        rb = reliability_bins(probs, labels, bins)
+        calibration["models"].append({"name": name, "ece": round(ece_from_bins(rb), 4), "count": rb["count"],
+                                      "accuracy": [round(a, 4) for a in rb["accuracy"]],
+                                      "confidence": [round(c, 4) for c in rb["confidence"]]})
+    preds = torch.stack([probs.argmax(1) for _, probs in named_probs])  # [M, N]
+    matrix = agreement_matrix(preds)
+    return {"calibration": calibration,
+            "agreement": {"models": [n for n, _ in named_probs],
+                          "matrix": [[round(float(v), 4) for v in row] for row in matrix]}}
 
 
 def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, faults: dict | None = None) -> dict:
@@ -35,6 +56,9 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     }
     if results.get("scratch"):
         summary["scratch"] = results["scratch"]
+    for key in ("calibration", "agreement"):  # added by issue 7; older summaries lack them
+        if results.get(key):
+            summary[key] = results[key]
     if faults:
         summary["teacher_faults"] = faults
     if summary["ensemble"] is None:
@@ -76,8 +100,17 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _ece_cells(summary: dict) -> list[str]:
+    """ECE of each row of :func:`table_rows`, in its order ("-" where a summary predates ECE)."""
+    recs = list(summary["teachers"])
+    recs += [summary[k] for k in ("ensemble", "scratch") if k in summary] + [summary["student"]]
+    return [f"{100 * r['ece']:.1f} %" if "ece" in r else "-" for r in recs]
+
+
 def markdown_table(summary: dict) -> str:
-    rows = table_rows(summary)
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 3) + "|"]
+    """The comparison table, plus expected calibration error (15 bins) before the timing column."""
+    rows = [r[:5] + [e] + r[5:] for r, e in zip(table_rows(summary), _ece_cells(summary))]
+    header = HEADER[:5] + ["ECE"] + HEADER[5:]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 4) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
