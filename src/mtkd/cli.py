@@ -1,4 +1,4 @@
-"""Command line: ``mtkd demo | run | list``. Thin: parse, validate, call the pipeline.
+"""Command line: ``mtkd demo | run | list | report | export``. Thin: parse, validate, call the pipeline.
 
 Errors in the config or on the command line print one line and exit with status 2,
 before anything is written.
@@ -42,6 +42,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
+
+    report = sub.add_parser("report", help="compare finished runs side by side (mean ± std over seeds)")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished run directories")
+    report.add_argument("--out", type=Path, default=Path("runs/report"),
+                        help="where report.md, comparison.json and plots go (default runs/report)")
+    report.add_argument("--no-plots", action="store_true", help="tables only")
+
+    export = sub.add_parser("export", help="export a run's student to ONNX or TorchScript, checked and timed")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default onnx")
+    export.add_argument("--out", type=Path, help="output file (default RUN_DIR/student.onnx or student.torchscript.pt)")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest allowed |exported - pytorch| logit difference, relative to max(1, max |logit|)")
+    export.add_argument("--threads", type=int, default=1, help="torch and onnxruntime CPU threads for the timing (default 1)")
     return parser
 
 
@@ -92,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = parse_config(demo_config(args.fast))
             _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
+        elif args.command == "report":
+            from .report.compare import compare_runs
+
+            compare_runs(args.run_dirs, args.out, plots=not args.no_plots)
+            print(f"compared {len(args.run_dirs)} run(s): {args.out / 'report.md'}")
+        elif args.command == "export":
+            import torch
+
+            from .export import export_student, format_result
+
+            if args.threads > 0:
+                torch.set_num_threads(args.threads)
+            print(format_result(export_student(args.run_dir, args.format, args.out, args.tolerance)))
         elif args.command == "run":
             from .config import load_config
 

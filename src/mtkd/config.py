@@ -55,6 +55,9 @@ class OutputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dir: Path = Field(Path("runs/mtkd"), description="run directory (the CLI's --out wins)")
     plots: bool = True
+    tracking: list[Literal["tensorboard", "mlflow"]] = Field(
+        ["tensorboard"], description="experiment trackers that receive every metrics record ([] for none)")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI)")
 
 
 @dataclass

@@ -39,7 +39,7 @@ def ms_per_1000(models: Sequence[nn.Module], x: torch.Tensor, device="cpu", repe
     return seconds * 1000.0 * 1000.0 / len(batch)
 
 
-def test_probs(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cpu") -> torch.Tensor:
+def predict_probs(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cpu") -> torch.Tensor:
     """Softmax probabilities [N, C] of one model, or the mean over an ensemble's models."""
     return ensemble_probs(models, data.x, device)
 
@@ -48,12 +48,12 @@ def describe(models: Sequence[nn.Module], data: IndexedTensorDataset, device="cp
              probs: torch.Tensor | None = None) -> dict:
     """{"params", "accuracy", "ece", "ms_per_1000"} of one model, or of an ensemble of several.
 
-    probs: the models' test probabilities [N, C] (:func:`test_probs`) when already computed,
+    probs: the models' test probabilities [N, C] (:func:`predict_probs`) when already computed,
     so the models do not predict the test split a second time. ECE: 15 bins (Guo et al. 2017)."""
     from .report.calibration import expected_calibration_error
 
     if probs is None:
-        probs = test_probs(models, data, device)
+        probs = predict_probs(models, data, device)
     pred = probs.argmax(1)
     return {
         "params": sum(count_params(m) for m in models),

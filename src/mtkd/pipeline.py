@@ -23,13 +23,14 @@ from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
-from .evaluation import describe, test_probs
+from .evaluation import describe, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
+from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer
 
 
@@ -169,7 +170,8 @@ class Run:
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
         self.force = force
         self.out, self.progress, self.log = out, progress, log
-        self.metrics = MetricsLog(out / "metrics.jsonl")
+        self.metrics = MetricsLog(out / "metrics.jsonl", make_trackers(
+            self.cfg.output.tracking, out, self.cfg.to_dict(), self.cfg.output.mlflow_uri))
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
@@ -257,6 +259,7 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
+    check_trackers(cfg.output.tracking)
     status = open_run_dir(out, cfg_dict, restart, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
@@ -271,10 +274,10 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 
     device, test = prep.device, prep.data.test
     # test-split probabilities, computed once: accuracy, ECE, reliability bins and agreement use them
-    probs_t = [test_probs([m], test, device) for m in teachers]
+    probs_t = [predict_probs([m], test, device) for m in teachers]
     probs_e = torch.stack(probs_t).mean(0) if len(teachers) > 1 else None  # = ensemble_probs(teachers)
-    probs_s = test_probs([student], test, device)
-    probs_b = test_probs([scratch], test, device) if scratch else None
+    probs_s = predict_probs([student], test, device)
+    probs_b = predict_probs([scratch], test, device) if scratch else None
     results = {
         "teachers": [{"name": p.spec.name, "arch": p.arch.arch, **describe([m], test, device, pr)}
                      for p, m, pr in zip(prep.teachers, teachers, probs_t)],
@@ -295,4 +298,7 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     summary = build_summary(cfg, prep.data, results, run.stages, faults)
     write_report(out, summary, records, plots=cfg.output.plots)
     write_json(out / "summary.json", summary)  # last: its presence marks the run finished
+    for tracker in run.metrics.trackers:
+        tracker.finish(summary, out)
+        tracker.close()
     return summary

@@ -100,10 +100,13 @@ class MetricsLog:
     """Appends one JSON object per logged step to ``metrics.jsonl``; on resume, drops the
     records a stage wrote after its last checkpoint so no step is logged twice."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, trackers: list | None = None):
         self.path = Path(path) if path else None
+        self.trackers = list(trackers or [])  # mtkd.tracking: TensorBoard, MLflow; each gets every record
 
     def write(self, record: dict) -> None:
+        for tracker in self.trackers:
+            tracker.log(record)
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,8 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
     def truncate(self, stage: str, after_step: int) -> None:
+        for tracker in self.trackers:
+            tracker.truncate(stage, after_step)
         if self.path is None or not self.path.exists():
             return
         from .io import write_text

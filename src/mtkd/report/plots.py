@@ -124,3 +124,56 @@ def plot_agreement(names: list[str], matrix: list[list[float]], path: Path) -> b
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     _save(fig, path)
     return True
+
+
+def plot_compare_accuracy(groups: list[dict], path: Path) -> bool:
+    """Grouped bars, one group per compared configuration: student, ensemble and from-scratch
+    test accuracy, mean with a ± one standard deviation error bar over seeds."""
+    if not groups:
+        return False
+    series = [("student_accuracy", "student", "tab:blue"), ("ensemble_accuracy", "ensemble", "tab:orange"),
+              ("scratch_accuracy", "student (scratch)", "tab:gray")]
+    series = [s for s in series if any(s[0] in g for g in groups)]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 2), 4.2))
+    for k, (key, label, color) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        means = [100 * g[key]["mean"] if key in g else 0 for g in groups]
+        stds = [100 * g[key]["std"] if key in g else 0 for g in groups]
+        ax.bar(xs, means, width=width, yerr=stds, capsize=3, color=color, label=label)
+        for x, m, g in zip(xs, means, groups):
+            if key in g:
+                ax.text(x, m + 1, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)), [f"{g['label']}\n(n={len(g['runs'])})" for g in groups],
+                  rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 122), title="test accuracy (mean ± std over seeds)")
+    ax.legend(fontsize=8, loc="upper center", ncol=len(series))
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_compare_curves(groups: list[tuple[str, list[list[dict]]]], path: Path, stage: str = "distill") -> bool:
+    """Loss and validation accuracy of ``stage`` over steps: one line per run, one colour per group.
+    groups: (label, [metrics records of each run])."""
+    if not any(r.get("stage") == stage and "loss" in r for _, runs in groups for recs in runs for r in recs):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (label, runs) in enumerate(groups):
+        color = colors[n % len(colors)]
+        for k, recs in enumerate(runs):
+            loss = _by_stage(recs, "loss").get(stage)
+            acc = _by_stage(recs, "val_accuracy").get(stage)
+            if loss:
+                axes[0].plot(*loss, color=color, alpha=0.8, label=label if k == 0 else None)
+            if acc:
+                axes[1].plot(acc[0], [100 * y for y in acc[1]], color=color, alpha=0.8, marker="o", ms=2,
+                             label=label if k == 0 else None)
+    axes[0].set(title=f"training loss ({stage})", xlabel="step", ylabel="loss", yscale="log")
+    axes[1].set(title=f"validation accuracy ({stage})", xlabel="step", ylabel="accuracy (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+    return True

@@ -1,0 +1,244 @@
+"""Export a student to ONNX or TorchScript, check it, and time it against the teacher ensemble.
+
+    from mtkd.export import export_student
+    result = export_student("runs/demo", "onnx")   # writes runs/demo/student.onnx
+
+The exported model is run (onnxruntime, or ``torch.jit.load``) on test inputs and its outputs
+are compared with PyTorch's before anything is written: a file that does not reproduce the
+student is refused, never written. Files are written atomically.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import MtkdError
+
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+ONNX_HINT = "pip install 'mtkd[onnx]'"
+
+
+def _onnx_session(data: bytes):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MtkdError(f"checking and timing an ONNX export needs onnxruntime; {ONNX_HINT}") from None
+    options = ort.SessionOptions()
+    # the same thread count as torch, so the latency comparison is fair
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _to_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
+    if not _installed("onnx"):  # the exporter needs it
+        raise MtkdError(f"ONNX export needs the onnx package; {ONNX_HINT}")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is not the default any more
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def _to_torchscript(model: nn.Module, example: torch.Tensor) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            scripted = torch.jit.script(model)  # keeps control flow; any batch size
+        except Exception:  # not scriptable: trace it; the output check below catches a bad trace
+            scripted = torch.jit.trace(model, example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+    return buffer.getvalue()
+
+
+def load_exported(data: bytes, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function x [N, ...] -> logits [N, C] (CPU tensors) running the exported model."""
+    if fmt == "onnx":
+        session = _onnx_session(data)
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().float().numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    module.eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)
+    return run
+
+
+def max_abs_diff(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor,
+                 batch_size: int = 1000) -> float:
+    """Largest |exported - PyTorch| over the logits of every input in ``x`` (batches of ``batch_size``,
+    then one single-sample batch, so a fixed batch size in the export would be caught)."""
+    worst = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            worst = max(worst, float((run(xb).float() - model(xb).float()).abs().max()))
+        worst = max(worst, float((run(x[:1]).float() - model(x[:1]).float()).abs().max()))
+    return worst
+
+
+def time_ms_per_1000(run: Callable[[torch.Tensor], object], x: torch.Tensor, repeats: int = 20) -> float:
+    """Median wall time in ms to predict 1,000 examples: one batch of up to 1,000, scaled; one
+    warm-up pass first (the protocol of mtkd.evaluation.ms_per_1000)."""
+    batch = x[:1000]
+    run(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0 * 1000.0 / len(batch)
+
+
+def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str = "onnx",
+                 tolerance: float = 1e-4) -> dict:
+    """Export ``model`` (CPU, eval mode) to ``path`` in ``fmt`` ("onnx" or "torchscript").
+
+    x: inputs [N, ...] to check on (e.g. the test split). The exported model must reproduce
+    PyTorch's logits within ``tolerance`` * max(1, max |logit|); otherwise MtkdError and no file.
+    Returns {"path", "format", "bytes", "max_abs_diff", "checked_inputs", "tolerance"}."""
+    from .io import _atomic
+
+    if fmt not in FORMATS:
+        raise MtkdError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
+    if len(x) == 0:
+        raise MtkdError("export needs at least one input to check the exported model on")
+    model = model.cpu().eval()
+    x = x.cpu()
+    example = x[:2]
+    try:
+        data = _to_onnx(model, example) if fmt == "onnx" else _to_torchscript(model, example)
+    except MtkdError:
+        raise
+    except Exception as exc:
+        raise MtkdError(f"the model could not be exported to {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                        f"; try the other format") from None
+    with torch.no_grad():
+        scale = max(1.0, float(model(x[:1000]).abs().max()))
+    diff = max_abs_diff(load_exported(data, fmt), model, x)
+    if not diff <= tolerance * scale:  # also catches NaN
+        raise MtkdError(f"the {fmt} export does not reproduce the model: its logits differ from PyTorch's by up to "
+                        f"{diff:.3g} on {len(x):,} inputs (allowed {tolerance * scale:.3g}); nothing was written")
+    _atomic(path, lambda h: h.write(data), "wb")
+    return {"path": str(path), "format": fmt, "bytes": len(data), "max_abs_diff": diff,
+            "checked_inputs": len(x), "tolerance": tolerance * scale}
+
+
+def _run_models(run_dir: Path, config: dict) -> tuple[nn.Module, list[nn.Module], list[str]]:
+    """The student and the teachers a finished run used (teachers/ in the run, or their checkpoints)."""
+    from .models.files import load_model_file
+
+    student, _ = load_model_file(run_dir / "student.pt")
+    teachers, missing = [], []
+    for t in config.get("teachers") or []:
+        candidates = [run_dir / "teachers" / f"{t.get('name')}.pt"]
+        if t.get("checkpoint"):
+            candidates.append(Path(t["checkpoint"]))
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            missing.append(str(t.get("name")))
+            continue
+        try:
+            teachers.append(load_model_file(found)[0].eval())
+        except MtkdError:
+            missing.append(str(t.get("name")))
+    return student.eval(), teachers, missing
+
+
+def _test_inputs(config: dict) -> torch.Tensor:
+    from .config import _validate
+    from .data import DATASETS, load_data
+
+    raw = dict(config.get("data") or {})
+    name = raw.get("name", "mnist1d")
+    if name not in DATASETS:
+        raise MtkdError(f"the run's data set {name!r} is not a built-in one; use mtkd.export.export_model "
+                        "with your own inputs")
+    return load_data(_validate(DATASETS[name].config, raw, "data", f"data set '{name}'")).test.x
+
+
+def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+                   tolerance: float = 1e-4, latency: bool = True) -> dict:
+    """Export the student of the finished run in ``run_dir``; check it on the run's test split
+    and time it, the PyTorch student and the teacher ensemble (ms per 1,000 examples, one batch
+    of up to 1,000, median of 20 passes, ``torch.get_num_threads()`` threads).
+
+    Writes the model to ``out`` (default ``run_dir/student.onnx`` or ``student.torchscript.pt``)
+    and the result dict as JSON beside it (``<out>.json``); returns the dict."""
+    import yaml
+
+    from .evaluation import ms_per_1000
+    from .io import write_json
+
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise MtkdError(f"--format {fmt!r}: choose one of: {', '.join(FORMATS)}")
+    if not (run_dir / "student.pt").is_file() or not (run_dir / "config.yaml").is_file():
+        raise MtkdError(f"{run_dir} is not a finished mtkd run directory (no student.pt or config.yaml); "
+                        "give a directory written by `mtkd run` or `mtkd demo`")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    student, teachers, missing = _run_models(run_dir, config)
+    x = _test_inputs(config)
+    out = Path(out) if out else run_dir
+    if out.is_dir():
+        out = out / f"student{FORMATS[fmt]}"
+    result = export_model(student, x, out, fmt, tolerance)
+    result["params"] = sum(p.numel() for p in student.parameters())
+    if latency:
+        run = load_exported(out.read_bytes(), fmt)
+        timing = {"exported": time_ms_per_1000(run, x),
+                  "pytorch_student": ms_per_1000([student], x, repeats=20)}
+        if teachers and not missing:
+            timing["ensemble"] = ms_per_1000(teachers, x, repeats=20)
+            timing["teachers"] = len(teachers)
+        elif missing:
+            timing["ensemble_missing"] = missing  # teacher files not found: no ensemble timing
+        timing["threads"] = torch.get_num_threads()
+        result["ms_per_1000"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
+    write_json(Path(f"{out}.json"), result)
+    return result
+
+
+def format_result(result: dict) -> str:
+    """Lines printed by ``mtkd export``."""
+    fmt = result["format"]
+    lines = [f"exported the student ({result['params']:,} parameters) to {result['path']} ({result['bytes'] / 1024:.0f} KiB)",
+             f"check: max |{fmt} - pytorch| = {result['max_abs_diff']:.2e} on {result['checked_inputs']:,} test inputs "
+             f"(allowed {result['tolerance']:.0e}): ok"]
+    t = result.get("ms_per_1000")
+    if t:
+        line = (f"latency, ms per 1,000 examples (batch of up to 1,000, {t['threads']} thread(s)): {fmt} {t['exported']:.3f}, "
+                f"pytorch student {t['pytorch_student']:.3f}")
+        if "ensemble" in t:
+            line += (f", ensemble of {t['teachers']} teachers {t['ensemble']:.3f} "
+                     f"({t['ensemble'] / max(t['exported'], 1e-9):.0f} times the exported student's)")
+        elif t.get("ensemble_missing"):
+            line += f"; ensemble not timed (teacher files not found: {', '.join(t['ensemble_missing'])})"
+        lines.append(line)
+    lines.append(f"details: {result['path']}.json")
+    return "\n".join(lines)
+
+
+__all__ = ["FORMATS", "export_model", "export_student", "format_result", "load_exported"]

@@ -1,0 +1,191 @@
+"""Experiment tracking: every record written to ``metrics.jsonl`` also goes to TensorBoard
+(always available) and, optionally, MLflow (``pip install 'mtkd[mlflow]'``).
+
+Chosen with ``output.tracking`` (default ``[tensorboard]``; ``[]`` turns tracking off):
+
+- ``tensorboard``: event files in ``RUN_DIR/tensorboard/<stage>/`` (one TensorBoard run per
+  training stage: ``teacher/cnn``, ``scratch``, ``distill``, so their curves overlay), scalar tags
+  named as in metrics.jsonl (``loss``, ``kd``, ``val_accuracy``, ``lr``, ``weight/<teacher>``),
+  plus the final test metrics under ``summary``. View with ``tensorboard --logdir RUN_DIR/tensorboard``.
+- ``mlflow``: one MLflow run per run directory (resumed runs continue it), the resolved config
+  as parameters, metrics named ``<stage>/<key>``, the final test metrics, and report.md and
+  summary.json as artifacts. The store is MLflow's own setting (``MLFLOW_TRACKING_URI``) unless
+  ``output.mlflow_uri`` is given.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+from .errors import MtkdError
+
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+TRACKERS = ("tensorboard", "mlflow")
+MLFLOW_HINT = "pip install 'mtkd[mlflow]'"
+
+
+def _scalars(record: dict) -> dict[str, float]:
+    """The numeric entries of a metrics record, except its stage and step."""
+    return {k: float(v) for k, v in record.items()
+            if k not in ("stage", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)}
+
+
+def final_metrics(summary: dict) -> dict[str, float]:
+    """Test accuracy and ECE of the student, the ensemble and the from-scratch baseline."""
+    out = {}
+    for role in ("student", "ensemble", "scratch"):
+        for key in ("accuracy", "ece"):
+            if key in summary.get(role, {}):
+                out[f"test_{key}/{role}"] = float(summary[role][key])
+    return out
+
+
+class TensorBoardTracker:
+    """One ``SummaryWriter`` per training stage, created when the stage first logs."""
+
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MtkdError("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
+                            "or set output.tracking: [] to turn tracking off") from None
+        self._writer_cls, self.log_dir = SummaryWriter, Path(log_dir)
+        self.writers: dict = {}
+
+    def _writer(self, stage: str, purge_step: int | None = None):
+        if stage not in self.writers or purge_step is not None:
+            if stage in self.writers:
+                self.writers[stage].close()
+            # purge_step: a resumed stage hides the events it logged after its last checkpoint
+            self.writers[stage] = self._writer_cls(log_dir=str(self.log_dir / stage), purge_step=purge_step)
+        return self.writers[stage]
+
+    def log(self, record: dict) -> None:
+        values = _scalars(record)
+        if values:
+            writer = self._writer(str(record.get("stage", "train")))
+            for key, value in values.items():
+                writer.add_scalar(key, value, int(record.get("step", 0)))
+            writer.flush()  # records come every log_every steps; a killed run keeps what it logged
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        self._writer(stage, purge_step=after_step + 1)
+
+    def finish(self, summary: dict, out: Path) -> None:
+        writer = self._writer("summary")
+        for key, value in final_metrics(summary).items():
+            writer.add_scalar(key, value, 0)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+
+def _import_mlflow():
+    try:
+        import mlflow
+    except ImportError:
+        raise MtkdError(f"output.tracking: 'mlflow' needs MLflow, which is an optional extra: {MLFLOW_HINT} "
+                        "(or remove mlflow from output.tracking)") from None
+    return mlflow
+
+
+def _flat_params(obj, prefix: str = "") -> dict[str, str]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat_params(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flat_params(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: str(obj)[:500]}  # MLflow limits a parameter value's length
+
+
+class MLflowTracker:
+    """One MLflow run per run directory, through ``MlflowClient`` (no global active run, so it never
+    interferes with a run the caller has open). Its id is kept in ``RUN_DIR/mlflow_run_id`` so a
+    resumed run logs into the same MLflow run."""
+
+    def __init__(self, out: Path, config: dict, uri: str | None = None, experiment: str = "mtkd"):
+        from .io import write_text
+
+        mlflow = _import_mlflow()
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        self._metric = Metric
+        self.client = client = MlflowClient(tracking_uri=uri)
+        id_file = Path(out) / "mlflow_run_id"
+        if id_file.is_file():
+            self.run_id = id_file.read_text().strip()
+            client.update_run(self.run_id, status="RUNNING")
+        else:
+            found = client.get_experiment_by_name(experiment)
+            exp_id = found.experiment_id if found else client.create_experiment(experiment)
+            self.run_id = client.create_run(exp_id, run_name=Path(out).name).info.run_id
+            write_text(id_file, self.run_id)
+            params = _flat_params({k: v for k, v in config.items() if k != "output"})
+            items = [Param(k, v) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
+                client.log_batch(self.run_id, params=items[i:i + 100])
+        del mlflow
+
+    def _log(self, values: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[self._metric(k, v, now, step) for k, v in values.items()])
+
+    def log(self, record: dict) -> None:
+        values = _scalars(record)
+        if values:
+            stage = str(record.get("stage", "train"))
+            self._log({f"{stage}/{k}": v for k, v in values.items()}, int(record.get("step", 0)))
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        pass  # MLflow keeps every logged value; a resumed stage logs its later steps again
+
+    def finish(self, summary: dict, out: Path) -> None:
+        self._log(final_metrics(summary), 0)
+        for name in ("report.md", "summary.json"):
+            if (Path(out) / name).is_file():
+                self.client.log_artifact(self.run_id, str(Path(out) / name))
+        self.client.set_terminated(self.run_id)
+
+    def close(self) -> None:
+        pass
+
+
+def check_trackers(names: list[str]) -> None:
+    """Fail before a run starts if a chosen tracker's package is missing."""
+    if "mlflow" in names:
+        _import_mlflow()
+    if "tensorboard" in names:
+        if not _installed("tensorboard"):
+            raise MtkdError("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
+                            "or set output.tracking: [] to turn tracking off")
+
+
+def make_trackers(names: list[str], out: Path, config: dict, mlflow_uri: str | None = None) -> list:
+    trackers: list = []
+    for name in dict.fromkeys(names):  # each once, in the given order
+        if name == "tensorboard":
+            trackers.append(TensorBoardTracker(Path(out) / "tensorboard"))
+        elif name == "mlflow":
+            trackers.append(MLflowTracker(out, config, mlflow_uri))
+        else:
+            raise MtkdError(f"output.tracking: unknown tracker {name!r}; choose from: {', '.join(TRACKERS)}")
+    return trackers
