@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from pathlib import Path
 
 from .errors import MtkdError
@@ -126,7 +127,7 @@ class MLflowTracker:
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
-        self._metric = Metric
+        self._metric, self.failed = Metric, False
         self.client = client = MlflowClient(tracking_uri=uri)
         id_file = Path(out) / "mlflow_run_id"
         if id_file.is_file():
@@ -151,14 +152,21 @@ class MLflowTracker:
 
     def log(self, record: dict) -> None:
         values = _scalars(record)
-        if values:
+        if values and not self.failed:
             stage = str(record.get("stage", "train"))
-            self._log({f"{stage}/{k}": v for k, v in values.items()}, int(record.get("step", 0)))
+            try:
+                self._log({f"{stage}/{k}": v for k, v in values.items()}, int(record.get("step", 0)))
+            except Exception as exc:  # tracking must not stop a long training run; metrics.jsonl has it all
+                self.failed = True
+                print(f"mtkd: warning: MLflow logging failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "training goes on, metrics.jsonl keeps every record", file=sys.stderr)
 
     def truncate(self, stage: str, after_step: int) -> None:
         pass  # MLflow keeps every logged value; a resumed stage logs its later steps again
 
     def finish(self, summary: dict, out: Path) -> None:
+        if self.failed:
+            return
         self._log(final_metrics(summary), 0)
         for name in ("report.md", "summary.json"):
             if (Path(out) / name).is_file():
@@ -185,7 +193,15 @@ def make_trackers(names: list[str], out: Path, config: dict, mlflow_uri: str | N
         if name == "tensorboard":
             trackers.append(TensorBoardTracker(Path(out) / "tensorboard"))
         elif name == "mlflow":
-            trackers.append(MLflowTracker(out, config, mlflow_uri))
+            try:
+                trackers.append(MLflowTracker(out, config, mlflow_uri))
+            except MtkdError:
+                raise
+            except Exception as exc:  # an unreachable server, a store MLflow refuses, ...
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise MtkdError(f"output.tracking: MLflow could not start a run in {mlflow_uri or 'its default store'} "
+                                f"({type(exc).__name__}: {first[:300]}); fix output.mlflow_uri or "
+                                "MLFLOW_TRACKING_URI, or remove mlflow from output.tracking") from None
         else:
             raise MtkdError(f"output.tracking: unknown tracker {name!r}; choose from: {', '.join(TRACKERS)}")
     return trackers
