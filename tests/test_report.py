@@ -141,6 +141,9 @@ def test_mtkd_report_groups_seeds_with_mean_and_std(runs, tmp_path, capsys):
     assert pair["student_accuracy"]["mean"] == pytest.approx((accs[0] + accs[1]) / 2, abs=1e-6)
     assert pair["student_accuracy"]["std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2), abs=1e-6)
     assert single["student_accuracy"]["std"] == 0.0
+    cnn = [json.loads((runs[k] / "summary.json").read_text())["teachers"][0]["accuracy"] for k in ("a0", "a1")]
+    assert pair["teachers"]["cnn"]["accuracy"]["mean"] == pytest.approx((cnn[0] + cnn[1]) / 2, abs=1e-6)
+    assert pair["teachers"]["cnn"]["accuracy"]["std"] == pytest.approx(abs(cnn[0] - cnn[1]) / math.sqrt(2), abs=1e-6)
     report = (out / "report.md").read_text()
     assert "distill.aggregator=mean" in report and "distill.aggregator=confidence" in report and " ± " in report
     for name in ("accuracy", "curves"):

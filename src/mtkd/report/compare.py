@@ -133,6 +133,14 @@ def summarize_group(group: Group) -> dict:
         if values:
             mean, std = mean_std(values)
             out[name] = {"mean": round(mean, 6), "std": round(std, 6), "n": len(values)}
+    teachers: dict[str, dict[str, list[float]]] = {}
+    for r in group.runs:
+        for t in r.summary["teachers"]:
+            for key in ("accuracy", "ece"):
+                if key in t:
+                    teachers.setdefault(t["name"], {}).setdefault(key, []).append(t[key])
+    out["teachers"] = {name: {key: dict(zip(("mean", "std"), (round(v, 6) for v in mean_std(values))), n=len(values))
+                              for key, values in stats.items()} for name, stats in teachers.items()}
     return out
 
 
@@ -164,6 +172,15 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, plots: bool = True
             values = [v for v in (get(r.summary) for r in g.runs) if v is not None]
             cells.append(_pm(values, scale, 1 if scale == 100.0 else 2))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Teachers", "", "| group | teacher | test acc. (%) | ECE (%) |", "|---|---|---:|---:|"]
+    for g, s in zip(groups, summaries):
+        for name, stats in s["teachers"].items():
+            cells = []
+            for key in ("accuracy", "ece"):
+                st = stats.get(key)
+                cells.append("-" if st is None else f"{100 * st['mean']:.1f}" if st["n"] == 1
+                             else f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}")
+            lines.append(f"| {g.label} | {name} | {cells[0]} | {cells[1]} |")
     lines += ["", "## Runs", "", "| run | group | seed | dataset | student | params | student acc. (%) | "
               "ECE (%) | ensemble acc. (%) | teachers (acc. %) |", "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     for g in groups:
