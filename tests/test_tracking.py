@@ -103,3 +103,20 @@ def test_mlflow_logs_to_a_local_file_store(tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.md", "summary.json"} <= artifacts
     assert not (out / "tensorboard").exists()
+
+
+def test_a_resumed_run_hides_the_steps_logged_after_its_last_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fault_injection import interrupted_at
+
+    raw = dict(RAW, teachers=RAW["teachers"][:1],
+               distill=dict(RAW["distill"], steps=30, log_every=5, checkpoint_every=10, eval_every=30))
+    out = tmp_path / "run"
+    with interrupted_at(17), pytest.raises(KeyboardInterrupt):  # logged 5, 10, 15; checkpoint at 10
+        run_pipeline(parse_config(raw), out, progress=False, log=lambda m: None)
+    run_pipeline(parse_config(raw), out, progress=False, log=lambda m: None)  # resumes from step 10
+    acc = EventAccumulator(str(out / "tensorboard" / "distill"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("loss")]
+    assert steps == [r["step"] for r in _records(out, "distill") if "loss" in r] == [5, 10, 15, 20, 25, 30]
