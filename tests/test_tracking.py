@@ -120,3 +120,21 @@ def test_a_resumed_run_hides_the_steps_logged_after_its_last_checkpoint(tmp_path
     acc.Reload()
     steps = [e.step for e in acc.Scalars("loss")]
     assert steps == [r["step"] for r in _records(out, "distill") if "loss" in r] == [5, 10, 15, 20, 25, 30]
+
+
+def test_an_mlflow_store_that_does_not_answer_stops_the_run_before_it_starts(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    import mlflow.tracking
+    import yaml
+
+    class Unreachable(mlflow.tracking.MlflowClient):
+        def search_experiments(self, *args, **kwargs):
+            raise ConnectionError("connection refused\nsecond line")
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Unreachable)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(dict(RAW, output={"tracking": ["mlflow"], "mlflow_uri": "http://127.0.0.1:9"})))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "MLflow cannot use the store http://127.0.0.1:9 (ConnectionError: connection refused)" in err
+    assert "\n" not in err and not (tmp_path / "run").exists()

@@ -259,7 +259,7 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
-    check_trackers(cfg.output.tracking)
+    check_trackers(cfg.output.tracking, cfg.output.mlflow_uri)
     status = open_run_dir(out, cfg_dict, restart, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")

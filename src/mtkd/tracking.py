@@ -115,6 +115,23 @@ def _flat_params(obj, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: str(obj)[:500]}  # MLflow limits a parameter value's length
 
 
+def _mlflow_client(uri: str | None):
+    """An ``MlflowClient`` whose store answers; a one-line MtkdError otherwise (before any run starts)."""
+    _import_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # an unreachable server, a store MLflow (or mlflow-skinny) cannot use, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise MtkdError(f"output.tracking: MLflow cannot use the store {uri or 'of its default setting'} "
+                        f"({type(exc).__name__}: {first[:200]}); set output.mlflow_uri (or MLFLOW_TRACKING_URI) "
+                        "to a tracking server (http://...), or to file:./mlruns with MLFLOW_ALLOW_FILE_STORE=true, "
+                        "or remove mlflow from output.tracking") from None
+    return client
+
+
 class MLflowTracker:
     """One MLflow run per run directory, through ``MlflowClient`` (no global active run, so it never
     interferes with a run the caller has open). Its id is kept in ``RUN_DIR/mlflow_run_id`` so a
@@ -123,12 +140,10 @@ class MLflowTracker:
     def __init__(self, out: Path, config: dict, uri: str | None = None, experiment: str = "mtkd"):
         from .io import write_text
 
-        mlflow = _import_mlflow()
+        self.client = client = _mlflow_client(uri)
         from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
 
         self._metric, self.failed = Metric, False
-        self.client = client = MlflowClient(tracking_uri=uri)
         id_file = Path(out) / "mlflow_run_id"
         if id_file.is_file():
             self.run_id = id_file.read_text().strip()
@@ -142,7 +157,6 @@ class MLflowTracker:
             items = [Param(k, v) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
                 client.log_batch(self.run_id, params=items[i:i + 100])
-        del mlflow
 
     def _log(self, values: dict[str, float], step: int) -> None:
         import time
@@ -177,10 +191,10 @@ class MLflowTracker:
         pass
 
 
-def check_trackers(names: list[str]) -> None:
-    """Fail before a run starts if a chosen tracker's package is missing."""
+def check_trackers(names: list[str], mlflow_uri: str | None = None) -> None:
+    """Fail before a run starts if a chosen tracker's package is missing or its store does not answer."""
     if "mlflow" in names:
-        _import_mlflow()
+        _mlflow_client(mlflow_uri)
     if "tensorboard" in names:
         if not _installed("tensorboard"):
             raise MtkdError("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
@@ -193,15 +207,7 @@ def make_trackers(names: list[str], out: Path, config: dict, mlflow_uri: str | N
         if name == "tensorboard":
             trackers.append(TensorBoardTracker(Path(out) / "tensorboard"))
         elif name == "mlflow":
-            try:
-                trackers.append(MLflowTracker(out, config, mlflow_uri))
-            except MtkdError:
-                raise
-            except Exception as exc:  # an unreachable server, a store MLflow refuses, ...
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                raise MtkdError(f"output.tracking: MLflow could not start a run in {mlflow_uri or 'its default store'} "
-                                f"({type(exc).__name__}: {first[:300]}); fix output.mlflow_uri or "
-                                "MLFLOW_TRACKING_URI, or remove mlflow from output.tracking") from None
+            trackers.append(MLflowTracker(out, config, mlflow_uri))
         else:
             raise MtkdError(f"output.tracking: unknown tracker {name!r}; choose from: {', '.join(TRACKERS)}")
     return trackers
