@@ -161,14 +161,15 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, plots: bool = True
     groups = group_runs(runs)
     summaries = [summarize_group(g) for g in groups]
 
-    header = ["group", "runs (seeds)"] + [title for _, title, _, _ in METRICS]
+    metrics = [m for m in METRICS if any(m[0] in s for s in summaries)]  # leave out columns no run has
+    header = ["group", "runs (seeds)"] + [title for _, title, _, _ in metrics]
     lines = ["# mtkd: runs compared", "",
              f"{len(runs)} run(s) in {len(groups)} group(s). Runs whose configs differ only in `seed` form one "
              "group; cells give mean ± sample standard deviation over its seeds (one value: that run's).", "",
-             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(METRICS)]
+             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(metrics)]
     for g, s in zip(groups, summaries):
         cells = [g.label, f"{len(g.runs)} ({', '.join(str(x) for x in s['seeds'])})"]
-        for name, _, get, scale in METRICS:
+        for name, _, get, scale in metrics:
             values = [v for v in (get(r.summary) for r in g.runs) if v is not None]
             cells.append(_pm(values, scale, 1 if scale == 100.0 else 2))
         lines.append("| " + " | ".join(cells) + " |")

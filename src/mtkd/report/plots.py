@@ -141,9 +141,9 @@ def plot_compare_accuracy(groups: list[dict], path: Path) -> bool:
         means = [100 * g[key]["mean"] if key in g else 0 for g in groups]
         stds = [100 * g[key]["std"] if key in g else 0 for g in groups]
         ax.bar(xs, means, width=width, yerr=stds, capsize=3, color=color, label=label)
-        for x, m, g in zip(xs, means, groups):
+        for x, m, sd, g in zip(xs, means, stds, groups):
             if key in g:
-                ax.text(x, m + 1, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+                ax.text(x, m + sd + 1, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(groups)), [f"{g['label']}\n(n={len(g['runs'])})" for g in groups],
                   rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="test accuracy (%)", ylim=(0, 122), title="test accuracy (mean ± std over seeds)")
