@@ -70,6 +70,12 @@ def prepare(cfg: Config) -> Prepared:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
     plans = []
+    d = cfg.distill
+    if d.cache == "always" and not getattr(RECIPES[d.recipe], "cacheable", False):
+        raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
+                          "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
+    if d.cache_storage == "topk" and d.cache_topk <= 0:
+        raise ConfigError("distill.cache_topk: cache_storage 'topk' needs cache_topk > 0 (classes kept per sample)")
     for i, spec in enumerate(cfg.teachers):
         where = f"teachers[{i}] ({spec.name})"
         model = None
@@ -222,6 +228,11 @@ class Run:
             t = FrozenTeacher(model.to(self.prep.device), plan.spec.name)
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
+        if recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False):
+            from .cache.build import cached_pool
+
+            frozen = cached_pool(frozen, self.data.transfer_set(), d.cache_dir or self.out / "teacher_cache", d,
+                                 self.prep.device, self.log)
         aggregator = None
         if recipe_cls.needs_teachers:
             ctx = AggregatorContext(frozen, self.prep.num_classes, [p.spec.weight for p in self.prep.teachers],

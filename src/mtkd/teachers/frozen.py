@@ -42,11 +42,15 @@ class FrozenTeacher:
                                f"but the student has {num_classes} classes")
         self.num_classes = num_classes
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, indices: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
-        """Logits [B, C] for inputs x [B, ...]; ``indices`` [B] name the samples in errors."""
+        """Logits [B, C] for inputs x [B, ...]; ``indices`` [B] name the samples in errors.
+
+        The forward runs in inference mode (no autograd bookkeeping at all, cheaper than
+        no_grad); the output is cloned out of it, so losses may save it for their backward."""
         self._model.eval()  # in case someone switched it back to train mode
-        out = self._model(x)
+        with torch.inference_mode():
+            out = self._model(x)
+        out = out.clone()  # [B, C], an ordinary tensor outside inference mode
         if check:
             self.validate(out, len(x), indices)
         return out
