@@ -165,3 +165,46 @@ def test_topk_cache_reports_its_error(tmp_path):
     assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-2)  # a normalized distribution
     live = models[0](data.x[:5])
     assert torch.equal(out.argmax(1), live.argmax(1))
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mtkd", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_pipeline_with_cache_matches_live_teachers(tiny_raw_config, tmp_path):
+    import yaml
+
+    from mtkd import config as config_mod
+    from mtkd.pipeline import run_pipeline
+
+    tiny_raw_config["distill"]["baseline"] = False
+    live = run_pipeline(config_mod.parse_config(tiny_raw_config), tmp_path / "live", progress=False, log=lambda m: None)
+    raw = {**tiny_raw_config, "distill": {**tiny_raw_config["distill"], "cache": "auto"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "cached"
+    built = _cli("cache", str(path), "--out", str(out), "--no-progress")
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.count(" built ") == 2 and "teacher_cache" in built.stdout
+    messages = []
+    cached = run_pipeline(config_mod.load_config(path), out, progress=False, log=messages.append)
+    assert any("reusing" in m for m in messages)  # mtkd run read what mtkd cache built
+    assert len(list((out / "teacher_cache").iterdir())) == 2
+    # the same teachers were trained (same seeds)
+    assert [t["accuracy"] for t in live["teachers"]] == [t["accuracy"] for t in cached["teachers"]]
+    assert abs(live["student"]["accuracy"] - cached["student"]["accuracy"]) <= 0.03
+
+
+def test_cache_always_refuses_a_recipe_that_cannot_use_it(tiny_raw_config, tmp_path):
+    import yaml
+
+    raw = {**tiny_raw_config, "distill": {**tiny_raw_config["distill"], "recipe": "scratch", "cache": "always"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _cli("run", str(path), "--no-progress")
+    assert result.returncode == 2 and "distill.cache" in result.stderr
+    result = _cli("cache", str(path), "--no-progress")
+    assert result.returncode == 2 and "nothing to cache" in result.stderr
