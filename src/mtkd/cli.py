@@ -62,9 +62,17 @@ def _run(cfg, out: Path, restart: bool, progress: bool, force: bool = False) -> 
     from .pipeline import run_pipeline
     from .report import format_table
 
+    from . import distributed
+
     start = time.perf_counter()
-    summary = run_pipeline(cfg, out, restart=restart, progress=progress, log=lambda m: print(m, file=sys.stderr),
-                           force=force)
+    try:
+        summary = run_pipeline(cfg, out, restart=restart, progress=progress,
+                               log=lambda m: print(m, file=sys.stderr), force=force)
+    finally:
+        main_process = distributed.is_main()
+        distributed.shutdown()  # under torchrun: leave the process group cleanly
+    if not main_process:
+        return
     print(format_table(summary))
     print(f"\nrun directory: {out}  ({time.perf_counter() - start:.0f} s; report: {out / 'report.md'})")
 

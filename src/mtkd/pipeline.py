@@ -261,14 +261,24 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     """
     from .report import build_summary, teacher_faults, write_report
 
+    from . import distributed
+
     out = Path(out)
     if cfg.distill.threads:
         torch.set_num_threads(cfg.distill.threads)
     prep = prepare(cfg)  # raises before anything is written
+    if distributed.init(prep.device):  # launched by torchrun: one process per device, rank 0 writes
+        prep.device = distributed.local_device(prep.device)
+        if not distributed.is_main():
+            log = lambda message: None  # noqa: E731 - rank 0 speaks for all
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
-    status = open_run_dir(out, cfg_dict, restart, force)
+    if distributed.is_main():
+        status = open_run_dir(out, cfg_dict, restart, force)
+    distributed.barrier()  # the others open the directory rank 0 has made (or reset)
+    if not distributed.is_main():
+        status = open_run_dir(out, cfg_dict, False, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
         return json.loads((out / "summary.json").read_text())

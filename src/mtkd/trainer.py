@@ -104,7 +104,9 @@ class MetricsLog:
         self.path = Path(path) if path else None
 
     def write(self, record: dict) -> None:
-        if self.path is None:
+        from . import distributed
+
+        if self.path is None or not distributed.is_main():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
@@ -136,6 +138,48 @@ class MetricsLog:
             except json.JSONDecodeError:
                 continue
         return records
+
+
+def shard(batch_size: int) -> slice | None:
+    """This process's rows of a global batch under torchrun: a contiguous, near-equal share
+    (None: the whole batch, outside torchrun or when the batch has fewer rows than processes)."""
+    from . import distributed
+
+    world = distributed.world_size()
+    if world == 1 or batch_size < world:
+        return None
+    bounds = [batch_size * r // world for r in range(world + 1)]
+    return slice(bounds[distributed.rank()], bounds[distributed.rank() + 1])
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Data-parallel gradient sync (what DDP's reducer does, in one flat all-reduce per step):
+    every process ends the step with the mean of all processes' gradients. A parameter with no
+    gradient on any process keeps none, so optimizers skip it exactly as in one process."""
+    import torch.distributed as dist
+
+    if not params:
+        return
+    # [sum of numel + len(params)]: every gradient, then one has-a-gradient flag per parameter
+    flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                      for p in params] + [torch.tensor([float(p.grad is not None) for p in params],
+                                                       device=params[0].device)])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    flags = flat[-len(params):].tolist()
+    offset = 0
+    for p, flag in zip(params, flags):
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if flag > 0 else None
+        offset += n
+
+
+def broadcast_parameters(module: nn.Module) -> None:
+    """Start every process from rank 0's parameters and buffers."""
+    import torch.distributed as dist
+
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
 
 
 class Trainer:
@@ -218,19 +262,29 @@ class Trainer:
                 save_torch(self.best_path, {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
 
     def fit(self) -> "Trainer":
+        from . import distributed
+
         cfg = self.cfg
         self.recipe.to(self.device)
         self.resume()
         if self.step >= cfg.steps:
             return self
+        parallel = distributed.world_size() > 1  # torchrun: each process trains on its share of every batch
+        if parallel:
+            broadcast_parameters(self.recipe)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
         batches = _endless(self.loader, self.step if not isinstance(self.loader, BatchLoader) else 0)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage, disable=None if self.progress else True,
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage,
+                   disable=None if self.progress and distributed.is_main() else True,
                    dynamic_ncols=True, leave=False)
         self.recipe.train()
         try:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 x, y, index = unpack_batch(next(batches))
+                rows = shard(len(x)) if parallel else None
+                if rows is not None:
+                    x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 losses = self.recipe.step(x, y, index)
                 events = getattr(self.recipe, "events", [])  # e.g. a teacher dropped from this batch
@@ -245,6 +299,8 @@ class Trainer:
                                            f"(terms {terms}); last good checkpoint: {last}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if parallel:
+                    average_gradients(params)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
@@ -252,7 +308,13 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"stage": self.stage, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
-                    record.update({k: float(v.detach()) for k, v in losses.items()})
+                    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])  # [terms]
+                    if parallel:  # log the mean over every process's share of the batch
+                        import torch.distributed as dist
+
+                        dist.all_reduce(values)
+                        values /= distributed.world_size()
+                    record.update(zip(losses, values.tolist()))
                     self.metrics.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
