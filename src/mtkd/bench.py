@@ -87,8 +87,10 @@ class _HandLoop:
     def __init__(self, student, teachers, data, cfg, device, amp):
         import torch
 
+        from .precision import grad_scaler
         from .trainer import lr_factor
 
+        self.scaler = grad_scaler(device, amp)
         self.student, self.teachers, self.cfg, self.device, self.amp = student, teachers, cfg, device, amp
         self.x, self.y = data.x, data.y
         self.opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
@@ -101,7 +103,7 @@ class _HandLoop:
         import torch
         import torch.nn.functional as F
 
-        from .cache.build import autocast
+        from .precision import autocast
 
         T, a, b = self.cfg.temperature, self.cfg.alpha, self.cfg.batch_size
         for _ in range(steps):
@@ -121,8 +123,13 @@ class _HandLoop:
                 ce = F.cross_entropy(s[labeled], y[labeled]) if bool(labeled.any()) else s.sum() * 0
                 loss = (1 - a) * ce + a * kd
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            if self.scaler is not None:  # fp16 on CUDA
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.opt.step()
             self.sched.step()
             self.step += 1
 
@@ -135,7 +142,7 @@ class _LibraryRun:
         from .trainer import Trainer
 
         self.trainer = Trainer(recipe, BatchLoader(data, cfg.batch_size, shuffle=True, seed=0), cfg,
-                               stage="bench", device=device, progress=False, **_amp_kw(amp))
+                               stage="bench", device=device, progress=False, amp=amp)
         self.trainer.cfg = cfg
         self.target = 0
 
@@ -143,14 +150,6 @@ class _LibraryRun:
         self.target += steps
         self.trainer.cfg.steps = self.target  # the schedule reads the same cfg object
         self.trainer.fit()
-
-
-def _amp_kw(amp: str) -> dict:
-    import inspect
-
-    from .trainer import Trainer
-
-    return {"amp": amp} if "amp" in inspect.signature(Trainer).parameters else {}
 
 
 def _time(setting, steps: int, device) -> float:

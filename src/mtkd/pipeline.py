@@ -99,7 +99,10 @@ def prepare(cfg: Config) -> Prepared:
         if model is not None:  # a stored teacher must give finite outputs before any run starts
             FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
         plans.append(TeacherPlan(spec, arch, classes, model))
-    return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device), params)
+    device = resolve_device(cfg.distill.device)
+    if d.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
+    return Prepared(cfg, data, num_classes, plans, device, params)
 
 
 # ---------------------------------------------------------------- run directory
@@ -187,6 +190,7 @@ class Run:
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None):
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
+                          amp=getattr(settings, "amp", "off"),  # the distill section's; teachers train in fp32
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,

@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
+from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "mtkd.train/1"
@@ -194,7 +195,7 @@ class Trainer:
                  val_data: IndexedTensorDataset | None = None, checkpoint: str | Path | None = None,
                  best_path: str | Path | None = None, metrics: MetricsLog | None = None,
                  device: torch.device | str = "cpu", progress: bool = True, fingerprint: str = "",
-                 force: bool = False):
+                 force: bool = False, amp: str = "off"):
         self.recipe, self.loader, self.cfg, self.stage = recipe, loader, cfg, stage
         self.val_data = val_data
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -204,6 +205,8 @@ class Trainer:
         self.progress = progress
         self.fingerprint = fingerprint
         self.force = force  # resume a checkpoint written under another config or code version
+        self.amp = amp  # "off", "bf16" or "fp16": autocast around each step (see mtkd.precision)
+        self.scaler = grad_scaler(self.device, amp)
         self.optimizer = make_optimizer(recipe.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
@@ -219,6 +222,7 @@ class Trainer:
             "recipe": self.recipe.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
             "loader": self.loader.state_dict() if isinstance(self.loader, BatchLoader) else None,
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def save_checkpoint(self) -> None:
@@ -245,6 +249,8 @@ class Trainer:
         set_rng_state(state["rng"])
         if state["loader"] is not None and isinstance(self.loader, BatchLoader):
             self.loader.load_state_dict(state["loader"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed, self.best_accuracy = state["step"], state["elapsed"], state["best_accuracy"]
         self.metrics.truncate(self.stage, self.step)
         return True
@@ -286,7 +292,8 @@ class Trainer:
                 if rows is not None:
                     x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                losses = self.recipe.step(x, y, index)
+                with autocast(self.device, self.amp):
+                    losses = self.recipe.step(x, y, index)
                 events = getattr(self.recipe, "events", [])  # e.g. a teacher dropped from this batch
                 for event in events:
                     self.metrics.write({"stage": self.stage, "step": self.step + 1, **event})
@@ -298,10 +305,17 @@ class Trainer:
                     raise TrainingDiverged(f"{self.stage}: loss became {float(loss.detach())} at step {self.step + 1} "
                                            f"(terms {terms}); last good checkpoint: {last}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
                 if parallel:
                     average_gradients(params)
-                self.optimizer.step()
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)  # skipped when a gradient overflowed (on any process)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
                 self.elapsed += time.perf_counter() - started

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import IndexedTensorDataset
 from ..errors import ConfigError
+from ..precision import autocast
 from .store import CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, open_entry, \
     teacher_fingerprint
 from .topk import compress_topk, expand_topk, topk_error
@@ -54,15 +55,6 @@ class BuildReport:
     @property
     def bytes(self) -> int:
         return sum(e.bytes for e in self.entries)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16 / fp16 autocast on ``device`` (fp16 only on CUDA), or a no-op context."""
-    if amp == "off":
-        return torch.autocast(device.type, enabled=False)
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp: 'fp16' autocast needs a CUDA device; use 'bf16' on the CPU or 'off'")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _release(model: nn.Module | None, device: torch.device) -> None:
