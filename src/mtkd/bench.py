@@ -168,7 +168,7 @@ def run_bench(args) -> tuple[list[dict], dict]:
     import torch
 
     from .aggregation import AggregatorContext, build_aggregator
-    from .cache import CacheOptions, build_cache, open_cached_teachers
+    from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
     from .config import DistillConfig, NoOptions, _model
     from .data import load_dataset
     from .models import build_model
@@ -230,6 +230,8 @@ def run_bench(args) -> tuple[list[dict], dict]:
             info["cache_mib"] = round(report.bytes / 2**20, 3)
             info["cache_build_peak_mib"] = round(_peak_mib(device), 1)
             pool = [c.to(device) for c in open_cached_teachers(report, transfer)]
+            pools = {k: [c.to(device) for c in open_cached_teachers(
+                BuildReport(report.entries[:k], data_fingerprint=report.data_fingerprint), transfer)] for k in ks}
             # one epoch of lookups for every teacher, twice: the second reads from the page cache
             for epoch in (1, 2):
                 _sync(device)
@@ -241,7 +243,7 @@ def run_bench(args) -> tuple[list[dict], dict]:
                 info[f"epoch{epoch}_lookup_seconds"] = round(time.perf_counter() - started, 4)
             for k in ks:
                 settings.append(({"mode": "cached", "teachers": k},
-                                 _LibraryRun(offline(pool[:k]), transfer, cfg, device, args.amp)))
+                                 _LibraryRun(offline(pools[k]), transfer, cfg, device, args.amp)))
             records = _measure(settings, args, device)
     else:
         records = _measure(settings, args, device)

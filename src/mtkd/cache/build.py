@@ -169,18 +169,24 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
 
 
 def open_cached_teachers(report: BuildReport, data: IndexedTensorDataset,
-                         models: Sequence[nn.Module | None] | None = None) -> list:
+                         models: Sequence[nn.Module | None] | None = None, stacked: bool = True) -> list:
     """CachedTeacher objects over the entries of ``report`` (built on ``data``), sharing one input check.
 
-    models: optional live models, one per entry, used for inputs outside the cache."""
-    from ..teachers.cached import CachedTeacher, TransferSet
+    models: optional live models, one per entry, used for inputs outside the cache.
+    stacked: also keep every teacher's logits in one [K, N, C] tensor (full storage only), so
+    a step reads the whole pool with one gather; costs one in-memory copy of the entries."""
+    from ..teachers.cached import CachedPool, CachedTeacher, TransferSet
 
     for e in report.entries:
         if e.manifest["data_fingerprint"] != report.data_fingerprint:
             raise CacheError(f"teacher cache entry {e.path} was built on other data; rebuild it with `mtkd cache`")
     transfer = TransferSet(data.x, data.index)
     models = list(models) if models is not None else [None] * len(report.entries)
-    return [CachedTeacher(e, transfer, m) for e, m in zip(report.entries, models)]
+    teachers = [CachedTeacher(e, transfer, m) for e, m in zip(report.entries, models)]
+    dtypes = {str(t.arrays["logits"].dtype) if "logits" in t.arrays else "topk" for t in teachers}
+    if stacked and len(teachers) > 1 and len(dtypes) == 1 and "topk" not in dtypes:
+        CachedPool(teachers)  # the pool's lookups become one gather
+    return teachers
 
 
 def options_from(distill) -> CacheOptions:

@@ -76,6 +76,7 @@ class CachedTeacher(FrozenTeacher):
         # torch views of the memory-mapped arrays (copy-on-write maps: writable, never written back)
         self.arrays = {k: torch.from_numpy(v) for k, v in entry.arrays.items() if k != "index"}
         self._device = torch.device("cpu")
+        self.pool: "CachedPool | None" = None  # set when opened as part of a stacked pool
 
     @property
     def device(self) -> torch.device:
@@ -89,6 +90,8 @@ class CachedTeacher(FrozenTeacher):
         if device != self._device:
             self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
             self.transfer.to(device)
+            if self.pool is not None and self.pool.stacked.device != device:
+                self.pool.to(device)
             self._device = device
         return self
 
@@ -115,3 +118,33 @@ class CachedTeacher(FrozenTeacher):
                                f"these inputs (samples {sample_list(indices)}: other data, or an augmented "
                                "view); give the live model as a fallback or rebuild the cache on this data")
         return super().__call__(x, indices, check)
+
+
+class CachedPool:
+    """Every teacher of a pool read with one gather: their stored logits stacked as [K, N, C].
+
+    ``run_teachers`` uses it when it is asked for exactly this pool's teachers in order and the
+    batch is from the cached transfer set: one input check and one ``index_select`` per step
+    instead of K. Anything else goes through the teachers one by one, as usual.
+    """
+
+    def __init__(self, teachers: list[CachedTeacher]):
+        self.teachers = list(teachers)
+        self.transfer = teachers[0].transfer
+        # [K, N, C] in the stored dtype (float32 or float16)
+        self.stacked = torch.stack([t.arrays["logits"] for t in teachers])
+        for t in teachers:
+            t.pool = self
+
+    def to(self, device: torch.device) -> "CachedPool":
+        self.stacked = self.stacked.to(device)
+        return self
+
+    def lookup_all(self, teachers, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor | None:
+        """[K, B, C] float32 logits, or None if ``teachers`` is not this pool or the batch is not cached."""
+        if len(teachers) != len(self.teachers) or any(a is not b for a, b in zip(teachers, self.teachers)):
+            return None
+        rows = self.transfer.rows(x, indices)
+        if rows is None:
+            return None
+        return self.stacked.index_select(1, rows.to(self.stacked.device)).float().to(x.device, non_blocking=True)

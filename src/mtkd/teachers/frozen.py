@@ -47,7 +47,8 @@ class FrozenTeacher:
 
         The forward runs in inference mode (no autograd bookkeeping at all, cheaper than
         no_grad); the output is cloned out of it, so losses may save it for their backward."""
-        self._model.eval()  # in case someone switched it back to train mode
+        if self._model.training:  # in case someone switched it back to train mode (eval() walks every module)
+            self._model.eval()
         with torch.inference_mode():
             out = self._model(x)
         out = out.clone()  # [B, C], an ordinary tensor outside inference mode
@@ -59,6 +60,8 @@ class FrozenTeacher:
         if out.dim() != 2 or out.shape[0] != batch or (self.num_classes and out.shape[1] != self.num_classes):
             raise TeacherError(f"teacher '{self.name}' returned shape {list(out.shape)}, "
                                f"expected [{batch}, {self.num_classes}], on samples {sample_list(indices)}")
+        if bool(torch.isfinite(out).all()):  # the common case: one reduction, one sync
+            return
         bad = ~torch.isfinite(out).all(dim=1)
         if bad.any():
             rows = bad.nonzero().flatten().cpu()  # indices may live on another device than the outputs
@@ -83,6 +86,11 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
     batch (its logits are a uniform placeholder and ``alive`` is False), and appends an event
     to ``events`` so the run records it. If every teacher fails, the batch cannot be used.
     """
+    pool = getattr(teachers[0], "pool", None) if len(teachers) else None
+    if pool is not None:  # cached teachers: the whole pool in one gather (see teachers/cached.py)
+        stacked = pool.lookup_all(teachers, x, index)
+        if stacked is not None:
+            return stacked, torch.ones(len(teachers), dtype=torch.bool, device=stacked.device)
     outs: list[torch.Tensor | None] = []
     for t in teachers:
         try:
