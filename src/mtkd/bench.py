@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast for every setting")
     p.add_argument("--modes", default="student_only,hand_loop,live,cached", help="settings to measure")
+    p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                   help="what a step's time is: wall clock, or this process's CPU time (auto: CPU time on the "
+                        "CPU, which other processes on a shared machine do not inflate; wall clock on a GPU)")
     p.add_argument("--cache-dir", type=Path, help="where the cache is built (default: a temporary directory)")
 
 
@@ -153,12 +156,19 @@ class _LibraryRun:
         self.trainer.fit()
 
 
-def _time(setting, steps: int, device) -> float:
+def _time(setting, steps: int, device, clock: str) -> float:
+    now = time.process_time if clock == "cpu" else time.perf_counter
     _sync(device)
-    start = time.perf_counter()
+    start = now()
     setting.run(steps)
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (now() - start) / steps
+
+
+def _clock(args, device) -> str:
+    if args.clock != "auto":
+        return args.clock
+    return "cpu" if device.type == "cpu" else "wall"
 
 
 # ---------------------------------------------------------------- main
@@ -204,7 +214,8 @@ def run_bench(args) -> tuple[list[dict], dict]:
     info = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": args.threads, "samples": len(transfer), "batch_size": args.batch_size,
             "steps": args.steps, "repeats": args.repeats, "amp": args.amp, "torch": torch.__version__,
-            "teacher": f"cnn1d channels={args.teacher_channels}", "student": f"mlp hidden={hidden}"}
+            "teacher": f"cnn1d channels={args.teacher_channels}", "student": f"mlp hidden={hidden}",
+            "clock": _clock(args, device)}
     settings: list[tuple[dict, object]] = []
     if "student_only" in modes:
         settings.append(({"mode": "student_only", "teachers": 0},
@@ -259,7 +270,7 @@ def _measure(settings, args, device) -> list[dict]:
     for _ in range(args.repeats):
         for i, (_, setting) in enumerate(settings):
             _reset_peak(device)
-            times[i].append(_time(setting, args.steps, device))
+            times[i].append(_time(setting, args.steps, device, _clock(args, device)))
             peaks[i] = max(peaks[i], _peak_mib(device))
     records = []
     for (meta, _), t, peak in zip(settings, times, peaks):
@@ -291,7 +302,8 @@ def format_table(records: list[dict], info: dict) -> str:
                      f"{r['step_seconds_min'] * 1e3:.3f}-{r['step_seconds_max'] * 1e3:.3f} | "
                      f"{pair(r, 'ratio_to_student_only')} | {pair(r, 'ratio_to_hand_loop')} | "
                      f"{r['peak_memory_mib']:.0f} |")
-    head = (f"device {info['device']}, {info['threads']} thread(s), torch {info['torch']}, amp {info['amp']}; "
+    head = (f"device {info['device']}, {info['threads']} thread(s), torch {info['torch']}, amp {info['amp']}, "
+            f"{'process CPU time' if info['clock'] == 'cpu' else 'wall-clock time'} per step; "
             f"{info['samples']} transfer samples, batch {info['batch_size']}, {info['steps']} steps x "
             f"{info['repeats']} repeats; teachers {info['teacher']}, student {info['student']}")
     out = [head, "", *lines]
