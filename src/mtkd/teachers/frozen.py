@@ -103,6 +103,9 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
             if events is not None:
                 events.append({"event": "teacher_dropped", "teacher": t.name, "error": str(error)})
             outs.append(None)
+    if all(o is not None for o in outs):  # the common case: no bookkeeping tensors to build and test
+        logits = torch.stack(outs)
+        return logits, torch.ones(len(outs), dtype=torch.bool, device=logits.device)
     alive = torch.tensor([o is not None for o in outs])
     if not alive.any():
         raise TeacherError("every teacher failed on this batch: " + "; ".join(e["error"] for e in (events or [])[-len(outs):]))
