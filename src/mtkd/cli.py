@@ -1,4 +1,4 @@
-"""Command line: ``mtkd demo | run | list | report | export``. Thin: parse, validate, call the pipeline.
+"""Command line: ``mtkd demo | run | cache | bench | list | report | export``. Thin: parse, validate, call the pipeline.
 
 Errors in the config or on the command line print one line and exit with status 2,
 before anything is written.
@@ -41,6 +41,19 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    cache = sub.add_parser("cache", help="compute every teacher's outputs once and store them (teacher cache)")
+    cache.add_argument("config", type=Path, help="YAML config file")
+    cache.add_argument("--out", type=Path, help="run directory (default: the config's output.dir)")
+    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a config value (repeatable)")
+    cache.add_argument("--force", action="store_true", help="use the run directory even if its config changed")
+    cache.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    bench = sub.add_parser("bench", help="throughput benchmark: live and cached teachers, K = 1..8")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+
     sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
 
     report = sub.add_parser("report", help="compare finished runs side by side (mean ± std over seeds)")
@@ -63,9 +76,17 @@ def _run(cfg, out: Path, restart: bool, progress: bool, force: bool = False) -> 
     from .pipeline import run_pipeline
     from .report import format_table
 
+    from . import distributed
+
     start = time.perf_counter()
-    summary = run_pipeline(cfg, out, restart=restart, progress=progress, log=lambda m: print(m, file=sys.stderr),
-                           force=force)
+    try:
+        summary = run_pipeline(cfg, out, restart=restart, progress=progress,
+                               log=lambda m: print(m, file=sys.stderr), force=force)
+    finally:
+        main_process = distributed.is_main()
+        distributed.shutdown()  # under torchrun: leave the process group cleanly
+    if not main_process:
+        return
     print(format_table(summary))
     print(f"\nrun directory: {out}  ({time.perf_counter() - start:.0f} s; report: {out / 'report.md'})")
 
@@ -119,6 +140,22 @@ def main(argv: list[str] | None = None) -> int:
             if args.threads > 0:
                 torch.set_num_threads(args.threads)
             print(format_result(export_student(args.run_dir, args.format, args.out, args.tolerance)))
+        elif args.command == "cache":
+            from .cache.command import cache_command
+            from .config import load_config
+
+            cfg = load_config(args.config, args.overrides)
+            rows = cache_command(cfg, args.out or cfg.output.dir, not args.no_progress,
+                                 lambda m: print(m, file=sys.stderr), args.force)
+            for r in rows:
+                err = r.get("topk_error")
+                extra = f", top-k KL {err['kl_mean']:.2e}, top-1 agreement {err['top1_agreement']:.4f}" if err else ""
+                print(f"{r['teacher']}: {'built' if r['built'] else 'reused'} {r['entry']} "
+                      f"({r['samples']} samples, {r['storage']}, {r['mib']} MiB, {r['seconds']} s{extra})")
+        elif args.command == "bench":
+            from .bench import main as bench_main
+
+            bench_main(args)
         elif args.command == "run":
             from .config import load_config
 

@@ -49,6 +49,16 @@ class DistillConfig(TrainConfig):
         "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
+    # performance (see README "Fast at any scale"); none of these change what is computed beyond
+    # float rounding, except cache_storage float16/topk, whose error the cache build reports
+    cache: Literal["off", "auto", "always"] = Field(
+        "off", description="teacher-output cache: auto = for recipes that allow it, always = or fail")
+    cache_dir: Path | None = Field(None, description="where cache entries live (default: <run dir>/teacher_cache)")
+    cache_storage: Literal["float32", "float16", "topk"] = Field(
+        "float32", description="stored teacher logits: all in float32/float16, or top-k log-probs + tail mass")
+    cache_topk: int = Field(0, ge=0, description="classes kept per sample with cache_storage: topk")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
 
 
 class OutputConfig(BaseModel):

@@ -16,6 +16,10 @@ import yaml
 
 
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str) -> None:
+    from . import distributed
+
+    if not distributed.is_main():  # under torchrun only rank 0 writes shared files; the others hold the same state
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a writer killed mid-write (SIGKILL) leaves its temporary file; the next write clears it

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .aggregation import AggregatorContext, build_aggregator
 from .models.features import head_layer
 from .config import Config, TeacherSpec
@@ -71,6 +71,12 @@ def prepare(cfg: Config) -> Prepared:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
     plans = []
+    d = cfg.distill
+    if d.cache == "always" and not getattr(RECIPES[d.recipe], "cacheable", False):
+        raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
+                          "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
+    if d.cache_storage == "topk" and d.cache_topk <= 0:
+        raise ConfigError("distill.cache_topk: cache_storage 'topk' needs cache_topk > 0 (classes kept per sample)")
     for i, spec in enumerate(cfg.teachers):
         where = f"teachers[{i}] ({spec.name})"
         model = None
@@ -94,7 +100,10 @@ def prepare(cfg: Config) -> Prepared:
         if model is not None:  # a stored teacher must give finite outputs before any run starts
             FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
         plans.append(TeacherPlan(spec, arch, classes, model))
-    return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device), params)
+    device = resolve_device(cfg.distill.device)
+    if d.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
+    return Prepared(cfg, data, num_classes, plans, device, params)
 
 
 # ---------------------------------------------------------------- run directory
@@ -170,8 +179,10 @@ class Run:
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
         self.force = force
         self.out, self.progress, self.log = out, progress, log
-        self.metrics = MetricsLog(out / "metrics.jsonl", make_trackers(
-            self.cfg.output.tracking, out, self.cfg.to_dict(), self.cfg.output.mlflow_uri))
+        # Only rank 0 of a torchrun job tracks: the others would write duplicate event files.
+        trackers = make_trackers(self.cfg.output.tracking, out, self.cfg.to_dict(),
+                                 self.cfg.output.mlflow_uri) if distributed.is_main() else []
+        self.metrics = MetricsLog(out / "metrics.jsonl", trackers)
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
@@ -183,6 +194,7 @@ class Run:
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None):
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
+                          amp=getattr(settings, "amp", "off"),  # the distill section's; teachers train in fp32
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
@@ -224,6 +236,11 @@ class Run:
             t = FrozenTeacher(model.to(self.prep.device), plan.spec.name)
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
+        if recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False):
+            from .cache.build import cached_pool
+
+            frozen = cached_pool(frozen, self.data.transfer_set(), d.cache_dir or self.out / "teacher_cache", d,
+                                 self.prep.device, self.log)
         aggregator = None
         if recipe_cls.needs_teachers:
             ctx = AggregatorContext(frozen, self.prep.num_classes, [p.spec.weight for p in self.prep.teachers],
@@ -256,11 +273,19 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     if cfg.distill.threads:
         torch.set_num_threads(cfg.distill.threads)
     prep = prepare(cfg)  # raises before anything is written
+    if distributed.init(prep.device):  # launched by torchrun: one process per device, rank 0 writes
+        prep.device = distributed.local_device(prep.device)
+        if not distributed.is_main():
+            log = lambda message: None  # noqa: E731 - rank 0 speaks for all
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
     check_trackers(cfg.output.tracking, cfg.output.mlflow_uri)
-    status = open_run_dir(out, cfg_dict, restart, force)
+    if distributed.is_main():
+        status = open_run_dir(out, cfg_dict, restart, force)
+    distributed.barrier()  # the others open the directory rank 0 has made (or reset)
+    if not distributed.is_main():
+        status = open_run_dir(out, cfg_dict, False, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
         return json.loads((out / "summary.json").read_text())

@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
+from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "mtkd.train/1"
@@ -105,6 +106,10 @@ class MetricsLog:
         self.trackers = list(trackers or [])  # mtkd.tracking: TensorBoard, MLflow; each gets every record
 
     def write(self, record: dict) -> None:
+        from . import distributed
+
+        if not distributed.is_main():  # one process logs: rank 0 sees the same records as the others
+            return
         for tracker in self.trackers:
             tracker.log(record)
         if self.path is None:
@@ -143,6 +148,48 @@ class MetricsLog:
         return records
 
 
+def shard(batch_size: int) -> slice | None:
+    """This process's rows of a global batch under torchrun: a contiguous, near-equal share
+    (None: the whole batch, outside torchrun or when the batch has fewer rows than processes)."""
+    from . import distributed
+
+    world = distributed.world_size()
+    if world == 1 or batch_size < world:
+        return None
+    bounds = [batch_size * r // world for r in range(world + 1)]
+    return slice(bounds[distributed.rank()], bounds[distributed.rank() + 1])
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Data-parallel gradient sync (what DDP's reducer does, in one flat all-reduce per step):
+    every process ends the step with the mean of all processes' gradients. A parameter with no
+    gradient on any process keeps none, so optimizers skip it exactly as in one process."""
+    import torch.distributed as dist
+
+    if not params:
+        return
+    # [sum of numel + len(params)]: every gradient, then one has-a-gradient flag per parameter
+    flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                      for p in params] + [torch.tensor([float(p.grad is not None) for p in params],
+                                                       device=params[0].device)])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    flags = flat[-len(params):].tolist()
+    offset = 0
+    for p, flag in zip(params, flags):
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if flag > 0 else None
+        offset += n
+
+
+def broadcast_parameters(module: nn.Module) -> None:
+    """Start every process from rank 0's parameters and buffers."""
+    import torch.distributed as dist
+
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
 class Trainer:
     """Runs ``cfg.steps`` steps of ``recipe`` over ``loader``.
 
@@ -155,7 +202,7 @@ class Trainer:
                  val_data: IndexedTensorDataset | None = None, checkpoint: str | Path | None = None,
                  best_path: str | Path | None = None, metrics: MetricsLog | None = None,
                  device: torch.device | str = "cpu", progress: bool = True, fingerprint: str = "",
-                 force: bool = False):
+                 force: bool = False, amp: str = "off"):
         self.recipe, self.loader, self.cfg, self.stage = recipe, loader, cfg, stage
         self.val_data = val_data
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -165,6 +212,8 @@ class Trainer:
         self.progress = progress
         self.fingerprint = fingerprint
         self.force = force  # resume a checkpoint written under another config or code version
+        self.amp = amp  # "off", "bf16" or "fp16": autocast around each step (see mtkd.precision)
+        self.scaler = grad_scaler(self.device, amp)
         self.optimizer = make_optimizer(recipe.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
@@ -180,6 +229,7 @@ class Trainer:
             "recipe": self.recipe.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
             "loader": self.loader.state_dict() if isinstance(self.loader, BatchLoader) else None,
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def save_checkpoint(self) -> None:
@@ -206,6 +256,8 @@ class Trainer:
         set_rng_state(state["rng"])
         if state["loader"] is not None and isinstance(self.loader, BatchLoader):
             self.loader.load_state_dict(state["loader"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed, self.best_accuracy = state["step"], state["elapsed"], state["best_accuracy"]
         self.metrics.truncate(self.stage, self.step)
         return True
@@ -223,21 +275,32 @@ class Trainer:
                 save_torch(self.best_path, {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
 
     def fit(self) -> "Trainer":
+        from . import distributed
+
         cfg = self.cfg
         self.recipe.to(self.device)
         self.resume()
         if self.step >= cfg.steps:
             return self
+        parallel = distributed.world_size() > 1  # torchrun: each process trains on its share of every batch
+        if parallel:
+            broadcast_parameters(self.recipe)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
         batches = _endless(self.loader, self.step if not isinstance(self.loader, BatchLoader) else 0)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage, disable=None if self.progress else True,
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage,
+                   disable=None if self.progress and distributed.is_main() else True,
                    dynamic_ncols=True, leave=False)
         self.recipe.train()
         try:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 x, y, index = unpack_batch(next(batches))
+                rows = shard(len(x)) if parallel else None
+                if rows is not None:
+                    x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                losses = self.recipe.step(x, y, index)
+                with autocast(self.device, self.amp):
+                    losses = self.recipe.step(x, y, index)
                 events = getattr(self.recipe, "events", [])  # e.g. a teacher dropped from this batch
                 for event in events:
                     self.metrics.write({"stage": self.stage, "step": self.step + 1, **event})
@@ -249,15 +312,30 @@ class Trainer:
                     raise TrainingDiverged(f"{self.stage}: loss became {float(loss.detach())} at step {self.step + 1} "
                                            f"(terms {terms}); last good checkpoint: {last}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                if self.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                if parallel:
+                    average_gradients(params)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)  # skipped when a gradient overflowed (on any process)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"stage": self.stage, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
-                    record.update({k: float(v.detach()) for k, v in losses.items()})
+                    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])  # [terms]
+                    if parallel:  # log the mean over every process's share of the batch
+                        import torch.distributed as dist
+
+                        dist.all_reduce(values)
+                        values /= distributed.world_size()
+                    record.update(zip(losses, values.tolist()))
                     self.metrics.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:

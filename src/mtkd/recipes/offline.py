@@ -28,6 +28,7 @@ from ..teachers import FrozenTeacher, run_teachers
 class OfflineRecipe(nn.Module):
     description = "frozen teachers, aggregated soft targets: (1 - alpha) * CE + alpha * KD"
     needs_teachers = True
+    cacheable = True  # teachers only ever see transfer-set samples, unaugmented: outputs may be cached
     uses_unlabeled = True
     Options = NoOptions
 

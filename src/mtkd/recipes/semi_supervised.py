@@ -52,6 +52,7 @@ class SemiSupervisedOptions(BaseModel):
 class SemiSupervisedRecipe(nn.Module):
     description = "UEKD: CE on labeled batches, KD on unlabeled ones picked by teacher disagreement"
     needs_teachers = True
+    cacheable = True  # teachers only ever see transfer-set samples, unaugmented: outputs may be cached
     uses_unlabeled = False  # the trainer's loader gives labeled batches; the pool is drawn here
     needs_unlabeled = True
     Options = SemiSupervisedOptions

@@ -1,4 +1,5 @@
 from .frozen import FrozenTeacher, run_teachers
 from .precomputed import PrecomputedTeacher
+from .cached import CachedTeacher, TransferSet
 
-__all__ = ["FrozenTeacher", "PrecomputedTeacher", "run_teachers"]
+__all__ = ["CachedTeacher", "TransferSet", "FrozenTeacher", "PrecomputedTeacher", "run_teachers"]

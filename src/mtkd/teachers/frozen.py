@@ -42,11 +42,16 @@ class FrozenTeacher:
                                f"but the student has {num_classes} classes")
         self.num_classes = num_classes
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, indices: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
-        """Logits [B, C] for inputs x [B, ...]; ``indices`` [B] name the samples in errors."""
-        self._model.eval()  # in case someone switched it back to train mode
-        out = self._model(x)
+        """Logits [B, C] for inputs x [B, ...]; ``indices`` [B] name the samples in errors.
+
+        The forward runs in inference mode (no autograd bookkeeping at all, cheaper than
+        no_grad); the output is cloned out of it, so losses may save it for their backward."""
+        if self._model.training:  # in case someone switched it back to train mode (eval() walks every module)
+            self._model.eval()
+        with torch.inference_mode():
+            out = self._model(x)
+        out = out.clone()  # [B, C], an ordinary tensor outside inference mode
         if check:
             self.validate(out, len(x), indices)
         return out
@@ -55,6 +60,8 @@ class FrozenTeacher:
         if out.dim() != 2 or out.shape[0] != batch or (self.num_classes and out.shape[1] != self.num_classes):
             raise TeacherError(f"teacher '{self.name}' returned shape {list(out.shape)}, "
                                f"expected [{batch}, {self.num_classes}], on samples {sample_list(indices)}")
+        if bool(torch.isfinite(out).all()):  # the common case: one reduction, one sync
+            return
         bad = ~torch.isfinite(out).all(dim=1)
         if bad.any():
             rows = bad.nonzero().flatten().cpu()  # indices may live on another device than the outputs
@@ -79,6 +86,11 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
     batch (its logits are a uniform placeholder and ``alive`` is False), and appends an event
     to ``events`` so the run records it. If every teacher fails, the batch cannot be used.
     """
+    pool = getattr(teachers[0], "pool", None) if len(teachers) else None
+    if pool is not None:  # cached teachers: the whole pool in one gather (see teachers/cached.py)
+        stacked = pool.lookup_all(teachers, x, index)
+        if stacked is not None:
+            return stacked, torch.ones(len(teachers), dtype=torch.bool, device=stacked.device)
     outs: list[torch.Tensor | None] = []
     for t in teachers:
         try:
@@ -91,6 +103,9 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
             if events is not None:
                 events.append({"event": "teacher_dropped", "teacher": t.name, "error": str(error)})
             outs.append(None)
+    if all(o is not None for o in outs):  # the common case: no bookkeeping tensors to build and test
+        logits = torch.stack(outs)
+        return logits, torch.ones(len(outs), dtype=torch.bool, device=logits.device)
     alive = torch.tensor([o is not None for o in outs])
     if not alive.any():
         raise TeacherError("every teacher failed on this batch: " + "; ".join(e["error"] for e in (events or [])[-len(outs):]))
