@@ -30,6 +30,7 @@ from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
+from .teachers.kinds import load_external
 from .trainer import MetricsLog, Trainer
 
 
@@ -73,7 +74,11 @@ def prepare(cfg: Config) -> Prepared:
     for i, spec in enumerate(cfg.teachers):
         where = f"teachers[{i}] ({spec.name})"
         model = None
-        if spec.checkpoint is not None:
+        if spec.external is not None:  # ONNX, scikit-learn, ...: outputs already in the data set's class order
+            model = load_external(spec, data)
+            arch, classes = spec.external, num_classes
+            params += count_params(model)
+        elif spec.checkpoint is not None:
             model, blob = load_model_file(spec.checkpoint)
             arch = arch_config(blob, where)
             if spec.model is not None and spec.model.model_dump() != arch.model_dump():
