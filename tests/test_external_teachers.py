@@ -253,6 +253,6 @@ def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):
     names = [t["name"] for t in summary["teachers"]]
     accs = {t["name"]: t["accuracy"] for t in summary["teachers"]}
     assert names == ["mlp", "onnx", "lr04"]
-    assert [t["arch"] for t in summary["teachers"]] == ["mlp", "onnx", "sklearn"]
+    assert [t["arch"] for t in summary["teachers"]] == ["mlp", "onnx", "sklearn"]  # the built-in arch, or the kind
     assert 0.3 < accs["lr04"] < 0.6  # right on (about) the half of the test set it covers
     assert summary["student"]["accuracy"] > 0.5

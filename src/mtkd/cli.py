@@ -40,6 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
     run.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--allow-pickle", action="store_true",
+                     help="let scikit-learn teachers load pickled estimators (runs code from those files)")
 
     sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
     return parser
@@ -62,6 +64,7 @@ def cmd_list() -> None:
     from .losses import LOSSES
     from .models import MODELS
     from .recipes import RECIPES
+    from .teachers.kinds import TEACHER_KINDS
 
     def keys(schema, skip=("name", "arch", "num_classes")) -> str:
         names = [k for k in schema.model_fields if k not in skip]
@@ -73,6 +76,7 @@ def cmd_list() -> None:
         ("aggregators", {k: v.description + keys(v.Options) for k, v in AGGREGATORS.items()}),
         ("losses", {k: v[1] for k, v in LOSSES.items()}),
         ("recipes", {k: v.description + keys(v.Options) for k, v in RECIPES.items()}),
+        ("teacher kinds", {k: v.description + keys(v.Options, ("kind",)) for k, v in TEACHER_KINDS.items()}),
     ]
     for title, entries in groups:
         print(f"{title}:")
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
+            if args.allow_pickle:
+                from .teachers.kinds import allow_pickles
+
+                allow_pickles(cfg)
             _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
     except MtkdError as exc:
         print(f"mtkd: error: {exc}", file=sys.stderr)

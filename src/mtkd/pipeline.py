@@ -76,7 +76,7 @@ def prepare(cfg: Config) -> Prepared:
         model = None
         if spec.external is not None:  # ONNX, scikit-learn, ...: outputs already in the data set's class order
             model = load_external(spec, data)
-            arch, classes = spec.external, num_classes
+            arch, classes = spec.model or spec.external, num_classes  # reports show 'onnx', 'sklearn', or the arch
             params += count_params(model)
         elif spec.checkpoint is not None:
             model, blob = load_model_file(spec.checkpoint)

@@ -2,9 +2,9 @@
 
 Shen, Wang, Song, Sun, Song, "Amalgamating Knowledge towards Comprehensive Classification",
 AAAI 2019 (arXiv:1811.02796): a student learns the union of the classes of several teachers,
-each a specialist for its own subset. There, with disjoint subsets, the student's score
-vector is assembled from the teachers' scores. mtkd allows subsets that overlap in any way,
-so it needs a rule for a class several teachers (or none) know; ours:
+each a specialist for its own subset (the paper amalgamates the teachers' features layer by
+layer; we take only its setting, at the level of outputs). Subsets here may overlap in any
+way, so a class several teachers (or none) know needs a rule; this one is ours:
 
 A teacher k covers the classes where ``mask[k, c]`` is True; where it does not, its
 probability is 0 ("no vote"). With the aggregator's per-sample teacher weights w [B, K]

@@ -98,3 +98,10 @@ TEACHER_KINDS: dict[str, TeacherKind] = {
 def load_external(spec, data) -> ExternalTeacher:
     """Build the teacher a config's ``kind:`` entry describes, mapped to ``data``'s classes."""
     return TEACHER_KINDS[spec.external.kind].load(spec.external, spec.name, data, spec.model)
+
+
+def allow_pickles(cfg) -> None:
+    """``--allow-pickle``: let every teacher that reads a pickle in ``cfg`` load it."""
+    for spec in cfg.teachers:
+        if spec.external is not None and "allow_pickle" in type(spec.external).model_fields:
+            spec.external.allow_pickle = True
