@@ -43,6 +43,16 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-pickle", action="store_true",
                      help="let scikit-learn teachers load pickled estimators (runs code from those files)")
 
+    select = sub.add_parser("select", help="choose the subset of a config's teachers that best serves distillation")
+    select.add_argument("config", type=Path, help="YAML config whose teachers are trained (checkpoint or kind)")
+    select.add_argument("--out", type=Path, help="config file to write (default: CONFIG-selected.yaml)")
+    select.add_argument("--max", dest="max_teachers", type=int, help="keep at most N teachers")
+    select.add_argument("--diversity", type=float, default=0.1,
+                        help="weight of the disagreement term in the score (default 0.1)")
+    select.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value (repeatable)")
+    select.add_argument("--allow-pickle", action="store_true", help="let scikit-learn teachers load pickles")
+
     sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
     return parser
 
@@ -96,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = parse_config(demo_config(args.fast))
             _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
+        elif args.command == "select":
+            from .selection import select_from_config
+
+            if args.max_teachers is not None and args.max_teachers < 1:
+                raise MtkdError(f"--max {args.max_teachers}: keep at least 1 teacher")
+            if not args.diversity >= 0:
+                raise MtkdError(f"--diversity {args.diversity}: a non-negative number")
+            select_from_config(args.config, args.overrides, args.out, args.max_teachers, args.diversity,
+                               args.allow_pickle)
         elif args.command == "run":
             from .config import load_config
 
