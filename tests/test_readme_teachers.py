@@ -12,8 +12,9 @@ README = (ROOT / "README.md").read_text()
 
 def test_mixed_pool_quickstart_runs(tmp_path):
     script = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if b.startswith("# make_teachers.py"))
-    config = ROOT / "configs" / "digits-mixed.yaml"
-    assert config.read_text() in README  # the README shows the config file as it is
+    config = ROOT / "examples" / "mixed_pool" / "digits-mixed.yaml"
+    assert config.read_text() in README  # the README shows the example's files as they are
+    assert (ROOT / "examples" / "mixed_pool" / "make_teachers.py").read_text() == script
     assert script.count("steps=1000") == 2
     script = script.replace("steps=1000", "steps=300")  # shorter teacher training, for the test's time
     (tmp_path / "make_teachers.py").write_text("import torch\ntorch.set_num_threads(1)\n" + script)
