@@ -256,3 +256,72 @@ def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):
     assert [t["arch"] for t in summary["teachers"]] == ["mlp", "onnx", "sklearn"]  # the built-in arch, or the kind
     assert 0.3 < accs["lr04"] < 0.6  # right on (about) the half of the test set it covers
     assert summary["student"]["accuracy"] > 0.5
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "fun", "boring"]
+
+
+def save_tiny_hf(path, id2label=None):
+    """A randomly initialised 1-layer BERT classifier and its tokenizer, saved offline."""
+    transformers = pytest.importorskip("transformers")
+    path.mkdir()
+    (path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    tokenizer = transformers.BertTokenizer(str(path / "vocab.txt"))
+    labels = id2label or {0: "neg", 1: "pos"}
+    cfg = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16, num_labels=len(labels),
+                                  id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return model, tokenizer
+
+
+def test_hf_teacher_maps_id2label_and_matches_the_model(tmp_path):
+    from mtkd.teachers.hf_model import HfTeacher
+
+    model, tokenizer = save_tiny_hf(tmp_path / "hf")
+    teacher = HfTeacher(tmp_path / "hf", ["pos", "neg"])  # the data set lists pos first
+    ids = teacher.encode(["good movie", "boring bad movie"], max_length=6)
+    assert ids[0, :4].tolist() == [2, 5, 7, 3] and ids[0, 4:].tolist() == [0, 0]  # [CLS] good movie [SEP] pad
+    with torch.no_grad():
+        direct = model(input_ids=ids.long(), attention_mask=(ids != 0).long()).logits
+    assert torch.allclose(teacher(ids), direct[:, [1, 0]], atol=1e-5)
+    with pytest.raises(MtkdError, match="needs token ids"):
+        teacher(torch.full((1, 6), 99.0))
+
+
+def test_hf_disk_text_column_is_tokenized_for_hf_teachers(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from mtkd.data import load_dataset
+    from mtkd.teachers.hf_model import HfTeacher
+
+    save_tiny_hf(tmp_path / "hf")
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    split = datasets.Dataset.from_dict({"sentence": ["good fun movie", "bad boring"], "label": [1, 0]}, features=features)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "ds"))
+    data = load_dataset("hf_disk", path=str(tmp_path / "ds"), text="sentence", tokenizer=str(tmp_path / "hf"),
+                        max_length=8, val_fraction=0)
+    assert data.input_shape == (8,) and data.train.x[0, :5].tolist() == [2, 5, 8, 7, 3]
+    teacher = HfTeacher(tmp_path / "hf", data.class_names)
+    assert teacher(data.train.x).shape == (2, 2)
+    # the same through a config: an hf teacher on the tokenized data set passes the pipeline's checks
+    from mtkd.pipeline import prepare
+
+    raw = {"data": {"name": "hf_disk", "path": str(tmp_path / "ds"), "text": "sentence", "tokenizer": str(tmp_path / "hf"),
+                    "max_length": 8, "val_fraction": 0},
+           "teachers": [{"name": "bert", "kind": "hf", "path": str(tmp_path / "hf")}]}
+    plan = prepare(parse_config(raw)).teachers[0]
+    assert plan.arch.arch == "hf" and torch.allclose(plan.model(data.train.x), teacher(data.train.x))
+
+
+def test_hf_teacher_without_transformers_names_the_extra(tmp_path, monkeypatch):
+    from mtkd.teachers.hf_model import HfTeacher
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(MtkdError, match=r"pip install 'mtkd\[hf\]'"):
+        HfTeacher(tmp_path, ["a", "b"])

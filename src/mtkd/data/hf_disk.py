@@ -28,6 +28,9 @@ class HfDiskConfig(BaseModel):
     label: str = Field("label", description="name of the label column")
     features: list[str] | None = Field(None, description="feature columns (default: every other column)")
     shape: list[int] | None = Field(None, description="shape of one sample (default: flat)")
+    text: str | None = Field(None, description="a text column to tokenize into token ids (with 'tokenizer')")
+    tokenizer: Path | None = Field(None, description="directory of a saved Hugging Face tokenizer (extra: hf)")
+    max_length: int = Field(64, gt=0, description="token ids per sample (padded or truncated)")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
 
@@ -53,11 +56,20 @@ def _read_split(cfg: HfDiskConfig, split: str):
     table = pa.concat_tables(tables)
     if cfg.label not in table.column_names:
         raise MtkdError(f"data.label: column {cfg.label!r} not in {folder}; columns are {table.column_names}")
-    features = cfg.features or [c for c in table.column_names if c != cfg.label]
-    missing = [c for c in features if c not in table.column_names]
-    if missing:
-        raise MtkdError(f"data.features: columns {missing} not in {folder}; columns are {table.column_names}")
-    x = columns_to_array({c: table.column(c).to_pylist() for c in features}, features, f"data ({folder})")
+    if cfg.text is not None:  # token ids [N, max_length] from the tokenizer of the Hugging Face teachers
+        from ..teachers.hf_model import encode, load_tokenizer
+
+        if cfg.text not in table.column_names or cfg.tokenizer is None:
+            raise MtkdError(f"data.text: needs a text column of {folder} (columns: {table.column_names}) "
+                            "and data.tokenizer, the directory of a saved tokenizer")
+        x = encode(load_tokenizer(cfg.tokenizer, "data.tokenizer"), table.column(cfg.text).to_pylist(),
+                   cfg.max_length).numpy()
+    else:
+        features = cfg.features or [c for c in table.column_names if c != cfg.label]
+        missing = [c for c in features if c not in table.column_names]
+        if missing:
+            raise MtkdError(f"data.features: columns {missing} not in {folder}; columns are {table.column_names}")
+        x = columns_to_array({c: table.column(c).to_pylist() for c in features}, features, f"data ({folder})")
     label_info = info.get("features", {}).get(cfg.label, {})
     names = label_info.get("names") if label_info.get("_type") == "ClassLabel" else None
     raw = table.column(cfg.label).to_pylist()
