@@ -13,7 +13,6 @@ pool. Teachers are trained once per seed and kept in benchmarks/.cache (git-igno
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
