@@ -325,3 +325,19 @@ def test_hf_teacher_without_transformers_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(MtkdError, match=r"pip install 'mtkd\[hf\]'"):
         HfTeacher(tmp_path, ["a", "b"])
+
+
+def test_python_api_distills_from_a_mixed_pool():
+    import mtkd
+    from mtkd.teachers import SklearnTeacher
+
+    est = fitted_sklearn()
+    torch.manual_seed(0)
+    xs = torch.randn(40, 4)
+    ys = torch.tensor([CLASSES.index(c) for c in est.predict(xs.numpy())])
+    data = mtkd.IndexedTensorDataset(xs, ys)
+    student = nn.Linear(4, 3)
+    before = student.weight.detach().clone()
+    teachers = {"lr": SklearnTeacher(est, CLASSES), "net": nn.Linear(4, 3)}
+    mtkd.distill(student, teachers, mtkd.BatchLoader(data, 10), steps=5, progress=False)
+    assert not torch.equal(before, student.weight)
