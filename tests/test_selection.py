@@ -3,6 +3,7 @@ hand-made probabilities, and the command end to end."""
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -27,6 +28,15 @@ def test_scores_by_hand():
     # log-loss: A: -(ln .9 + ln .8 + ln .7 + ln .4) / 4; A+B: -(ln .9 + ln .7 + ln .55 + ln .65) / 4
     assert ensemble_log_loss(PROBS, LABELS, [0]) == pytest.approx(0.400365, abs=1e-5)
     assert ensemble_log_loss(PROBS, LABELS, [0, 1]) == pytest.approx(0.372661, abs=1e-5)
+    # calibrated: min over T of the log-loss of softmax(log(mean) / T). A+B is right on every
+    # sample, so the sharpest T on the grid (0.1) is best: per sample -log softmax(log p / 0.1)
+    p_ab = np.array([[0.9, 0.1], [0.7, 0.3], [0.45, 0.55], [0.35, 0.65]])
+    sharp = np.log(p_ab) / 0.1
+    expected = -np.mean([sharp[i, y] - np.log(np.exp(sharp[i]).sum()) for i, y in enumerate([0, 0, 1, 1])])
+    assert ensemble_log_loss(PROBS, LABELS, [0, 1], calibrated=True) == pytest.approx(expected, rel=1e-4)
+    # A is wrong on sample 3, so its best T is an interior one, never above the uncalibrated loss
+    calibrated_a = ensemble_log_loss(PROBS, LABELS, [0], calibrated=True)
+    assert expected < calibrated_a < 0.400365
     correct = PROBS.argmax(-1) == LABELS
     assert disagreement(correct, [0, 1]) == 0.5  # they differ on samples 2 and 3
     assert disagreement(correct, [0, 2]) == 0.75  # A is right on 3 samples C gets wrong
@@ -41,7 +51,11 @@ def test_greedy_keeps_the_diverse_teacher_and_drops_the_wrong_one():
     assert chosen == [0, 1]
     assert [d.kept for d in decisions] == [True, True, False]
     assert "most accurate alone (75.0 %)" in decisions[0].reason
-    assert "disagreement 0.000 -> 0.500, log-loss 0.400 -> 0.373, score +0.3000" in decisions[1].reason
+    assert "disagreement 0.000 -> 0.500, calibrated log-loss" in decisions[1].reason
+    assert "score +0.3000" in decisions[1].reason
+    assert "less accurate alone than 0.8 x the ensemble's 100.0 % = 80.0 %" in decisions[2].reason
+    # without the accuracy floor, C is still dropped: it would lower the ensemble's accuracy
+    _, decisions = select_teachers(PROBS, LABELS, NAMES, diversity_weight=0.1, accuracy_floor=0.0)
     assert "lower the ensemble's accuracy 100.0 -> 50.0 %" in decisions[2].reason
 
 
@@ -49,12 +63,12 @@ def test_a_copy_of_a_member_adds_nothing():
     probs = torch.cat([PROBS[:1], PROBS[:1]])  # A and a copy of A: same accuracy, log-loss, no disagreement
     chosen, decisions = select_teachers(probs, LABELS, ["A", "A2"], diversity_weight=0.1)
     assert chosen == [0]
-    assert "would not lower the ensemble's log-loss (0.400 -> 0.400)" in decisions[1].reason
+    assert "would not lower the ensemble's calibrated log-loss" in decisions[1].reason
 
 
 def test_diversity_cannot_buy_in_a_teacher_that_lowers_accuracy():
     # with weight 10, A+C would score 0.5 + 7.5 against A+B's 0.75 + 5.0, but C lowers accuracy
-    chosen, _ = select_teachers(PROBS, LABELS, NAMES, diversity_weight=10.0)
+    chosen, _ = select_teachers(PROBS, LABELS, NAMES, diversity_weight=10.0, accuracy_floor=0.0)
     assert chosen == [0, 1]
 
 

@@ -49,6 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
     select.add_argument("--max", dest="max_teachers", type=int, help="keep at most N teachers")
     select.add_argument("--diversity", type=float, default=0.1,
                         help="weight of the disagreement term in the score (default 0.1)")
+    select.add_argument("--accuracy-floor", type=float, default=0.8,
+                        help="a teacher alone must reach this fraction of the ensemble's accuracy (default 0.8)")
     select.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (repeatable)")
     select.add_argument("--allow-pickle", action="store_true", help="let scikit-learn teachers load pickles")
@@ -113,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise MtkdError(f"--max {args.max_teachers}: keep at least 1 teacher")
             if not args.diversity >= 0:
                 raise MtkdError(f"--diversity {args.diversity}: a non-negative number")
+            if not 0 <= args.accuracy_floor <= 1:
+                raise MtkdError(f"--accuracy-floor {args.accuracy_floor}: a fraction in [0, 1]")
             select_from_config(args.config, args.overrides, args.out, args.max_teachers, args.diversity,
-                               args.allow_pickle)
+                               args.allow_pickle, accuracy_floor=args.accuracy_floor)
         elif args.command == "run":
             from .config import load_config
 

@@ -13,12 +13,19 @@ Diversity in Classifier Ensembles" (Machine Learning, 2003): the fraction of sam
 member classifies correctly and the other does not (0 for a single teacher).
 
 The first teacher is the most accurate alone. Each round adds the candidate with the
-highest score(S + k) among those that (1) do not lower the ensemble's accuracy, (2) lower
-the ensemble's validation log-loss (mean negative log-probability of the label; the student
-learns these probabilities, so a teacher must make them better, not only different) and
-(3) raise the score by more than ``min_gain``. Conditions (1) and (2) stop a confidently
-wrong or a near-random teacher, which disagrees a lot, from buying its way in with
-diversity. Selection stops when no candidate qualifies or at ``max_teachers``. Ties go to
+highest score(S + k) among those that (1) are accurate alone: at least ``accuracy_floor``
+(0.8) times the current ensemble's accuracy, (2) do not lower the ensemble's accuracy,
+(3) lower the ensemble's *calibrated* validation log-loss and (4) raise the score by more
+than ``min_gain``. The student learns the ensemble's probabilities, so a teacher must make them
+better, not only different. Calibrated: the mean probability's log is divided by the
+temperature (from a grid of 41 values, 0.1 to 10, log-spaced) that minimises the log-loss,
+as in temperature scaling (Guo, Pleiss, Sun, Weinberger, "On Calibration of Modern Neural
+Networks", ICML 2017). Without it, averaging an overconfident teacher with a near-uniform
+one lowers the log-loss merely by softening it, and a useless teacher got in (we measured
+this in benchmarks/selection.py); even calibrated, a random network's outputs can act as a
+smoothing that lowers the log-loss on a small validation split, hence condition (1).
+Conditions (1) to (3) stop a confidently wrong or a near-random teacher, which disagrees a
+lot, from buying its way in with diversity. Selection stops when no candidate qualifies or at ``max_teachers``. Ties go to
 the teacher listed first.
 """
 from __future__ import annotations
@@ -53,11 +60,17 @@ def ensemble_accuracy(probs: torch.Tensor, labels: torch.Tensor, members: Sequen
     return float((ensemble_mean(probs, members, masks).argmax(-1) == labels).float().mean())
 
 
+TEMPERATURES = torch.logspace(-1, 1, 41)  # 0.1 .. 10, for the calibrated log-loss
+
+
 def ensemble_log_loss(probs: torch.Tensor, labels: torch.Tensor, members: Sequence[int],
-                      masks: torch.Tensor | None = None) -> float:
-    """Mean over samples of -log(mean probability of the label), floored at 1e-12."""
-    mean = ensemble_mean(probs, members, masks)
-    return float(-torch.log(mean.gather(1, labels[:, None]).clamp_min(1e-12)).mean())
+                      masks: torch.Tensor | None = None, calibrated: bool = False) -> float:
+    """Mean over samples of -log(mean probability of the label) (probabilities floored at 1e-12);
+    ``calibrated``: the lowest such loss of softmax(log(mean) / T) over T in TEMPERATURES."""
+    log_mean = torch.log(ensemble_mean(probs, members, masks).clamp_min(1e-12))  # [N, C]
+    if not calibrated:
+        return float(-log_mean.gather(1, labels[:, None]).mean())
+    return min(float(torch.nn.functional.cross_entropy(log_mean / t, labels)) for t in TEMPERATURES)
 
 
 def disagreement(correct: torch.Tensor, members: Sequence[int]) -> float:
@@ -71,7 +84,8 @@ def disagreement(correct: torch.Tensor, members: Sequence[int]) -> float:
 
 def select_teachers(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
                     masks: torch.Tensor | None = None, max_teachers: int | None = None,
-                    diversity_weight: float = 0.1, min_gain: float = 0.0) -> tuple[list[int], list[Decision]]:
+                    diversity_weight: float = 0.1, min_gain: float = 0.0,
+                    accuracy_floor: float = 0.8) -> tuple[list[int], list[Decision]]:
     """Greedy forward selection (see the module docstring). probs [K, N, C] validation
     probabilities, labels [N]. Returns (chosen teacher indices in the order added, a decision
     with its reason for every teacher, in config order)."""
@@ -82,7 +96,7 @@ def select_teachers(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[s
 
     def score(members) -> tuple[float, float, float, float]:
         acc, div = ensemble_accuracy(probs, labels, members, masks), disagreement(correct, members)
-        return acc + diversity_weight * div, acc, div, ensemble_log_loss(probs, labels, members, masks)
+        return acc + diversity_weight * div, acc, div, ensemble_log_loss(probs, labels, members, masks, calibrated=True)
 
     first = int(torch.argmax(alone))  # argmax returns the first of equal maxima
     chosen = [first]
@@ -90,15 +104,15 @@ def select_teachers(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[s
     current = score(chosen)
     while len(chosen) < limit:
         trials = {c: score(chosen + [c]) for c in range(k) if c not in chosen}
-        eligible = {c: s for c, s in trials.items()
-                    if s[0] - current[0] > min_gain and s[1] >= current[1] and s[3] < current[3]}
+        eligible = {c: s for c, s in trials.items() if float(alone[c]) >= accuracy_floor * current[1]
+                    and s[0] - current[0] > min_gain and s[1] >= current[1] and s[3] < current[3]}
         if not eligible:
             break
         best = max(eligible, key=lambda c: (eligible[c][0], -c))
         s = eligible[best]
         reasons[best] = (f"kept {_ordinal(len(chosen) + 1)}: ensemble accuracy {100 * current[1]:.1f} -> "
                          f"{100 * s[1]:.1f} %, disagreement {current[2]:.3f} -> {s[2]:.3f}, "
-                         f"log-loss {current[3]:.3f} -> {s[3]:.3f}, score +{s[0] - current[0]:.4f}")
+                         f"calibrated log-loss {current[3]:.3f} -> {s[3]:.3f}, score +{s[0] - current[0]:.4f}")
         chosen.append(best)
         current = s
     for c in range(k):
@@ -107,10 +121,13 @@ def select_teachers(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[s
         s = score(chosen + [c])
         if len(chosen) >= limit:
             why = f"at most {limit} teacher(s) asked for (--max)"
+        elif float(alone[c]) < accuracy_floor * current[1]:
+            why = (f"less accurate alone than {accuracy_floor} x the ensemble's "
+                   f"{100 * current[1]:.1f} % = {100 * accuracy_floor * current[1]:.1f} %")
         elif s[1] < current[1]:
             why = f"it would lower the ensemble's accuracy {100 * current[1]:.1f} -> {100 * s[1]:.1f} %"
         elif s[3] >= current[3]:
-            why = f"it would not lower the ensemble's log-loss ({current[3]:.3f} -> {s[3]:.3f})"
+            why = f"it would not lower the ensemble's calibrated log-loss ({current[3]:.3f} -> {s[3]:.3f})"
         else:
             why = (f"it would change the score by {s[0] - current[0]:+.4f} (accuracy {100 * current[1]:.1f} -> "
                    f"{100 * s[1]:.1f} %, disagreement {current[2]:.3f} -> {s[2]:.3f}), not more than {min_gain}")
@@ -124,7 +141,8 @@ def _ordinal(n: int) -> str:
 
 
 def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max_teachers: int | None = None,
-                       diversity_weight: float = 0.1, allow_pickle: bool = False, log=print) -> tuple[list[str], str]:
+                       diversity_weight: float = 0.1, allow_pickle: bool = False, log=print,
+                       accuracy_floor: float = 0.8) -> tuple[list[str], str]:
     """``mtkd select``: load the config's teachers (each must be trained already: a checkpoint
     or a ``kind:`` file), choose a subset on the validation split, print why each teacher was
     kept or dropped, and write a config that uses the chosen subset. Returns (names, path)."""
@@ -156,9 +174,10 @@ def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max
     probs = torch.stack([torch.softmax(predict_logits(m, val.x, "cpu"), -1) for m in models])  # [K, N, C]
     names = [t.name for t in cfg.teachers]
     chosen, decisions = select_teachers(probs, val.y, names, class_masks(models, prep.num_classes),
-                                        max_teachers, diversity_weight)
-    log(f"validation split: {len(val)} samples; score = accuracy + {diversity_weight} * disagreement, "
-        "among teachers that keep the accuracy and lower the log-loss")
+                                        max_teachers, diversity_weight, accuracy_floor=accuracy_floor)
+    log(f"validation split: {len(val)} samples; score = accuracy + {diversity_weight} * disagreement, among "
+        f"teachers accurate alone (>= {accuracy_floor} x the ensemble) that keep its accuracy and lower its "
+        "calibrated log-loss")
     width = max(len(n) for n in names)
     for d in decisions:
         log(f"  {d.name.ljust(width)}  {d.reason}")
