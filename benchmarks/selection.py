@@ -1,11 +1,11 @@
-"""Does `mtkd select` pick a pool worth distilling from? MNIST-1D, a pool of six teachers of
+"""Does `mtkd select` pick a pool worth distilling from? MNIST-1D, a pool of seven teachers of
 very different quality, three seeds: the student distilled from every teacher, from the subset
 `select_teachers` keeps (on the validation split), and from the single best teacher.
 
     python benchmarks/selection.py                 # 3 seeds, about 6 minutes on one idle core
     python benchmarks/selection.py --seeds 0 --steps 300   # a quick look
 
-Pool: two 1-D CNNs (25 and 8 channels), an MLP, a linear model, a CNN trained on permuted
+Pool: three 1-D CNNs (two with 25 channels, from different initialisations, and one with 8), an MLP, a linear model, a CNN trained on permuted
 labels (y -> (y + 1) mod 10: confidently wrong) and an untrained MLP (near uniform). Student:
 MLP 100-100, offline KD with the `mean` aggregator on the labeled samples plus an unlabeled
 pool. Teachers are trained once per seed and kept in benchmarks/.cache (git-ignored).
@@ -30,6 +30,7 @@ from mtkd.trainer import predict_logits
 
 POOL = {  # name: (model keys, training keywords); steps 0 = left untrained
     "cnn": ({"arch": "cnn1d", "channels": 25}, {"steps": 3000}),
+    "cnn_b": ({"arch": "cnn1d", "channels": 25}, {"steps": 3000}),  # same arch, another initialisation
     "cnn_small": ({"arch": "cnn1d", "channels": 8}, {"steps": 2000}),
     "mlp": ({"arch": "mlp", "hidden": [100, 100]}, {"steps": 1500}),
     "linear": ({"arch": "linear"}, {"steps": 500}),
@@ -44,7 +45,7 @@ def teacher(data, seed: int, name: str):
     path = CACHE / f"seed{seed}" / f"{name}.pt"
     if path.exists():
         return load_model_file(path)[0]
-    torch.manual_seed(1000 * seed + sorted(POOL).index(name))
+    torch.manual_seed(1000 * seed + sum(map(ord, name)))  # a seed per teacher name
     arch = _model(dict(spec), name)
     model = mtkd.build_model(arch, data.input_shape, 10)
     train_set = data.train
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
              "teachers: " + ", ".join(f"{n} {stat([r['teachers'][n] for r in records])}" for n in POOL), "",
              "| distilled from | test accuracy | teachers (per seed) |", "|---|---:|---|"]
     for label in ["all", "selected", "best single"]:
-        subsets = "all six" if label == "all" else "; ".join(
+        subsets = f"all {len(POOL)}" if label == "all" else "; ".join(
             ", ".join(r["selected"]) if label == "selected" else r["best_single"] for r in records)
         lines.append(f"| {label} | {stat([r['accuracy'][label] for r in records])} | {subsets} |")
     table = "\n".join(lines)

@@ -49,8 +49,8 @@ def _read_split(cfg: HfDiskConfig, split: str):
                         f"splits found in {cfg.path}: {splits}") from None
     tables = []
     for entry in state.get("_data_files", []):
-        with pa.memory_map(str(folder / entry["filename"])) as source:
-            tables.append(pa.ipc.open_stream(source).read_all())
+        # the table's buffers point into the memory map, which stays open as long as they live
+        tables.append(pa.ipc.open_stream(pa.memory_map(str(folder / entry["filename"]))).read_all())
     if not tables:
         raise MtkdError(f"data: {folder} lists no Arrow files in state.json")
     table = pa.concat_tables(tables)
