@@ -1,4 +1,4 @@
-"""Command line: ``mtkd demo | run | cache | bench | list | report | export``. Thin: parse, validate, call the pipeline.
+"""Command line: ``mtkd demo | run | select | cache | bench | list | report | export``. Thin: parse, validate, call the pipeline.
 
 Errors in the config or on the command line print one line and exit with status 2,
 before anything is written.
@@ -40,6 +40,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
     run.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--allow-pickle", action="store_true",
+                     help="let scikit-learn teachers load pickled estimators (runs code from those files)")
+
+    select = sub.add_parser("select", help="choose the subset of a config's teachers that best serves distillation")
+    select.add_argument("config", type=Path, help="YAML config whose teachers are trained (checkpoint or kind)")
+    select.add_argument("--out", type=Path, help="config file to write (default: CONFIG-selected.yaml)")
+    select.add_argument("--max", dest="max_teachers", type=int, help="keep at most N teachers")
+    select.add_argument("--diversity", type=float, default=0.1,
+                        help="weight of the disagreement term in the score (default 0.1)")
+    select.add_argument("--accuracy-floor", type=float, default=0.8,
+                        help="a teacher alone must reach this fraction of the ensemble's accuracy (default 0.8)")
+    select.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value (repeatable)")
+    select.add_argument("--allow-pickle", action="store_true", help="let scikit-learn teachers load pickles")
 
     cache = sub.add_parser("cache", help="compute every teacher's outputs once and store them (teacher cache)")
     cache.add_argument("config", type=Path, help="YAML config file")
@@ -97,6 +111,7 @@ def cmd_list() -> None:
     from .losses import LOSSES
     from .models import MODELS
     from .recipes import RECIPES
+    from .teachers.kinds import TEACHER_KINDS
 
     def keys(schema, skip=("name", "arch", "num_classes")) -> str:
         names = [k for k in schema.model_fields if k not in skip]
@@ -108,6 +123,7 @@ def cmd_list() -> None:
         ("aggregators", {k: v.description + keys(v.Options) for k, v in AGGREGATORS.items()}),
         ("losses", {k: v[1] for k, v in LOSSES.items()}),
         ("recipes", {k: v.description + keys(v.Options) for k, v in RECIPES.items()}),
+        ("teacher kinds", {k: v.description + keys(v.Options, ("kind",)) for k, v in TEACHER_KINDS.items()}),
     ]
     for title, entries in groups:
         print(f"{title}:")
@@ -156,10 +172,25 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             bench_main(args)
+        elif args.command == "select":
+            from .selection import select_from_config
+
+            if args.max_teachers is not None and args.max_teachers < 1:
+                raise MtkdError(f"--max {args.max_teachers}: keep at least 1 teacher")
+            if not args.diversity >= 0:
+                raise MtkdError(f"--diversity {args.diversity}: a non-negative number")
+            if not 0 <= args.accuracy_floor <= 1:
+                raise MtkdError(f"--accuracy-floor {args.accuracy_floor}: a fraction in [0, 1]")
+            select_from_config(args.config, args.overrides, args.out, args.max_teachers, args.diversity,
+                               args.allow_pickle, accuracy_floor=args.accuracy_floor)
         elif args.command == "run":
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
+            if args.allow_pickle:
+                from .teachers.kinds import allow_pickles
+
+                allow_pickles(cfg)
             _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
     except MtkdError as exc:
         print(f"mtkd: error: {exc}", file=sys.stderr)

@@ -77,6 +77,7 @@ class TeacherSpec:
     checkpoint: Path | None
     weight: float
     train: TrainConfig
+    external: BaseModel | None = None  # options of a teacher with a 'kind:' (ONNX, scikit-learn, ...)
 
 
 class NoOptions(BaseModel):
@@ -102,6 +103,13 @@ class Config:
         teachers = []
         for t in self.teachers:
             entry: dict[str, Any] = {"name": t.name}
+            if t.external is not None:  # an external teacher is never trained: no train section
+                entry.update(t.external.model_dump(mode="json"))
+                if t.model is not None:
+                    entry.update(t.model.model_dump(mode="json"))
+                entry["weight"] = t.weight
+                teachers.append(entry)
+                continue
             if t.model is not None:
                 entry.update(t.model.model_dump(mode="json"))
             if t.checkpoint is not None:
@@ -171,6 +179,8 @@ def _teacher(raw: Any, i: int) -> TeacherSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError(f"{where}.name: required, a non-empty string without '/' (got {name!r})")
+    if "kind" in raw:
+        return _external_teacher(raw, where, name)
     model_keys = {k: v for k, v in raw.items() if k not in TEACHER_KEYS}
     checkpoint = raw.get("checkpoint")
     if checkpoint is not None:
@@ -183,11 +193,38 @@ def _teacher(raw: Any, i: int) -> TeacherSpec:
                               f"{', '.join(TEACHER_KEYS)}, arch and the model's size keys")
         raise ConfigError(f"{where}: give 'arch' (a built-in model) or 'checkpoint' (a file)")
     model = _model(model_keys, where) if "arch" in model_keys else None
+    weight = _weight(raw, where)
+    train = _validate(TrainConfig, raw.get("train") or {}, f"{where}.train", "teacher training")
+    return TeacherSpec(name, model, checkpoint, weight, train)
+
+
+def _weight(raw: dict, where: str) -> float:
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
         raise ConfigError(f"{where}.weight: a non-negative number (got {weight!r})")
-    train = _validate(TrainConfig, raw.get("train") or {}, f"{where}.train", "teacher training")
-    return TeacherSpec(name, model, checkpoint, float(weight), train)
+    return float(weight)
+
+
+def _external_teacher(raw: dict, where: str, name: str) -> TeacherSpec:
+    """A teacher with ``kind:`` (see ``mtkd.teachers.kinds``): loaded from a file, never trained."""
+    from .teachers.kinds import TEACHER_KINDS
+
+    kind = _pick(TEACHER_KINDS, raw, "kind", where, "teacher kind")
+    entry = TEACHER_KINDS[kind]
+    fields = entry.Options.model_fields
+    rest = {k: v for k, v in raw.items() if k not in fields and k not in ("name", "weight")}
+    model = None
+    if entry.needs_arch:
+        if "arch" not in rest:
+            raise ConfigError(f"{where}: kind {kind!r} needs 'arch' (a built-in model) and its size keys")
+        model = _model(rest, where)
+    elif rest:
+        raise ConfigError(f"{where}.{sorted(rest)[0]}: unknown key for a teacher of kind {kind!r}; "
+                          f"allowed keys: name, weight, {', '.join(fields)}")
+    opts = _validate(entry.Options, {k: v for k, v in raw.items() if k in fields}, where, f"teacher kind '{kind}'")
+    if not opts.path.exists():
+        raise ConfigError(f"{where}.path: not found: {opts.path}")
+    return TeacherSpec(name, model, None, _weight(raw, where), TrainConfig(), external=opts)
 
 
 def parse_config(raw: Any) -> Config:
@@ -231,7 +268,7 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(f"teachers: recipe {distill.recipe!r} needs at least one teacher; "
                           f"add teachers or use distill.recipe: scratch")
     for t in teachers:
-        if t.model is not None and t.model.num_classes and student.num_classes \
+        if t.external is None and t.model is not None and t.model.num_classes and student.num_classes \
                 and t.model.num_classes != student.num_classes:
             raise ConfigError(f"teachers: teacher {t.name!r} has {t.model.num_classes} classes "
                               f"but the student has {student.num_classes}")

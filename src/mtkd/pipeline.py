@@ -30,6 +30,7 @@ from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
+from .teachers.kinds import load_external
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer
 
@@ -80,7 +81,11 @@ def prepare(cfg: Config) -> Prepared:
     for i, spec in enumerate(cfg.teachers):
         where = f"teachers[{i}] ({spec.name})"
         model = None
-        if spec.checkpoint is not None:
+        if spec.external is not None:  # ONNX, scikit-learn, ...: outputs already in the data set's class order
+            model = load_external(spec, data)
+            arch, classes = spec.model or spec.external, num_classes  # reports show 'onnx', 'sklearn', or the arch
+            params += count_params(model)
+        elif spec.checkpoint is not None:
             model, blob = load_model_file(spec.checkpoint)
             arch = arch_config(blob, where)
             if spec.model is not None and spec.model.model_dump() != arch.model_dump():

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from .base import Aggregate, AggregatorContext, softened
+from .coverage import class_masks
 from .accuracy import AccuracyAggregator
 from .adaptive_temperature import AdaptiveTemperatureAggregator
 from .aekd import AekdAggregator
@@ -35,7 +36,9 @@ def build_aggregator(name: str, ctx: AggregatorContext, options: BaseModel | dic
     cls = AGGREGATORS[name]
     if not isinstance(options, BaseModel):
         options = cls.Options.model_validate(options or {})
-    return cls(ctx, options)
+    aggregator = cls(ctx, options)
+    aggregator.class_masks = class_masks(ctx.teachers, ctx.num_classes)  # None unless a teacher is partial
+    return aggregator
 
 
 __all__ = ["AGGREGATORS", "Aggregate", "AggregatorContext", "MeanAggregator", "WeightedAggregator",

@@ -17,6 +17,7 @@ import torch
 
 from ..data import IndexedTensorDataset
 from ..data.base import UNLABELED
+from .coverage import coverage_mix
 
 
 class Aggregate(NamedTuple):
@@ -86,10 +87,11 @@ def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torc
     from ..losses import kd_loss, multi_temperature_kd_loss
 
     agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features)
-    if alive is not None and not bool(alive.all()):
-        weights = mask_weights(agg.weights, alive)
-        target = mix(softened(teacher_logits, temperature if agg.temperatures is None
-                              else agg.temperatures.t().unsqueeze(-1)), weights)
+    masks = getattr(aggregator, "class_masks", None)  # [K, C] when some teacher covers only some classes
+    if (alive is not None and not bool(alive.all())) or masks is not None:
+        weights = agg.weights if alive is None or bool(alive.all()) else mask_weights(agg.weights, alive)
+        probs = softened(teacher_logits, temperature if agg.temperatures is None else agg.temperatures.t().unsqueeze(-1))
+        target = mix(probs, weights) if masks is None else coverage_mix(probs, weights, masks)
         agg = agg._replace(target=target, weights=weights)
     if agg.temperatures is None:
         return kd_loss(student_logits, agg.target, temperature, sample_weights), agg.weights

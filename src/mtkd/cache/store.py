@@ -65,6 +65,8 @@ def teacher_fingerprint(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         _hash_tensor(h, tensor)
+    if hasattr(model, "content_fingerprint"):  # teachers read from ONNX / pickle / TorchScript files
+        h.update(model.content_fingerprint().encode())
     return h.hexdigest()
 
 

@@ -5,7 +5,7 @@ from typing import Callable, NamedTuple
 
 from pydantic import BaseModel
 
-from . import csv_files, digits, mnist1d, npz_file
+from . import csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file
 from .base import UNLABELED, BatchLoader, DataSplits, IndexedTensorDataset
 
 
@@ -21,6 +21,12 @@ DATASETS: dict[str, DataEntry] = {
     "digits": DataEntry(digits.DigitsConfig, digits.load, "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)"),
     "npz": DataEntry(npz_file.NpzConfig, npz_file.load, "arrays x_train/y_train/x_test/y_test (+x_unlabeled) from a .npz file"),
     "csv": DataEntry(csv_files.CsvConfig, csv_files.load, "train/test CSV files with a header and one label column"),
+    "parquet": DataEntry(parquet_file.ParquetConfig, parquet_file.load,
+                         "train/test Parquet files with one label column (extra: parquet)"),
+    "images": DataEntry(image_folder.ImageFolderConfig, image_folder.load,
+                        "image folders root/{train,test}/<class>/*.png, read with Pillow (extra: images)"),
+    "hf_disk": DataEntry(hf_disk.HfDiskConfig, hf_disk.load,
+                         "a Hugging Face DatasetDict saved with save_to_disk, read with pyarrow (extra: parquet)"),
 }
 
 

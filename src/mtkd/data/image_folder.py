@@ -1,0 +1,59 @@
+"""Images in class folders, read with Pillow: ``ROOT/train/<class>/*.png`` and
+``ROOT/test/<class>/*.png`` (any format Pillow opens). The class of an image is the name of
+its folder; images are resized to ``size`` and scaled to [0, 1], as [channels, H, W]."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import MtkdError
+from .base import DataSplits
+from .tables import label_names, make_splits
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class ImageFolderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: Literal["images"] = "images"
+    root: Path = Field(description="folder with train/ and test/, each holding one folder per class")
+    size: tuple[int, int] | None = Field(None, description="[height, width] to resize to (default: the first image's)")
+    mode: Literal["L", "RGB"] = Field("L", description="L: grayscale, 1 channel; RGB: 3 channels")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+def _read(folder: Path, cfg: ImageFolderConfig, size):
+    from ..teachers.external import require
+
+    image = require("PIL.Image", "images", "data set 'images'")
+    if not folder.is_dir():
+        raise MtkdError(f"data.root: folder not found: {folder} (expected {cfg.root}/train and {cfg.root}/test)")
+    classes = label_names([p.name for p in folder.iterdir() if p.is_dir()])  # "2" before "10"
+    arrays, labels = [], []
+    for name in classes:
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in EXTENSIONS):
+            try:
+                with image.open(path) as img:
+                    img = img.convert(cfg.mode)
+                    if size is None:
+                        size = (img.height, img.width)
+                    if (img.height, img.width) != tuple(size):
+                        img = img.resize((size[1], size[0]))
+                    arr = np.asarray(img, dtype=np.float32) / 255.0
+            except OSError as exc:
+                raise MtkdError(f"data: cannot read image {path} ({exc})") from None
+            arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # [channels, H, W]
+            labels.append(name)
+    if not arrays:
+        raise MtkdError(f"data: no images in the class folders of {folder}")
+    return np.stack(arrays), labels, classes, size
+
+
+def load(cfg: ImageFolderConfig) -> DataSplits:
+    x_tr, lab_tr, classes, size = _read(cfg.root / "train", cfg, cfg.size)
+    x_te, lab_te, _, _ = _read(cfg.root / "test", cfg, size)
+    return make_splits("images", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed, names=classes)
