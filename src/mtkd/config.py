@@ -37,6 +37,8 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(500, gt=0, description="validation accuracy every N steps")
     log_every: int = Field(50, gt=0, description="a metrics.jsonl record every N steps")
     checkpoint_every: int = Field(500, gt=0, description="save the resumable checkpoint every N steps")
+    save_every: int = Field(0, ge=0, description="also keep the weights every N steps (the training trajectory, "
+                            "e.g. for recipe progressive); 0 = off")
 
 
 class DistillConfig(TrainConfig):
@@ -49,6 +51,8 @@ class DistillConfig(TrainConfig):
         "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
+    monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
+                               "split (agreement with each teacher and the ensemble); 0 = off")
 
 
 class OutputConfig(BaseModel):

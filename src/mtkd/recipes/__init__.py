@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from .offline import OfflineRecipe
+from .progressive import ProgressiveRecipe
 from .scratch import ScratchRecipe
 from .semi_supervised import SemiSupervisedRecipe
+from .teacher_free import TeacherFreeRecipe
 
 RECIPES = {
     "scratch": ScratchRecipe,
     "offline": OfflineRecipe,
     "semi_supervised": SemiSupervisedRecipe,
+    "teacher_free": TeacherFreeRecipe,
+    "progressive": ProgressiveRecipe,
 }
 
-__all__ = ["RECIPES", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "OfflineRecipe", "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TeacherFreeRecipe"]

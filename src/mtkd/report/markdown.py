@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
-from .plots import plot_accuracy, plot_curves, plot_teacher_weights
+from .plots import plot_accuracy, plot_curves, plot_monitor, plot_teacher_weights
 from .summary import markdown_table
 
 
@@ -29,7 +29,9 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
         figures = [("accuracy.png", "Test accuracy and parameters", plot_accuracy(bars, out / "plots" / "accuracy.png")),
                    ("curves.png", "Training curves", plot_curves(records, out / "plots" / "curves.png")),
                    ("teacher_weights.png", "Teacher weights during distillation",
-                    plot_teacher_weights(records, out / "plots" / "teacher_weights.png"))]
+                    plot_teacher_weights(records, out / "plots" / "teacher_weights.png")),
+                   ("monitor.png", "Agreement of the student with its teachers (validation split)",
+                    plot_monitor(records, out / "plots" / "monitor.png"))]
         lines += ["## Plots", ""]
         for file, title, made in figures:
             if made:
