@@ -2,6 +2,7 @@
 ``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
 from __future__ import annotations
 
+from .continual import ContinualRecipe
 from .offline import OfflineRecipe
 from .progressive import ProgressiveRecipe
 from .scratch import ScratchRecipe
@@ -14,6 +15,7 @@ RECIPES = {
     "semi_supervised": SemiSupervisedRecipe,
     "teacher_free": TeacherFreeRecipe,
     "progressive": ProgressiveRecipe,
+    "continual": ContinualRecipe,
 }
 
-__all__ = ["RECIPES", "OfflineRecipe", "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TeacherFreeRecipe"]
+__all__ = ["RECIPES", "ContinualRecipe", "OfflineRecipe", "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TeacherFreeRecipe"]

@@ -19,6 +19,8 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
     if t["steps"]:
         lines += [f"Distillation: {t['steps']:,} steps in {t['distill_seconds']:.1f} s "
                   f"({t['examples_per_second']:,.0f} examples/s).", ""]
+    if "continual" in summary:
+        lines += continual_table(summary["continual"])
     if plots:
         bars = [(tr["name"], tr["accuracy"], tr["params"]) for tr in summary["teachers"]]
         if "ensemble" in summary:
@@ -37,3 +39,19 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
             if made:
                 lines += [f"### {title}", "", f"![{title}](plots/{file})", ""]
     write_text(out / "report.md", "\n".join(lines))
+
+
+def continual_table(c: dict) -> list[str]:
+    """Test accuracy on every task seen so far, after each task (recipe continual)."""
+    kind = "distillation (per-task teachers + LwF)" if c["distillation"] else "plain fine-tuning (no distillation)"
+    n = len(c["tasks"])
+    lines = ["## Accuracy on every task seen so far, after each task", "",
+             f"Tasks (classes): {c['tasks']}; {kind}. Class-incremental: argmax over every class seen so far; "
+             "task-aware: argmax within the task's own classes.", "",
+             "| after task | " + " | ".join(f"task {j}" for j in range(n)) + " | average | task-aware average |",
+             "|---|" + "---:|" * (n + 2)]
+    for t, (row, avg, aware) in enumerate(zip(c["accuracy_after_task"], c["average_after_task"],
+                                              c["task_aware_average_after_task"])):
+        cells = [f"{100 * v:.1f} %" if v is not None else "-" for v in row] + ["-"] * (n - len(row))
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {100 * avg:.1f} % | {100 * aware:.1f} % |")
+    return lines + [""]
