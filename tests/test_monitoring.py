@@ -42,6 +42,8 @@ def test_agreement_with_each_teacher_and_the_ensemble_matches_hand_counts():
     assert out["monitor/agree/b"] == pytest.approx(4 / 6)
     assert out["monitor/agree/c"] == pytest.approx(4 / 6)
     assert out["monitor/agree/ensemble"] == pytest.approx(5 / 6)
+    # per true class: class 0 (samples 0, 3) agree 2/2; class 1 (1, 4) 2/2; class 2 (2, 5) 1/2
+    assert out["monitor/by_class"] == pytest.approx([1.0, 1.0, 0.5])
 
 
 def test_a_run_with_monitor_every_logs_agreement_and_plots_it(tmp_path, tiny_raw_config):
@@ -59,4 +61,6 @@ def test_a_run_with_monitor_every_logs_agreement_and_plots_it(tmp_path, tiny_raw
     assert {"monitor/agree/cnn", "monitor/agree/mlp", "monitor/agree/ensemble"} <= set(monitored[-1])
     assert all(0 <= r["monitor/agree/cnn"] <= 1 for r in monitored)
     assert (out / "plots" / "monitor.png").stat().st_size > 0
-    assert "plots/monitor.png" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "plots/monitor.png" in report and "Where the student disagrees with its teachers" in report
+    assert len(monitored[-1]["monitor/by_class"]) == 10

@@ -3,7 +3,8 @@ validation split), how often the student's prediction (argmax) matches each teac
 ensemble's (argmax of the mean of the teachers' probabilities) and the label.
 
 Logged every ``distill.monitor_every`` steps to ``metrics.jsonl`` as ``monitor/accuracy``,
-``monitor/agree/<teacher>`` and ``monitor/agree/ensemble``, and plotted in ``report.md``, so a
+``monitor/agree/<teacher>``, ``monitor/agree/ensemble`` and ``monitor/by_class`` (agreement with
+the ensemble per true class), plotted and tabulated in ``report.md``, so a
 user sees where the student still disagrees with its teachers while it trains. The teachers'
 predictions on the batch are computed once (they are frozen); each call runs only the student.
 """
@@ -41,6 +42,7 @@ class TeacherMonitor:
         self.names = [t.name for t in teachers]
         self.teacher_pred = [lg.argmax(-1) for lg in logits]  # K x [N]
         self.ensemble_pred = torch.stack([lg.softmax(-1) for lg in logits]).mean(0).argmax(-1)  # [N]
+        self.classes = logits[0].shape[-1]
 
     def __call__(self) -> dict[str, float]:
         pred = predict_logits(self.student, self.x, self.device).argmax(-1)  # [N]
@@ -49,4 +51,8 @@ class TeacherMonitor:
             out[f"monitor/agree/{name}"] = agreement(pred, tp)
         if len(self.names) > 1:
             out["monitor/agree/ensemble"] = agreement(pred, self.ensemble_pred)
+        # where the student still disagrees: agreement with the ensemble per true class ([C], None
+        # for a class absent from the batch), shown as a table in report.md
+        out["monitor/by_class"] = [agreement(pred[self.y == c], self.ensemble_pred[self.y == c])
+                                   if bool((self.y == c).any()) else None for c in range(self.classes)]
         return out

@@ -21,6 +21,7 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
                   f"({t['examples_per_second']:,.0f} examples/s).", ""]
     if "continual" in summary:
         lines += continual_table(summary["continual"])
+    lines += monitor_table(records)
     if plots:
         bars = [(tr["name"], tr["accuracy"], tr["params"]) for tr in summary["teachers"]]
         if "ensemble" in summary:
@@ -55,3 +56,22 @@ def continual_table(c: dict) -> list[str]:
         cells = [f"{100 * v:.1f} %" if v is not None else "-" for v in row] + ["-"] * (n - len(row))
         lines.append(f"| {t} | " + " | ".join(cells) + f" | {100 * avg:.1f} % | {100 * aware:.1f} % |")
     return lines + [""]
+
+
+def monitor_table(records: list[dict]) -> list[str]:
+    """Agreement of the student with the teachers' ensemble per class, first and last monitored step."""
+    monitored = [r for r in records if r.get("stage") == "distill" and "monitor/by_class" in r]
+    if not monitored:
+        return []
+    first, last = monitored[0], monitored[-1]
+    n = len(last["monitor/by_class"])
+
+    def cells(r):
+        return " | ".join("-" if v is None else f"{100 * v:.0f}" for v in r["monitor/by_class"])
+
+    return ["## Where the student disagrees with its teachers", "",
+            "Agreement (%) of the student's prediction with the teachers' ensemble on the validation split, "
+            "per true class (`distill.monitor_every`):", "",
+            "| step | " + " | ".join(f"class {c}" for c in range(n)) + " |", "|---|" + "---:|" * n,
+            f"| {first['step']} | {cells(first)} |", *([f"| {last['step']} | {cells(last)} |"] if last is not first else []),
+            ""]

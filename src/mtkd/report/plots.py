@@ -64,7 +64,8 @@ def plot_teacher_weights(records: list[dict], path: Path) -> bool:
 def plot_monitor(records: list[dict], path: Path) -> bool:
     """Agreement of the student with each teacher and the ensemble, and its accuracy, on the
     validation split during distillation (``distill.monitor_every``; see mtkd.monitoring)."""
-    keys = sorted({k for r in records if r.get("stage") == "distill" for k in r if k.startswith("monitor/")})
+    keys = sorted({k for r in records if r.get("stage") == "distill" for k in r
+                   if k.startswith("monitor/") and not isinstance(r[k], list)})
     if not keys:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
