@@ -52,6 +52,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     val_data: optional ``(x, y)``, held out from training: validation accuracy in the metrics, and
     the labeled data that the ``accuracy`` and ``meta`` aggregators learn teacher weights from.
     unlabeled: an unlabeled pool ``x`` (or IndexedTensorDataset) for recipe ``semi_supervised``.
+    For recipe ``local_targets`` the teachers are trained here, alongside the student (not frozen).
     trajectories: for recipe ``progressive``, each teacher's checkpoints in training order (name ->
     modules, the last one the trained teacher); see :func:`mtkd.recipes.progressive.load_trajectory`.
     checkpoint: file for a resumable checkpoint; if it exists, training resumes from it.
@@ -69,6 +70,9 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     val = _as_dataset(val_data)
     device = resolve_device(cfg.device)
     student.to(device)
+    live = {}  # recipe local_targets trains its teachers with the student: they are not frozen
+    if getattr(recipe_cls, "trains_teachers", False):
+        live, named = {name: m.to(device) for name, m in named.items()}, {}
     frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
               for name, m in named.items()]
     if frozen:
@@ -89,7 +93,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
                      unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error, steps=cfg.steps,
-                     **({"trajectories": trajectories} if trajectories is not None else {}))
+                     **({"trajectories": trajectories} if trajectories is not None else {}),
+                     **({"live_teachers": live} if live else {}))
     monitor = None
     if cfg.monitor_every and frozen and val is not None:
         from .monitoring import TeacherMonitor

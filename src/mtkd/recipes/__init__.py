@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .continual import ContinualRecipe
+from .local_targets import LocalTargetsRecipe
 from .offline import OfflineRecipe
 from .progressive import ProgressiveRecipe
 from .scratch import ScratchRecipe
@@ -15,7 +16,8 @@ RECIPES = {
     "semi_supervised": SemiSupervisedRecipe,
     "teacher_free": TeacherFreeRecipe,
     "progressive": ProgressiveRecipe,
+    "local_targets": LocalTargetsRecipe,
     "continual": ContinualRecipe,
 }
 
-__all__ = ["RECIPES", "ContinualRecipe", "OfflineRecipe", "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TeacherFreeRecipe"]
+__all__ = ["RECIPES", "ContinualRecipe", "LocalTargetsRecipe", "OfflineRecipe", "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TeacherFreeRecipe"]
