@@ -272,7 +272,8 @@ class Run:
 
             monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
-                    f"{stem}.pt", f"{stem}_best.pt", monitor=monitor)
+                    f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
+                    snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
         if hasattr(recipe, "results"):  # e.g. continual: accuracy on every task after each task
             write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
         save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)
