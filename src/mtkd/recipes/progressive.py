@@ -6,8 +6,11 @@ from the converged teacher only, the student distills from the teacher's checkpo
 order they were saved while the teacher trained, so its targets start easy (an early, smooth
 teacher) and sharpen as it goes (mitigating the capacity gap and the "which checkpoint is the
 best teacher" search). The temperature is annealed along the way, from ``distill.temperature``
-for the first checkpoint down to ``final_temperature`` (1 by default) for the last one, the
-annealing schedule Pro-KD takes from Annealing-KD (Jafari et al., EACL 2021):
+for the first checkpoint down to ``final_temperature`` (1 by default) for the last one. Caveat:
+the full text of the paper was not at hand when this was written; the schedule follows the
+authors' Annealing-KD (Jafari, Rezagholizadeh, Sharma and Ghodsi, EACL 2021), on which Pro-KD
+builds, where the temperature steps down from a maximum to 1 (here linearly, once per
+checkpoint); ``schedule: constant`` keeps ``distill.temperature`` throughout:
 
     phase p = 0 .. P-1 (P = the number of checkpoints; equal shares of distill.steps)
     T_p     = T_max + (T_final - T_max) * p / (P - 1)
