@@ -29,6 +29,14 @@ def test_proximal_teacher_loss_is_ce_plus_lambda_kl_to_the_student():
     assert s.grad is None and t.grad is not None  # the constraint moves the teacher, never the student
 
 
+def test_a_saturated_teacher_still_gets_finite_gradients():
+    # softmax underflows to exactly 0 for the -100 logit; p log p must not turn that into NaN
+    t = torch.tensor([[100.0, -100.0, 0.0]], requires_grad=True)
+    loss, _ = proximal_teacher_loss(t, torch.zeros(1, 3), torch.tensor([0]), constraint=0.4)
+    loss.backward()
+    assert torch.isfinite(t.grad).all()
+
+
 def test_each_term_trains_only_its_own_network():
     torch.manual_seed(0)
     student, teacher = nn.Linear(3, 4), nn.Linear(3, 4)

@@ -44,9 +44,11 @@ def proximal_teacher_loss(teacher_logits: torch.Tensor, student_logits: torch.Te
     """A teacher's ProKT loss: (CE(t, y) + lambda * KL(softmax(t) || softmax(s)), the KL alone).
 
     teacher_logits, student_logits: [B, C] (the student's are detached here); labels [B] (-1 skipped)."""
-    p = F.softmax(teacher_logits, dim=-1)
+    # log p from log_softmax, not xlogy(p, p): the teacher is differentiated here, and the gradient
+    # of p log p at an underflowed p = 0 is 0 * -inf = NaN
+    log_p = F.log_softmax(teacher_logits, dim=-1)
     log_q = F.log_softmax(student_logits.detach(), dim=-1)
-    kl = (torch.xlogy(p, p) - p * log_q).sum(-1).mean()
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
     return ce_loss(teacher_logits, labels) + constraint * kl, kl
 
 
