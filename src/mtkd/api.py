@@ -42,6 +42,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             *, recipe: str = "offline", aggregator: str = "mean", teacher_weights: Sequence[float] | None = None,
             val_data: Any = None, unlabeled: Any = None, checkpoint: str | Path | None = None,
             metrics_path: str | Path | None = None, progress: bool = True, seed: int = 0,
+            trajectories: Mapping[str, Sequence[nn.Module]] | None = None, snapshot_dir: str | Path | None = None,
             **settings: Any) -> nn.Module:
     """Distill ``teachers`` into ``student`` (trained in place and returned).
 
@@ -51,7 +52,13 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     val_data: optional ``(x, y)``, held out from training: validation accuracy in the metrics, and
     the labeled data that the ``accuracy`` and ``meta`` aggregators learn teacher weights from.
     unlabeled: an unlabeled pool ``x`` (or IndexedTensorDataset) for recipe ``semi_supervised``.
+    For recipe ``local_targets`` the teachers are trained here, alongside the student (not frozen).
+    trajectories: for recipe ``progressive``, each teacher's checkpoints in training order (name ->
+    modules, the last one the trained teacher); see :func:`mtkd.recipes.progressive.load_trajectory`.
     checkpoint: file for a resumable checkpoint; if it exists, training resumes from it.
+    snapshot_dir: with ``save_every=N``, the student's weights every N steps go to
+    ``snapshot_dir/step-NNNNNN.pt`` (e.g. ``mtkd.train(teacher, ..., save_every=100, snapshot_dir=d)``
+    keeps a teacher's trajectory for recipe ``progressive``).
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
     schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
     """
@@ -63,6 +70,9 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     val = _as_dataset(val_data)
     device = resolve_device(cfg.device)
     student.to(device)
+    live = {}  # recipe local_targets trains its teachers with the student: they are not frozen
+    if getattr(recipe_cls, "trains_teachers", False):
+        live, named = {name: m.to(device) for name, m in named.items()}, {}
     frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
               for name, m in named.items()]
     if frozen:
@@ -82,9 +92,17 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         x_unl = torch.as_tensor(unlabeled)
         unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
-                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error)
+                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error, steps=cfg.steps,
+                     **({"trajectories": trajectories} if trajectories is not None else {}),
+                     **({"live_teachers": live} if live else {}))
+    monitor = None
+    if cfg.monitor_every and frozen and val is not None:
+        from .monitoring import TeacherMonitor
+
+        monitor = TeacherMonitor(student, frozen, val, device)
     Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
-            checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
+            checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress,
+            monitor=monitor, monitor_every=cfg.monitor_every, snapshot_dir=snapshot_dir).fit()
     return student
 
 

@@ -37,6 +37,8 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(500, gt=0, description="validation accuracy every N steps")
     log_every: int = Field(50, gt=0, description="a metrics.jsonl record every N steps")
     checkpoint_every: int = Field(500, gt=0, description="save the resumable checkpoint every N steps")
+    save_every: int = Field(0, ge=0, description="also keep the weights every N steps (the training trajectory, "
+                            "e.g. for recipe progressive); 0 = off")
 
 
 class DistillConfig(TrainConfig):
@@ -59,6 +61,8 @@ class DistillConfig(TrainConfig):
     cache_topk: int = Field(0, ge=0, description="classes kept per sample with cache_storage: topk")
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
+    monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
+                               "split (agreement with each teacher and the ensemble); 0 = off")
 
 
 class OutputConfig(BaseModel):

@@ -12,7 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -41,6 +41,15 @@ class TeacherPlan:
     arch: object  # the model config (from the YAML, or read from the checkpoint)
     num_classes: int
     model: nn.Module | None = None  # loaded from the checkpoint; None until trained
+
+
+class TrainedTeacher(NamedTuple):
+    """A teacher ready for distillation: what the summary calls it, and its weight."""
+
+    name: str
+    arch: str
+    model: nn.Module
+    weight: float = 1.0
 
 
 @dataclass
@@ -108,7 +117,11 @@ def prepare(cfg: Config) -> Prepared:
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
-    return Prepared(cfg, data, num_classes, plans, device, params)
+    prep = Prepared(cfg, data, num_classes, plans, device, params)
+    check = getattr(RECIPES[cfg.distill.recipe], "check_config", None)  # recipe-specific checks, before any work
+    if check is not None:
+        check(prep)
+    return prep
 
 
 # ---------------------------------------------------------------- run directory
@@ -196,19 +209,24 @@ class Run:
                               "examples_per_second": round(trainer.step * batch_size / max(trainer.elapsed, 1e-9), 1)}
         write_json(self.state_path, self.stages)
 
-    def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None):
+    def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
+               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None):
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           amp=getattr(settings, "amp", "off"),  # the distill section's; teachers train in fp32
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
-                          fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage), force=self.force)
+                          fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage), force=self.force,
+                          snapshot_dir=snapshot_dir, monitor=monitor,
+                          monitor_every=getattr(settings, "monitor_every", 0))
         trainer.fit()
         self._record(stage, trainer, settings.batch_size)
         return trainer
 
-    def teacher(self, i: int, plan: TeacherPlan) -> nn.Module:
+    def teacher(self, i: int, plan: TeacherPlan, dataset=None) -> nn.Module:
+        """Load or train teacher ``plan`` (on ``dataset``, default the labeled train split); with
+        ``train.save_every`` its weights every N steps are kept in teachers/<name>/step-NNNNNN.pt."""
         spec = plan.spec
         if plan.model is not None:
             return plan.model
@@ -219,13 +237,29 @@ class Run:
         seed = self.cfg.seed + 1 + i
         seed_everything(seed)
         model = build_model(plan.arch, self.data.input_shape, plan.num_classes)
-        self._train(f"teacher/{spec.name}", ScratchRecipe(model), self.data.train, spec.train, seed,
-                    f"teacher-{spec.name}.pt", None)
+        self._train(f"teacher/{spec.name}", ScratchRecipe(model), self.data.train if dataset is None else dataset,
+                    spec.train, seed, f"teacher-{spec.name}.pt", None,
+                    snapshot_dir=self.out / "teachers" / spec.name if spec.train.save_every else None)
         save_model_file(path, model, plan.arch, self.data.input_shape, plan.num_classes)
         (self.out / "checkpoints" / f"teacher-{spec.name}.pt").unlink(missing_ok=True)
         return model
 
-    def student(self, recipe_name: str, teachers: list[nn.Module]) -> nn.Module:
+    def teachers(self) -> tuple[list[TrainedTeacher], dict]:
+        """The teachers the chosen recipe distills from, and extra arguments for the recipe.
+
+        A recipe that needs something else than the configured teachers trained on the labeled
+        split (a trained copy of the student, per-task teachers, the teachers' checkpoints)
+        provides ``pipeline_teachers(run)``; the others get the configured teachers."""
+        recipe_cls = RECIPES[self.cfg.distill.recipe]
+        hook = getattr(recipe_cls, "pipeline_teachers", None)
+        if hook is not None:
+            return hook(self)
+        if not recipe_cls.needs_teachers:
+            return [], {}
+        return [TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight)
+                for i, p in enumerate(self.prep.teachers)], {}
+
+    def student(self, recipe_name: str, teachers: list[TrainedTeacher], extra: dict | None = None) -> nn.Module:
         """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student."""
         cfg, d = self.cfg, self.cfg.distill
         file_name = "student_scratch.pt" if recipe_name == "scratch" and d.recipe != "scratch" else "student.pt"
@@ -237,8 +271,8 @@ class Run:
         student = build_model(cfg.student, self.data.input_shape, self.prep.num_classes)
         recipe_cls = RECIPES[recipe_name]
         frozen = []
-        for plan, model in zip(self.prep.teachers, teachers):
-            t = FrozenTeacher(model.to(self.prep.device), plan.spec.name)
+        for teacher in teachers:
+            t = FrozenTeacher(teacher.model.to(self.prep.device), teacher.name)
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
         if recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False):
@@ -247,17 +281,25 @@ class Run:
             frozen = cached_pool(frozen, self.data.transfer_set(), d.cache_dir or self.out / "teacher_cache", d,
                                  self.prep.device, self.log)
         aggregator = None
-        if recipe_cls.needs_teachers:
-            ctx = AggregatorContext(frozen, self.prep.num_classes, [p.spec.weight for p in self.prep.teachers],
+        if frozen:
+            ctx = AggregatorContext(frozen, self.prep.num_classes, [t.weight for t in teachers],
                                     self.data.val, head_layer(student).in_features, self.prep.device)
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
                             options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
-                            on_teacher_error=d.on_teacher_error)
+                            on_teacher_error=d.on_teacher_error, steps=d.steps, **(extra or {}))
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
         stem = file_name.removesuffix(".pt")
+        monitor = None
+        if d.monitor_every and frozen and self.data.val is not None and recipe_name != "scratch":
+            from .monitoring import TeacherMonitor
+
+            monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
-                    f"{stem}.pt", f"{stem}_best.pt")
+                    f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
+                    snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
+        if hasattr(recipe, "results"):  # e.g. continual: accuracy on every task after each task
+            write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
         save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)
         (self.out / "checkpoints" / f"{stem}.pt").unlink(missing_ok=True)
         return student
@@ -298,9 +340,10 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         log(f"resuming the run in {out}")
     run = Run(prep, out, progress, log, force)
     d = cfg.distill
-    teachers = [run.teacher(i, plan) for i, plan in enumerate(prep.teachers)] if RECIPES[d.recipe].needs_teachers else []
+    named, extra = run.teachers()
+    teachers = [t.model for t in named]
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
-    student = run.student(d.recipe, teachers)
+    student = run.student(d.recipe, named, extra)
 
     device, test = prep.device, prep.data.test
     # test-split probabilities, computed once: accuracy, ECE, reliability bins and agreement use them
@@ -309,8 +352,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     probs_s = predict_probs([student], test, device)
     probs_b = predict_probs([scratch], test, device) if scratch else None
     results = {
-        "teachers": [{"name": p.spec.name, "arch": p.arch.arch, **describe([m], test, device, pr)}
-                     for p, m, pr in zip(prep.teachers, teachers, probs_t)],
+        "teachers": [{"name": t.name, "arch": t.arch, **describe([t.model], test, device, pr)}
+                     for t, pr in zip(named, probs_t)],
         "ensemble": describe(teachers, test, device, probs_e) if len(teachers) > 1 else None,
         "student": {"arch": cfg.student.arch, **describe([student], test, device, probs_s)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], test, device, probs_b)} if scratch else None,
@@ -326,6 +369,9 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         log(f"warning: teacher '{name}' failed on {count} batch(es) and was left out of them "
             "(see 'teacher_dropped' in metrics.jsonl)")
     summary = build_summary(cfg, prep.data, results, run.stages, faults)
+    recipe_results = out / "student_results.json"  # what a recipe reports beyond the contract (continual)
+    if recipe_results.exists():
+        summary.update(json.loads(recipe_results.read_text()))
     write_report(out, summary, records, plots=cfg.output.plots)
     write_json(out / "summary.json", summary)  # last: its presence marks the run finished
     for tracker in run.metrics.trackers:

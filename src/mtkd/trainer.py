@@ -12,7 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -202,7 +202,8 @@ class Trainer:
                  val_data: IndexedTensorDataset | None = None, checkpoint: str | Path | None = None,
                  best_path: str | Path | None = None, metrics: MetricsLog | None = None,
                  device: torch.device | str = "cpu", progress: bool = True, fingerprint: str = "",
-                 force: bool = False, amp: str = "off"):
+                 force: bool = False, amp: str = "off", snapshot_dir: str | Path | None = None,
+                 monitor: Callable[[], dict] | None = None, monitor_every: int = 0):
         self.recipe, self.loader, self.cfg, self.stage = recipe, loader, cfg, stage
         self.val_data = val_data
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -214,6 +215,12 @@ class Trainer:
         self.force = force  # resume a checkpoint written under another config or code version
         self.amp = amp  # "off", "bf16" or "fp16": autocast around each step (see mtkd.precision)
         self.scaler = grad_scaler(self.device, amp)
+        # cfg.save_every > 0: the student's weights every N steps go to snapshot_dir/step-NNNNNN.pt
+        # (the training trajectory that recipe progressive follows)
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
+        # monitor() -> {name: value}: a look at the student (e.g. agreement with the teachers on the
+        # validation split, see mtkd.monitoring), logged every monitor_every steps
+        self.monitor, self.monitor_every = monitor, monitor_every
         self.optimizer = make_optimizer(recipe.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
@@ -341,6 +348,12 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     self._evaluate()
                     self.recipe.train()
+                if self.monitor is not None and self.monitor_every and self.step % self.monitor_every == 0:
+                    self.metrics.write({"stage": self.stage, "step": self.step, **self.monitor()})
+                    self.recipe.train()
+                if self.snapshot_dir is not None and cfg.save_every and self.step % cfg.save_every == 0:
+                    save_torch(self.snapshot_dir / f"step-{self.step:06d}.pt",
+                               {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
         finally:

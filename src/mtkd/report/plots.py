@@ -61,6 +61,26 @@ def plot_teacher_weights(records: list[dict], path: Path) -> bool:
     return True
 
 
+def plot_monitor(records: list[dict], path: Path) -> bool:
+    """Agreement of the student with each teacher and the ensemble, and its accuracy, on the
+    validation split during distillation (``distill.monitor_every``; see mtkd.monitoring)."""
+    keys = sorted({k for r in records if r.get("stage") == "distill" for k in r
+                   if k.startswith("monitor/") and not isinstance(r[k], list)})
+    if not keys:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in records if r.get("stage") == "distill" and key in r]
+        label = key.removeprefix("monitor/").replace("agree/", "agrees with ")
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=label,
+                linestyle="--" if key == "monitor/accuracy" else "-")
+    ax.set(title="student vs teachers on the validation split", xlabel="step", ylabel="%", ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def plot_accuracy(rows: list[tuple[str, float, int]], path: Path) -> bool:
     """Bar chart of test accuracy, labelled with parameter counts. rows: (label, accuracy, params)."""
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows)), 4))
