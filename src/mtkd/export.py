@@ -229,7 +229,7 @@ def format_result(result: dict) -> str:
     fmt = result["format"]
     lines = [f"exported the student ({result['params']:,} parameters) to {result['path']} ({result['bytes'] / 1024:.0f} KiB)",
              f"check: max |{fmt} - pytorch| = {result['max_abs_diff']:.2e} on {result['checked_inputs']:,} test inputs "
-             f"(allowed {result['tolerance']:.0e}): ok"]
+             f"(allowed {result['tolerance']:.1e}): ok"]
     t = result.get("ms_per_1000")
     if t:
         line = (f"latency, ms per 1,000 examples (batch of up to 1,000, {t['threads']} thread(s)): {fmt} {t['exported']:.3f}, "
