@@ -42,7 +42,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             *, recipe: str = "offline", aggregator: str = "mean", teacher_weights: Sequence[float] | None = None,
             val_data: Any = None, unlabeled: Any = None, checkpoint: str | Path | None = None,
             metrics_path: str | Path | None = None, progress: bool = True, seed: int = 0,
-            **settings: Any) -> nn.Module:
+            trackers: Sequence[Any] | None = None, **settings: Any) -> nn.Module:
     """Distill ``teachers`` into ``student`` (trained in place and returned).
 
     teachers: modules (named teacher0, teacher1, ...) or a name -> module mapping; they are frozen
@@ -52,6 +52,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     the labeled data that the ``accuracy`` and ``meta`` aggregators learn teacher weights from.
     unlabeled: an unlabeled pool ``x`` (or IndexedTensorDataset) for recipe ``semi_supervised``.
     checkpoint: file for a resumable checkpoint; if it exists, training resumes from it.
+    trackers: experiment trackers that receive every metrics record, e.g.
+    ``[mtkd.tracking.TensorBoardTracker("runs/tb")]`` (the caller closes them).
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
     schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
     """
@@ -84,7 +86,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
                      unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error)
     Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
-            checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
+            checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress).fit()
     return student
 
 
