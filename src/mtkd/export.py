@@ -126,6 +126,8 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
         raise MtkdError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
     if len(x) == 0:
         raise MtkdError("export needs at least one input to check the exported model on")
+    if not tolerance > 0:
+        raise MtkdError(f"--tolerance must be a positive number (got {tolerance})")
     model = model.cpu().eval()
     x = x.cpu()
     example = x[:2]
