@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import statistics
 import time
 import warnings
@@ -155,7 +156,11 @@ def _run_models(run_dir: Path, config: dict) -> tuple[nn.Module, list[nn.Module]
 
     student, _ = load_model_file(run_dir / "student.pt")
     teachers, missing = [], []
-    for t in config.get("teachers") or []:
+    entries = config.get("teachers") or []
+    if (run_dir / "summary.json").is_file():  # only the teachers the run used (none for recipe scratch)
+        used = {t.get("name") for t in json.loads((run_dir / "summary.json").read_text()).get("teachers", [])}
+        entries = [t for t in entries if t.get("name") in used]
+    for t in entries:
         candidates = [run_dir / "teachers" / f"{t.get('name')}.pt"]
         if t.get("checkpoint"):
             candidates.append(Path(t["checkpoint"]))
