@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import MtkdError
 
+
 def _installed(module: str) -> bool:
     try:
         importlib.import_module(module)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import MtkdError
 
+
 def _installed(module: str) -> bool:
     try:
         importlib.import_module(module)
