@@ -164,3 +164,21 @@ def test_mtkd_report_refuses_what_is_not_a_finished_run(runs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("mtkd: error:") and message in err and "\n" not in err, err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_mtkd_report_reads_summaries_written_before_ece_existed(runs, tmp_path):
+    from mtkd.report.compare import compare_runs
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        (old / name).write_text((runs["a1"] / name).read_text())
+    summary = json.loads((runs["a1"] / "summary.json").read_text())
+    for key in ("calibration", "agreement"):
+        del summary[key]
+    for rec in [summary["student"], summary["ensemble"], summary["scratch"], *summary["teachers"]]:
+        del rec["ece"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    comparison = compare_runs([runs["a0"], old], tmp_path / "cmp", plots=False)
+    (group,) = comparison["groups"]  # same config, seeds 0 and 1
+    assert group["student_ece"]["n"] == 1 and group["student_accuracy"]["n"] == 2

@@ -138,3 +138,23 @@ def test_an_mlflow_store_that_does_not_answer_stops_the_run_before_it_starts(tmp
     err = capsys.readouterr().err.strip()
     assert "MLflow cannot use the store http://127.0.0.1:9 (ConnectionError: connection refused)" in err
     assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_python_api_sends_metrics_to_a_tracker(tmp_path):
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import mtkd
+    from mtkd.tracking import TensorBoardTracker
+
+    data = mtkd.load_dataset("mnist1d", num_samples=200)
+    teacher = mtkd.build_model("mlp", data.input_shape, 10, hidden=[16])
+    student = mtkd.build_model("mlp", data.input_shape, 10, hidden=[8])
+    tracker = TensorBoardTracker(tmp_path / "tb")
+    torch.manual_seed(0)
+    mtkd.distill(student, [teacher], mtkd.BatchLoader(data.train, batch_size=32), steps=20, log_every=10,
+                 progress=False, trackers=[tracker])
+    tracker.close()
+    acc = EventAccumulator(str(tmp_path / "tb" / "distill"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [10, 20]

@@ -43,7 +43,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             val_data: Any = None, unlabeled: Any = None, checkpoint: str | Path | None = None,
             metrics_path: str | Path | None = None, progress: bool = True, seed: int = 0,
             trajectories: Mapping[str, Sequence[nn.Module]] | None = None, snapshot_dir: str | Path | None = None,
-            **settings: Any) -> nn.Module:
+            trackers: Sequence[Any] | None = None, **settings: Any) -> nn.Module:
     """Distill ``teachers`` into ``student`` (trained in place and returned).
 
     teachers: modules (named teacher0, teacher1, ...) or a name -> module mapping; they are frozen
@@ -59,6 +59,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     snapshot_dir: with ``save_every=N``, the student's weights every N steps go to
     ``snapshot_dir/step-NNNNNN.pt`` (e.g. ``mtkd.train(teacher, ..., save_every=100, snapshot_dir=d)``
     keeps a teacher's trajectory for recipe ``progressive``).
+    trackers: experiment trackers that receive every metrics record, e.g.
+    ``[mtkd.tracking.TensorBoardTracker("runs/tb")]`` (the caller closes them).
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
     schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
     """
@@ -101,7 +103,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
 
         monitor = TeacherMonitor(student, frozen, val, device)
     Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
-            checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress,
+            checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress,
             monitor=monitor, monitor_every=cfg.monitor_every, snapshot_dir=snapshot_dir).fit()
     return student
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import statistics
 import time
 import warnings
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import MtkdError
+
 
 def _installed(module: str) -> bool:
     try:
@@ -126,6 +128,8 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
         raise MtkdError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
     if len(x) == 0:
         raise MtkdError("export needs at least one input to check the exported model on")
+    if not tolerance > 0:
+        raise MtkdError(f"--tolerance must be a positive number (got {tolerance})")
     model = model.cpu().eval()
     x = x.cpu()
     example = x[:2]
@@ -153,7 +157,11 @@ def _run_models(run_dir: Path, config: dict) -> tuple[nn.Module, list[nn.Module]
 
     student, _ = load_model_file(run_dir / "student.pt")
     teachers, missing = [], []
-    for t in config.get("teachers") or []:
+    entries = config.get("teachers") or []
+    if (run_dir / "summary.json").is_file():  # only the teachers the run used (none for recipe scratch)
+        used = {t.get("name") for t in json.loads((run_dir / "summary.json").read_text()).get("teachers", [])}
+        entries = [t for t in entries if t.get("name") in used]
+    for t in entries:
         candidates = [run_dir / "teachers" / f"{t.get('name')}.pt"]
         if t.get("checkpoint"):
             candidates.append(Path(t["checkpoint"]))
@@ -229,7 +237,7 @@ def format_result(result: dict) -> str:
     fmt = result["format"]
     lines = [f"exported the student ({result['params']:,} parameters) to {result['path']} ({result['bytes'] / 1024:.0f} KiB)",
              f"check: max |{fmt} - pytorch| = {result['max_abs_diff']:.2e} on {result['checked_inputs']:,} test inputs "
-             f"(allowed {result['tolerance']:.0e}): ok"]
+             f"(allowed {result['tolerance']:.1e}): ok"]
     t = result.get("ms_per_1000")
     if t:
         line = (f"latency, ms per 1,000 examples (batch of up to 1,000, {t['threads']} thread(s)): {fmt} {t['exported']:.3f}, "

@@ -23,7 +23,7 @@ from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
-from .evaluation import describe, predict_probs
+from .evaluation import describe, ensemble_probs, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
@@ -348,7 +348,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     device, test = prep.device, prep.data.test
     # test-split probabilities, computed once: accuracy, ECE, reliability bins and agreement use them
     probs_t = [predict_probs([m], test, device) for m in teachers]
-    probs_e = torch.stack(probs_t).mean(0) if len(teachers) > 1 else None  # = ensemble_probs(teachers)
+    # the ensemble's own rule (mean of probabilities; other branches may refine it), not re-derived here
+    probs_e = ensemble_probs(teachers, test.x, device) if len(teachers) > 1 else None
     probs_s = predict_probs([student], test, device)
     probs_b = predict_probs([scratch], test, device) if scratch else None
     results = {

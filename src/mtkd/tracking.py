@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import MtkdError
 
+
 def _installed(module: str) -> bool:
     try:
         importlib.import_module(module)
@@ -202,7 +203,12 @@ def check_trackers(names: list[str], mlflow_uri: str | None = None) -> None:
 
 
 def make_trackers(names: list[str], out: Path, config: dict, mlflow_uri: str | None = None) -> list:
+    """The trackers ``names`` asks for; none on a process other than rank 0 of a torchrun job."""
+    from .distributed import is_main
+
     trackers: list = []
+    if not is_main():
+        return trackers
     for name in dict.fromkeys(names):  # each once, in the given order
         if name == "tensorboard":
             trackers.append(TensorBoardTracker(Path(out) / "tensorboard"))

@@ -116,6 +116,11 @@ def plot_reliability(models: list[dict], bins: int, path: Path) -> bool:
                bottom=[min(a, c) for a, c in zip(acc, conf)], width=width, align="edge", fill=False,
                hatch="///", edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        # how many samples each bin holds (a fraction, on the same 0..1 axis): sparse bins weigh little in the ECE
+        n = max(1, sum(rec["count"]))
+        shares = [c / n for c in rec["count"]]
+        ax.stairs(shares, [m * width for m in range(bins + 1)], color="tab:orange", linewidth=1.5, zorder=5,
+                  label="share of samples")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                title=f"{rec['name']}\nECE {100 * rec['ece']:.1f} %")
         ax.title.set_fontsize(9)

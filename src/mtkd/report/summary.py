@@ -28,6 +28,8 @@ def calibration_and_agreement(named_probs: list[tuple[str, torch.Tensor]], label
         calibration["models"].append({"name": name, "ece": round(ece_from_bins(rb), 4), "count": rb["count"],
                                       "accuracy": [round(a, 4) for a in rb["accuracy"]],
                                       "confidence": [round(c, 4) for c in rb["confidence"]]})
+    if len(named_probs) < 2:  # nothing to agree with
+        return {"calibration": calibration}
     preds = torch.stack([probs.argmax(1) for _, probs in named_probs])  # [M, N]
     matrix = agreement_matrix(preds)
     return {"calibration": calibration,
