@@ -52,8 +52,16 @@ def main() -> None:
         for r in recs:
             records.append({"run": name, **r, **{k: v for k, v in info.items() if k not in cache_keys},
                             **({k: info[k] for k in cache_keys} if r["mode"] == "cached" else {})})
-    write_json(results / "throughput.json", records)
-    write_text(results / "throughput.md", "\n".join(tables))
+    done = {r["run"] for r in records}
+    old_json, old_md = results / "throughput.json", results / "throughput.md"
+    if cli.only and old_json.exists():  # keep the other settings' results from an earlier run
+        import json
+
+        records = [r for r in json.loads(old_json.read_text()) if r["run"] not in done] + records
+        kept = [part for part in old_md.read_text().split("\n## ")[1:] if part.split(":")[0] not in done]
+        tables += ["## " + part for part in kept]
+    write_json(old_json, records)
+    write_text(old_md, "\n".join(tables))
 
 
 if __name__ == "__main__":

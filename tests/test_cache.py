@@ -167,14 +167,16 @@ def test_topk_cache_reports_its_error(tmp_path):
     assert torch.equal(out.argmax(1), live.argmax(1))
 
 
-def _cli(*args):
-    import subprocess
-    import sys
+def _cli(capsys, *args):
+    """The command line, in process (a subprocess costs seconds of start-up): (exit code, stdout, stderr)."""
+    from mtkd.cli import main
 
-    return subprocess.run([sys.executable, "-m", "mtkd", *args], capture_output=True, text=True, timeout=300)
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_pipeline_with_cache_matches_live_teachers(tiny_raw_config, tmp_path):
+def test_pipeline_with_cache_matches_live_teachers(tiny_raw_config, tmp_path, capsys):
     import yaml
 
     from mtkd import config as config_mod
@@ -186,9 +188,9 @@ def test_pipeline_with_cache_matches_live_teachers(tiny_raw_config, tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "cached"
-    built = _cli("cache", str(path), "--out", str(out), "--no-progress")
-    assert built.returncode == 0, built.stderr
-    assert built.stdout.count(" built ") == 2 and "teacher_cache" in built.stdout
+    code, stdout, stderr = _cli(capsys, "cache", str(path), "--out", str(out), "--no-progress")
+    assert code == 0, stderr
+    assert stdout.count(" built ") == 2 and "teacher_cache" in stdout
     messages = []
     cached = run_pipeline(config_mod.load_config(path), out, progress=False, log=messages.append)
     assert any("reusing" in m for m in messages)  # mtkd run read what mtkd cache built
@@ -198,13 +200,13 @@ def test_pipeline_with_cache_matches_live_teachers(tiny_raw_config, tmp_path):
     assert abs(live["student"]["accuracy"] - cached["student"]["accuracy"]) <= 0.03
 
 
-def test_cache_always_refuses_a_recipe_that_cannot_use_it(tiny_raw_config, tmp_path):
+def test_cache_always_refuses_a_recipe_that_cannot_use_it(tiny_raw_config, tmp_path, capsys):
     import yaml
 
     raw = {**tiny_raw_config, "distill": {**tiny_raw_config["distill"], "recipe": "scratch", "cache": "always"}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
-    result = _cli("run", str(path), "--no-progress")
-    assert result.returncode == 2 and "distill.cache" in result.stderr
-    result = _cli("cache", str(path), "--no-progress")
-    assert result.returncode == 2 and "nothing to cache" in result.stderr
+    code, _, stderr = _cli(capsys, "run", str(path), "--no-progress")
+    assert code == 2 and "distill.cache" in stderr and not (tmp_path / "run").exists()
+    code, _, stderr = _cli(capsys, "cache", str(path), "--no-progress")
+    assert code == 2 and "nothing to cache" in stderr

@@ -2,9 +2,9 @@
 
 Storing all C logits of N samples costs N*C*4 bytes; for C in the tens of thousands most of
 that is the long tail a teacher gives almost no mass. Following the sparse / top-k logit
-storage used for offline distillation of large vocabularies (e.g. DistillKit's offline logit
-compression, arcee-ai 2024; Raman et al., "For Distillation, Tokens Are Not All You Need",
-2023), we keep, per sample, the k largest log-probabilities (at T = 1) in float16, their
+storage used for offline distillation of large vocabularies (the offline logit compression
+of arcee-ai's DistillKit, which DESIGN.md names as the reference), we keep, per sample,
+the k largest log-probabilities (at T = 1) in float16, their
 class ids, and the probability mass of the other C - k classes (the tail). Reading back
 spreads the tail uniformly over those classes, which gives a full, normalized log-probability
 vector; used as logits it reproduces the teacher's distribution at T = 1 up to the tail's
