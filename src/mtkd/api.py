@@ -82,7 +82,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         x_unl = torch.as_tensor(unlabeled)
         unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
-                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error)
+                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error,
+                     example=example if frozen else None)
     Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
     return student

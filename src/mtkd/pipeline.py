@@ -65,7 +65,9 @@ def prepare(cfg: Config) -> Prepared:
     num_classes = cfg.student.num_classes or data.num_classes
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
-    params = count_params(build_model(cfg.student, data.input_shape, num_classes))  # shape errors surface now
+    student_model = build_model(cfg.student, data.input_shape, num_classes)
+    params = count_params(student_model)  # shape errors surface now
+    built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
     if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
@@ -84,15 +86,20 @@ def prepare(cfg: Config) -> Prepared:
                                   f"the data has {list(data.input_shape)}")
             classes = blob["num_classes"]
             params += count_params(model)
+            built.append((spec.name, model))
         else:
             arch = spec.model
             classes = arch.num_classes or data.num_classes
-            params += count_params(build_model(arch, data.input_shape, classes))
+            built.append((spec.name, build_model(arch, data.input_shape, classes)))
+            params += count_params(built[-1][1])
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
         if model is not None:  # a stored teacher must give finite outputs before any run starts
             FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
         plans.append(TeacherPlan(spec, arch, classes, model))
+    check = getattr(RECIPES[cfg.distill.recipe], "check_models", None)
+    if check is not None:  # e.g. hint layer names, before any training
+        check(cfg.recipe_options, student_model, built, data.input_shape, num_classes)
     return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device), params)
 
 
@@ -229,7 +236,7 @@ class Run:
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
                             options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
-                            on_teacher_error=d.on_teacher_error)
+                            on_teacher_error=d.on_teacher_error, example=self.data.train.x[:2])
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
         stem = file_name.removesuffix(".pt")
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
