@@ -6,12 +6,14 @@ from .features import FeaturesRecipe
 from .offline import OfflineRecipe
 from .scratch import ScratchRecipe
 from .semi_supervised import SemiSupervisedRecipe
+from .tas import TasRecipe
 
 RECIPES = {
     "scratch": ScratchRecipe,
     "offline": OfflineRecipe,
     "semi_supervised": SemiSupervisedRecipe,
     "features": FeaturesRecipe,
+    "tas": TasRecipe,
 }
 
-__all__ = ["RECIPES", "FeaturesRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "FeaturesRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TasRecipe"]
