@@ -99,7 +99,7 @@ def prepare(cfg: Config) -> Prepared:
         plans.append(TeacherPlan(spec, arch, classes, model))
     check = getattr(RECIPES[cfg.distill.recipe], "check_models", None)
     if check is not None:  # e.g. hint layer names, before any training
-        check(cfg.recipe_options, student_model, built, data.input_shape, num_classes)
+        check(cfg, student_model, built, data.input_shape, num_classes)
     return Prepared(cfg, data, num_classes, plans, resolve_device(cfg.distill.device), params)
 
 
@@ -213,8 +213,9 @@ class Run:
         (self.out / "checkpoints" / f"teacher-{spec.name}.pt").unlink(missing_ok=True)
         return model
 
-    def student(self, recipe_name: str, teachers: list[nn.Module]) -> nn.Module:
-        """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student."""
+    def student(self, recipe_name: str, teachers: list[nn.Module], names: list[str] | None = None) -> nn.Module:
+        """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student.
+        ``names``: of the teachers when they are not the configured ones (the last level of assistants)."""
         cfg, d = self.cfg, self.cfg.distill
         file_name = "student_scratch.pt" if recipe_name == "scratch" and d.recipe != "scratch" else "student.pt"
         path = self.out / file_name
@@ -225,13 +226,15 @@ class Run:
         student = build_model(cfg.student, self.data.input_shape, self.prep.num_classes)
         recipe_cls = RECIPES[recipe_name]
         frozen = []
-        for plan, model in zip(self.prep.teachers, teachers):
-            t = FrozenTeacher(model.to(self.prep.device), plan.spec.name)
+        weights = [p.spec.weight for p in self.prep.teachers] if names is None else [1.0] * len(teachers)
+        names = names or [p.spec.name for p in self.prep.teachers]
+        for name, model in zip(names, teachers):
+            t = FrozenTeacher(model.to(self.prep.device), name)
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
         aggregator = None
         if recipe_cls.needs_teachers:
-            ctx = AggregatorContext(frozen, self.prep.num_classes, [p.spec.weight for p in self.prep.teachers],
+            ctx = AggregatorContext(frozen, self.prep.num_classes, weights,
                                     self.data.val, head_layer(student).in_features, self.prep.device)
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
@@ -274,7 +277,12 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     d = cfg.distill
     teachers = [run.teacher(i, plan) for i, plan in enumerate(prep.teachers)] if RECIPES[d.recipe].needs_teachers else []
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
-    student = run.student(d.recipe, teachers)
+    student_teachers, names, assistants = teachers, None, []
+    if getattr(RECIPES[d.recipe], "trains_assistants", False):  # TAKD: the chain's stages come first
+        from .recipes.assistant import train_chain
+
+        student_teachers, names, assistants = train_chain(run, teachers)
+    student = run.student(d.recipe, student_teachers, names)
 
     device = prep.device
     results = {
@@ -283,6 +291,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         "ensemble": describe(teachers, prep.data.test, device) if len(teachers) > 1 else None,
         "student": {"arch": cfg.student.arch, **describe([student], prep.data.test, device)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], prep.data.test, device)} if scratch else None,
+        "assistants": [{"name": a["name"], "arch": a["arch"], "level": a["level"],
+                        **describe([a["model"]], prep.data.test, device)} for a in assistants],
     }
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}

@@ -2,6 +2,7 @@
 ``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
 from __future__ import annotations
 
+from .assistant import AssistantRecipe
 from .features import FeaturesRecipe
 from .offline import OfflineRecipe
 from .scratch import ScratchRecipe
@@ -14,6 +15,7 @@ RECIPES = {
     "semi_supervised": SemiSupervisedRecipe,
     "features": FeaturesRecipe,
     "tas": TasRecipe,
+    "assistant": AssistantRecipe,
 }
 
-__all__ = ["RECIPES", "FeaturesRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TasRecipe"]
+__all__ = ["RECIPES", "AssistantRecipe", "FeaturesRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TasRecipe"]

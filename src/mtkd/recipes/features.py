@@ -101,10 +101,10 @@ class FeaturesRecipe(OfflineRecipe):
                                                           feats.layout(layer), kernel=self.options.projector_kernel)
 
     @staticmethod
-    def check_models(options: FeaturesOptions, student: nn.Module, teachers: list[tuple[str, nn.Module]],
+    def check_models(cfg, student: nn.Module, teachers: list[tuple[str, nn.Module]],
                      input_shape, num_classes: int) -> None:
         """Every hint layer exists (an error lists the model's layer names), before any training."""
-        names = [n for n, _ in teachers]
+        options, names = cfg.recipe_options, [n for n, _ in teachers]
         for i, hint in enumerate(options.hints):
             find_layer(student, hint.student, f"distill.hints[{i}].student")
             layers = hint.teacher if isinstance(hint.teacher, dict) else {n: hint.teacher for n in names}

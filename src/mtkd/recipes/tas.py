@@ -138,10 +138,10 @@ class TasRecipe(nn.Module):
         self.student_to_assistant = nn.Linear(s_dim, a_dim)  # P'
 
     @staticmethod
-    def check_models(options: TasOptions, student: nn.Module, teachers: list[tuple[str, nn.Module]],
+    def check_models(cfg, student: nn.Module, teachers: list[tuple[str, nn.Module]],
                      input_shape, num_classes: int) -> None:
         """Student and teachers split into blocks, and the split points exist, before any training."""
-        names = [n for n, _ in teachers]
+        options, names = cfg.recipe_options, [n for n, _ in teachers]
         if options.assistant_teacher is not None and options.assistant_teacher not in names:
             raise ConfigError(f"distill.assistant_teacher: no teacher named {options.assistant_teacher!r}; "
                               f"teachers are: {', '.join(names)}")

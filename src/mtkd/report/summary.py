@@ -35,6 +35,8 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     }
     if results.get("scratch"):
         summary["scratch"] = results["scratch"]
+    if results.get("assistants"):  # TAKD's intermediate models
+        summary["assistants"] = results["assistants"]
     if faults:
         summary["teacher_faults"] = faults
     if summary["ensemble"] is None:
@@ -53,6 +55,8 @@ def table_rows(summary: dict) -> list[list[str]]:
         row(t["name"], "teacher", t["arch"], t)
     if "ensemble" in summary:
         row("ensemble", f"mean of {len(summary['teachers'])}", "-", summary["ensemble"])
+    for a in summary.get("assistants", []):
+        row(a["name"], f"assistant (level {a['level']})", a["arch"], a)
     if "scratch" in summary:
         row("student", "from scratch", summary["scratch"]["arch"], summary["scratch"])
     role = "from scratch" if summary["recipe"] == "scratch" else f"distilled ({summary['recipe']}, {summary['aggregator']})"
