@@ -294,3 +294,17 @@ def test_assistant_chain_errors(tmp_path, capsys):
     clash = _config(tmp_path, "assistant", assistants=[{"arch": "mlp", "name": "cnn"}])
     assert main(["run", str(clash), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "'cnn' is also a teacher's name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["features", "tas"])
+def test_feature_recipes_through_the_python_api(recipe):
+    import mtkd
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 40), torch.randint(0, 10, (64,))
+    teacher = build_model("gru", (40,), 10, hidden=6)
+    student = build_model("cnn1d", (40,), 10, channels=4)
+    before = student.head.weight.clone()
+    loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, y), 16, seed=0)
+    out = mtkd.distill(student, {"gru": teacher}, loader, recipe=recipe, steps=3, progress=False)
+    assert out is student and not torch.equal(before, student.head.weight)

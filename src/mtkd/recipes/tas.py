@@ -125,13 +125,14 @@ class TasRecipe(nn.Module):
         s_mid, s_mid_layout = _shape_and_layout(self.early, ex)
         s_out, s_out_layout = _shape_and_layout(s.body, ex)
         student.train(was_training)
-        a_in, a_in_layout = _shape_and_layout(t.body[:first_late], ex)
+        teacher_ex = [ex.to(tt.device) for tt in self.teachers]  # teachers may already sit on the GPU
+        a_in, a_in_layout = _shape_and_layout(t.body[:first_late], teacher_ex[self.source])
         self.bridge = Projector(s_mid, s_mid_layout, a_in, a_in_layout, kernel=3, mix_positions=True)
         self.layouts = {"student": s_out_layout, "assistant": t.body[-1].layout}
         bins = o.smooth_bins
         dim = lambda shape, layout: _embedding(torch.zeros(1, *shape), layout, bins).shape[1]  # noqa: E731
         s_dim = dim(s_out, s_out_layout)
-        t_dims = [dim(_shape_and_layout(tb.body, ex)[0], tb.body[-1].layout) for tb in self.teacher_blocks]
+        t_dims = [dim(_shape_and_layout(tb.body, e)[0], tb.body[-1].layout) for tb, e in zip(self.teacher_blocks, teacher_ex)]
         a_dim = t_dims[self.source]  # the assistant's last block is a copy of its teacher's
         self.student_to_teacher = nn.ModuleList(nn.Linear(s_dim, d) for d in t_dims)  # P_k
         self.assistant_to_teacher = nn.Linear(a_dim, a_dim)  # P
