@@ -267,6 +267,10 @@ def test_tas_split_errors_are_clear(tmp_path, capsys):
     cfg = _config(tmp_path, "tas", teacher_blocks=7)
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "distill.teacher_blocks: 7, but the assistant's teacher has 3 blocks" in capsys.readouterr().err
+    drop = _config(tmp_path, "tas", on_teacher_error="drop")
+    assert main(["run", str(drop), "--out", str(tmp_path / "run2"), "--no-progress"]) == 2
+    assert "recipe 'tas' reads the teachers' inner blocks and supports only 'stop'" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()  # refused before anything was written or trained
 
 
 def test_assistant_chain_resumes_inside_an_assistant_stage(tmp_path, capsys):

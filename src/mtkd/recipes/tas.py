@@ -143,6 +143,9 @@ class TasRecipe(nn.Module):
                      input_shape, num_classes: int) -> None:
         """Student and teachers split into blocks, and the split points exist, before any training."""
         options, names = cfg.recipe_options, [n for n, _ in teachers]
+        if cfg.distill.on_teacher_error != "stop":
+            raise ConfigError("distill.on_teacher_error: recipe 'tas' reads the teachers' inner blocks and "
+                              "supports only 'stop'")
         if options.assistant_teacher is not None and options.assistant_teacher not in names:
             raise ConfigError(f"distill.assistant_teacher: no teacher named {options.assistant_teacher!r}; "
                               f"teachers are: {', '.join(names)}")
