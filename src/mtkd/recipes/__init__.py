@@ -18,4 +18,5 @@ RECIPES = {
     "assistant": AssistantRecipe,
 }
 
-__all__ = ["RECIPES", "AssistantRecipe", "FeaturesRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TasRecipe"]
+__all__ = ["RECIPES", "AssistantRecipe", "FeaturesRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe",
+           "TasRecipe"]
