@@ -125,7 +125,7 @@ def _stats(values):
 
 
 def table(results, args) -> str:
-    lines = [f"MNIST-1D (4,500 labeled incl. validation, {args.unlabeled:,} unlabeled, 1,000 test), "
+    lines = [f"MNIST-1D (3,600 labeled + 400 validation, {args.unlabeled:,} unlabeled, 1,000 test), "
              f"{args.steps} student steps (batch 100), teachers 3000 steps, seeds {args.seeds} "
              "(mean ± std of test accuracy, %)", "",
              "| pair (teacher -> student) | teacher | student alone | KD | FitNet hints | TAKD (assistant) | TAS |",
