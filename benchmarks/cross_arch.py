@@ -4,6 +4,7 @@ architectures, over several seeds (mean and standard deviation of the student's 
 
     python benchmarks/cross_arch.py                          # 3 seeds, about 12 minutes of one core
     python benchmarks/cross_arch.py --seeds 0 --steps 300    # a quick look
+    python benchmarks/cross_arch.py --seeds 0 --pairs "cnn1d -> transformer" --methods tas --tas nce_weight=0
 
 Pairs: a transformer teacher -> a small 1-D CNN student, and the reverse, a 1-D CNN teacher ->
 a small transformer student. Every method runs through the real pipeline (``run_pipeline`` with
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 import mtkd
 from mtkd.config import _model, parse_config
@@ -88,7 +90,7 @@ def train_teacher(job):
     return pair, seed, time.perf_counter() - start
 
 
-def config(data_path: Path, pair: str, method: str, seed: int, steps: int) -> dict:
+def config(data_path: Path, pair: str, method: str, seed: int, steps: int, tas: dict | None = None) -> dict:
     p = PAIRS[pair]
     distill = {"steps": steps, "batch_size": 100, "eval_every": steps, "checkpoint_every": steps, "log_every": 100}
     distill.update({
@@ -96,7 +98,7 @@ def config(data_path: Path, pair: str, method: str, seed: int, steps: int) -> di
         "kd": {"recipe": "offline"},
         "fitnet": {"recipe": "features", "hints": p["hints"]},
         "takd": {"recipe": "assistant", "assistants": [dict(p["assistant"], name="ta")]},
-        "tas": {"recipe": "tas"},
+        "tas": {"recipe": "tas", **(tas or {})},
     }[method])
     teacher_file = CACHE / f"seed{seed}" / f"{p['teacher'][0]['arch']}.pt"
     return {"seed": seed, "data": _data_cfg(data_path), "teachers": [{"name": "teacher", "checkpoint": str(teacher_file)}],
@@ -104,8 +106,8 @@ def config(data_path: Path, pair: str, method: str, seed: int, steps: int) -> di
 
 
 def run(job):
-    data_path, pair, method, seed, steps = job
-    raw = config(data_path, pair, method, seed, steps)
+    data_path, pair, method, seed, steps, tas = job
+    raw = config(data_path, pair, method, seed, steps, tas)
     if method == "scratch":
         raw["teachers"] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,24 +146,31 @@ def table(results, args) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--unlabeled", type=int, default=8000)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--tas", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="options of recipe tas, e.g. nce_weight=0 (values parsed as YAML)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "cross_arch.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     data_path = make_data(args.unlabeled)
     with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:
-        for pair, seed, seconds in pool.map(train_teacher, [(data_path, p, s) for s in args.seeds for p in PAIRS]):
+        for pair, seed, seconds in pool.map(train_teacher, [(data_path, p, s) for s in args.seeds for p in args.pairs]):
             if seconds:
                 print(f"trained teacher of {pair} (seed {seed}) in {seconds:.0f} s", file=sys.stderr)
-        jobs = [(data_path, p, m, s, args.steps) for s in args.seeds for p in PAIRS for m in METHODS]
+        tas = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.tas)}
+        jobs = [(data_path, p, m, s, args.steps, tas) for s in args.seeds for p in args.pairs for m in args.methods]
         results = []
         for r in pool.map(run, jobs):
             results.append(r)
             print(f"{r['pair']:>22} {r['method']:>8} seed {r['seed']}: {100 * r['accuracy']:.1f} % "
                   f"({r['seconds']} s)", file=sys.stderr)
+    if set(args.pairs) != set(PAIRS) or set(args.methods) != set(METHODS) or args.tas:
+        return results  # a partial run (e.g. an ablation): printed above, the stored results are kept
     md = table(results, args)
     wall = time.perf_counter() - start
     md += f"\n\nWall time {wall / 60:.1f} min with {args.jobs} worker processes of one thread each " \
