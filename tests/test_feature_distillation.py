@@ -312,3 +312,12 @@ def test_feature_recipes_through_the_python_api(recipe):
     loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, y), 16, seed=0)
     out = mtkd.distill(student, {"gru": teacher}, loader, recipe=recipe, steps=3, progress=False)
     assert out is student and not torch.equal(before, student.head.weight)
+
+
+def test_api_points_takd_to_the_pipeline():
+    import mtkd
+
+    x, y = torch.randn(16, 40), torch.randint(0, 10, (16,))
+    loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, y), 8, seed=0)
+    with pytest.raises(ConfigError, match="trains a chain of stages"):
+        mtkd.distill(build_model("mlp", (40,), 10), [build_model("mlp", (40,), 10)], loader, recipe="assistant")
