@@ -69,6 +69,9 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     recipe_cls = RECIPES[cfg.recipe]
     if recipe_cls.needs_teachers and not named:
         raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
+    if getattr(recipe_cls, "trains_assistants", False):  # a chain of stages: the pipeline's job
+        raise ConfigError(f"recipe {cfg.recipe!r} trains a chain of stages; use `mtkd run` / run_pipeline, or call "
+                          "distill once per stage (teachers -> assistant, then assistant -> student)")
     val = _as_dataset(val_data)
     device = resolve_device(cfg.device)
     student.to(device)
@@ -95,6 +98,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
                      unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error, steps=cfg.steps,
+                     example=example if frozen else None,
                      **({"trajectories": trajectories} if trajectories is not None else {}),
                      **({"live_teachers": live} if live else {}))
     monitor = None

@@ -76,7 +76,9 @@ def prepare(cfg: Config) -> Prepared:
     num_classes = cfg.student.num_classes or data.num_classes
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
-    params = count_params(build_model(cfg.student, data.input_shape, num_classes))  # shape errors surface now
+    student_model = build_model(cfg.student, data.input_shape, num_classes)
+    params = count_params(student_model)  # shape errors surface now
+    built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
     if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
@@ -105,10 +107,12 @@ def prepare(cfg: Config) -> Prepared:
                                   f"the data has {list(data.input_shape)}")
             classes = blob["num_classes"]
             params += count_params(model)
+            built.append((spec.name, model))
         else:
             arch = spec.model
             classes = arch.num_classes or data.num_classes
-            params += count_params(build_model(arch, data.input_shape, classes))
+            built.append((spec.name, build_model(arch, data.input_shape, classes)))
+            params += count_params(built[-1][1])
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
         if model is not None:  # a stored teacher must give finite outputs before any run starts
@@ -117,6 +121,9 @@ def prepare(cfg: Config) -> Prepared:
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
+    check = getattr(RECIPES[cfg.distill.recipe], "check_models", None)
+    if check is not None:  # e.g. hint layer names, before any training
+        check(cfg, student_model, built, data.input_shape, num_classes)
     prep = Prepared(cfg, data, num_classes, plans, device, params)
     check = getattr(RECIPES[cfg.distill.recipe], "check_config", None)  # recipe-specific checks, before any work
     if check is not None:
@@ -287,7 +294,8 @@ class Run:
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
                             options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
-                            on_teacher_error=d.on_teacher_error, steps=d.steps, **(extra or {}))
+                            on_teacher_error=d.on_teacher_error, steps=d.steps, example=self.data.train.x[:2],
+                            **(extra or {}))
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
         stem = file_name.removesuffix(".pt")
         monitor = None
@@ -343,7 +351,14 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     named, extra = run.teachers()
     teachers = [t.model for t in named]
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
-    student = run.student(d.recipe, named, extra)
+    student_teachers, assistants = named, []
+    if getattr(RECIPES[d.recipe], "trains_assistants", False):  # TAKD: the chain's stages come first
+        from .recipes.assistant import train_chain
+
+        models, names, assistants = train_chain(run, teachers)
+        arch_of = {a["name"]: a["arch"] for a in assistants}
+        student_teachers = [TrainedTeacher(n, arch_of[n], m) for n, m in zip(names, models)]
+    student = run.student(d.recipe, student_teachers, extra)
 
     device, test = prep.device, prep.data.test
     # test-split probabilities, computed once: accuracy, ECE, reliability bins and agreement use them
@@ -358,6 +373,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         "ensemble": describe(teachers, test, device, probs_e) if len(teachers) > 1 else None,
         "student": {"arch": cfg.student.arch, **describe([student], test, device, probs_s)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], test, device, probs_b)} if scratch else None,
+        "assistants": [{"name": a["name"], "arch": a["arch"], "level": a["level"],
+                        **describe([a["model"]], test, device)} for a in assistants],
     }
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}

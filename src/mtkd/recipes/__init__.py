@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .continual import ContinualRecipe
 from .local_targets import LocalTargetsRecipe
+from .assistant import AssistantRecipe
+from .features import FeaturesRecipe
 from .offline import OfflineRecipe
 from .progressive import ProgressiveRecipe
 from .scratch import ScratchRecipe
 from .semi_supervised import SemiSupervisedRecipe
 from .teacher_free import TeacherFreeRecipe
+from .tas import TasRecipe
 
 RECIPES = {
     "scratch": ScratchRecipe,
@@ -18,6 +21,10 @@ RECIPES = {
     "progressive": ProgressiveRecipe,
     "local_targets": LocalTargetsRecipe,
     "continual": ContinualRecipe,
+    "features": FeaturesRecipe,
+    "tas": TasRecipe,
+    "assistant": AssistantRecipe,
 }
 
-__all__ = ["RECIPES", "ContinualRecipe", "LocalTargetsRecipe", "OfflineRecipe", "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TeacherFreeRecipe"]
+__all__ = ["RECIPES", "AssistantRecipe", "ContinualRecipe", "FeaturesRecipe", "LocalTargetsRecipe", "OfflineRecipe",
+           "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TasRecipe", "TeacherFreeRecipe"]

@@ -61,6 +61,8 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     for key in ("calibration", "agreement"):  # added by issue 7; older summaries lack them
         if results.get(key):
             summary[key] = results[key]
+    if results.get("assistants"):  # TAKD's intermediate models
+        summary["assistants"] = results["assistants"]
     if faults:
         summary["teacher_faults"] = faults
     if summary["ensemble"] is None:
@@ -68,22 +70,23 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     return summary
 
 
+def table_records(summary: dict) -> list[tuple[str, str, str, dict]]:
+    """(model, role, arch, record) for each row of the comparison table, in display order."""
+    recs = [(t["name"], "teacher", t["arch"], t) for t in summary["teachers"]]
+    if "ensemble" in summary:
+        recs.append(("ensemble", f"mean of {len(summary['teachers'])}", "-", summary["ensemble"]))
+    recs += [(a["name"], f"assistant (level {a['level']})", a["arch"], a) for a in summary.get("assistants", [])]
+    if "scratch" in summary:
+        recs.append(("student", "from scratch", summary["scratch"]["arch"], summary["scratch"]))
+    role = "from scratch" if summary["recipe"] == "scratch" else f"distilled ({summary['recipe']}, {summary['aggregator']})"
+    recs.append(("student", role, summary["student"]["arch"], summary["student"]))
+    return recs
+
+
 def table_rows(summary: dict) -> list[list[str]]:
     """[model, role, arch, params, test accuracy, ms per 1,000 examples] for each model."""
-    rows = []
-
-    def row(name, role, arch, rec):
-        rows.append([name, role, arch, f"{rec['params']:,}", f"{100 * rec['accuracy']:.1f} %", f"{rec['ms_per_1000']:.2f}"])
-
-    for t in summary["teachers"]:
-        row(t["name"], "teacher", t["arch"], t)
-    if "ensemble" in summary:
-        row("ensemble", f"mean of {len(summary['teachers'])}", "-", summary["ensemble"])
-    if "scratch" in summary:
-        row("student", "from scratch", summary["scratch"]["arch"], summary["scratch"])
-    role = "from scratch" if summary["recipe"] == "scratch" else f"distilled ({summary['recipe']}, {summary['aggregator']})"
-    row("student", role, summary["student"]["arch"], summary["student"])
-    return rows
+    return [[name, role, arch, f"{rec['params']:,}", f"{100 * rec['accuracy']:.1f} %", f"{rec['ms_per_1000']:.2f}"]
+            for name, role, arch, rec in table_records(summary)]
 
 
 HEADER = ["model", "role", "arch", "params", "test accuracy", "ms / 1k examples"]
@@ -104,9 +107,7 @@ def format_table(summary: dict) -> str:
 
 def _ece_cells(summary: dict) -> list[str]:
     """ECE of each row of :func:`table_rows`, in its order ("-" where a summary predates ECE)."""
-    recs = list(summary["teachers"])
-    recs += [summary[k] for k in ("ensemble", "scratch") if k in summary] + [summary["student"]]
-    return [f"{100 * r['ece']:.1f} %" if "ece" in r else "-" for r in recs]
+    return [f"{100 * r['ece']:.1f} %" if "ece" in r else "-" for *_, r in table_records(summary)]
 
 
 def markdown_table(summary: dict) -> str:

@@ -1,0 +1,79 @@
+"""Intermediate features of any model by layer name, with forward hooks (no model rewriting).
+
+A layer is named as in ``model.named_modules()`` (``features.2``, ``encoder.layers.0``,
+``rnn``); ``None`` names the model's penultimate features, the input of its last
+``nn.Linear`` (see ``mtkd.models.features``). After each forward of the model,
+``LayerFeatures.values[name]`` holds that layer's output (the first element for modules that
+return a tuple, e.g. ``nn.GRU`` gives its output sequence).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .features import head_layer
+
+# modules that work on the last dimension of [B, T, D] inputs: their 3-D outputs are token sequences
+TOKEN_MODULES = (nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
+                 nn.MultiheadAttention, nn.Linear, nn.LayerNorm, nn.Embedding)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_layer(model: nn.Module, name: str | None, where: str = "model") -> nn.Module:
+    """The submodule called ``name``; an error listing every layer name when there is none."""
+    if name is None:
+        return head_layer(model)
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        raise ConfigError(f"{where}: {type(model).__name__} has no layer {name!r}; its layers are: "
+                          f"{', '.join(layer_names(model))}")
+    return modules[name]
+
+
+def layout_of(module: nn.Module, value: torch.Tensor) -> str:
+    """Guess the layout of a layer's output [B, ...]: vector, channels (CNN) or tokens."""
+    if value.dim() == 2:
+        return "vector"
+    if value.dim() == 3 and isinstance(module, TOKEN_MODULES):
+        return "tokens"
+    return "channels"
+
+
+class LayerFeatures:
+    """Captures the outputs of the layers ``names`` of ``model`` on every forward."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str | None], where: str = "model"):
+        self.values: dict[str | None, torch.Tensor] = {}
+        self.modules: dict[str | None, nn.Module] = {}
+        self._handles = []
+        for name in dict.fromkeys(names):  # unique, in order
+            module = find_layer(model, name, where)
+            self.modules[name] = module
+            if name is None:  # input of the head
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            else:
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self.values[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    def _pre_hook(self, name):
+        def hook(module, args):
+            self.values[name] = args[0].flatten(1)
+        return hook
+
+    def layout(self, name: str | None) -> str:
+        return "vector" if name is None else layout_of(self.modules[name], self.values[name])
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

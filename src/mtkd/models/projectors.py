@@ -1,0 +1,76 @@
+"""Learned projectors between features of different shapes and layouts (FitNet regressors,
+the TAS local-to-global projector).
+
+Features of the built-in models come in three layouts (per sample, batch dimension left out):
+``vector`` [F] (MLP layers, penultimate features), ``channels`` [C, L] or [C, H, W] (CNNs:
+channels first, positions last) and ``tokens`` [T, D] (GRU outputs, transformer layers:
+positions first). Every projector goes through one canonical form, channel-first [C, L]
+(a vector is [F, 1], tokens [D, T], an image [C, H*W]), so any layout maps to any other:
+
+    [C, L] --conv1d(k), C -> C'--> [C', L] --linear over positions, L -> L'--> [C', L']
+
+The convolution is the "local" part (each position, with ``kernel - 1`` neighbours); the
+linear map across all positions is the "global" part. FitNet (Romero et al. 2015,
+arXiv:1412.6550) uses a convolutional regressor: ``kernel=1`` and positions mixed only when
+the lengths differ. TAS (Li et al. 2024, arXiv:2410.12342) joins a CNN's early blocks to a
+transformer's later blocks with a local-to-global projector: ``kernel=3, mix_positions=True``
+(our 1-D version of it; the paper's projector works on images).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+Layout = Literal["vector", "channels", "tokens"]
+
+
+def canonical_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    """(C, L) of a per-sample feature shape in ``layout``."""
+    if layout == "vector":
+        return math.prod(shape), 1
+    if layout == "tokens":
+        return shape[-1], math.prod(shape[:-1])
+    return shape[0], math.prod(shape[1:])
+
+
+def to_channels(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """[B, ...] in ``layout`` -> [B, C, L]."""
+    if layout == "vector":
+        return x.flatten(1).unsqueeze(-1)  # [B, F, 1]
+    if layout == "tokens":
+        return x.flatten(1, -2).transpose(1, 2)  # [B, T, D] -> [B, D, T]
+    return x.flatten(2)  # [B, C, H, W] -> [B, C, H*W]
+
+
+def from_channels(x: torch.Tensor, shape: tuple[int, ...], layout: str) -> torch.Tensor:
+    """[B, C, L] -> [B, *shape] in ``layout`` (the inverse of :func:`to_channels`)."""
+    if layout == "vector":
+        return x.reshape(len(x), *shape)
+    if layout == "tokens":
+        return x.transpose(1, 2).reshape(len(x), *shape)
+    return x.reshape(len(x), *shape)
+
+
+class Projector(nn.Module):
+    """Maps features of per-sample shape ``in_shape`` (layout ``in_layout``) to ``out_shape``
+    (layout ``out_layout``): [B, *in_shape] -> [B, *out_shape]."""
+
+    def __init__(self, in_shape, in_layout: str, out_shape, out_layout: str, kernel: int = 1,
+                 mix_positions: bool = False):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.in_layout, self.out_layout = in_layout, out_layout
+        c_in, l_in = canonical_shape(self.in_shape, in_layout)
+        c_out, l_out = canonical_shape(self.out_shape, out_layout)
+        self.local = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)  # same length for odd kernels
+        # positions are mixed when the lengths differ (or when asked: the "global" half of TAS's projector)
+        self.globl = nn.Linear(l_in, l_out) if (l_in != l_out or mix_positions) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.local(to_channels(x, self.in_layout))  # [B, C', L]
+        if self.globl is not None:
+            h = self.globl(h)  # [B, C', L']
+        return from_channels(h, self.out_shape, self.out_layout)

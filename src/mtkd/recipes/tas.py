@@ -1,0 +1,208 @@
+"""TAS: teacher -> hybrid assistant -> student, for teachers and students of different architectures.
+
+Li, Wang, Yan, Ding, Gao and Xia, "TAS: Distilling Arbitrary Teacher and Student via a Hybrid
+Assistant" (2024, arXiv:2410.12342; seed document 002). The assistant is built from the
+student's early blocks and the teacher's later blocks, joined by a local-to-global feature
+projector; knowledge flows on three paths, teacher -> assistant, teacher -> student and
+assistant -> student, each with the OFA loss on logits (Hao et al., NeurIPS 2023, see
+``mtkd.losses.ofa``) and a spatial-agnostic InfoNCE loss on spatially smoothed features
+(``mtkd.losses.infonce``).
+
+Our version for the 1-D models (``mtkd.models.blocks``): e.g. a CNN student's first conv blocks
+feed, through a ``Projector(kernel=3, mix_positions=True)`` (local conv, then a linear map
+across positions), into a copy of a transformer's (or GRU's) last layers and head. The copied
+teacher blocks start from the teacher's weights and are trained; the student's early blocks
+are shared with the assistant (``share_student_blocks``), so the assistant path also trains
+them. Several teachers: the assistant takes its later blocks from ``assistant_teacher``; the
+logit target is what the configured aggregator makes of all teachers, and the per-teacher
+InfoNCE terms of the teacher -> student path are weighted per sample by the aggregator's
+weights. Each step (f = features of the last body block, smoothed and flattened; P learned
+linear maps into the key's space; sg = stop-gradient):
+
+    loss = (1 - alpha) * (CE(s) + CE(a))
+         + alpha * (OFA(s, target) + OFA(a, target) + OFA(s, sg softmax(a)))
+         + nce_weight * (sum_k v_k NCE(P_k f_s, f_k) + NCE(P f_a, f_t*) + NCE(P' f_s, sg f_a))
+
+with t* the assistant's teacher. The student alone is kept; the assistant is discarded.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..aggregation.base import add_aggregator_terms
+from ..errors import ConfigError
+from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
+from ..models.blocks import model_blocks, run_blocks
+from ..models.features import PenultimateFeatures
+from ..models.projectors import Projector, to_channels
+from ..teachers import FrozenTeacher
+
+
+class TasOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    student_blocks: int | None = Field(None, ge=1, description="student's early blocks in the assistant "
+                                       "(default: the first half, rounded up)")
+    teacher_blocks: int | None = Field(None, ge=1, description="teacher's later blocks in the assistant "
+                                       "(default: the last half, at least 1)")
+    assistant_teacher: str | None = Field(None, description="teacher whose later blocks the assistant copies "
+                                          "(default: the first)")
+    share_student_blocks: bool = Field(True, description="the assistant uses the student's own early blocks "
+                                       "(false: a copy)")
+    ofa_gamma: float = Field(1.0, ge=1, description="OFA's target-class exponent gamma (1 = cross-entropy to the teacher)")
+    ofa_temperature: float = Field(1.0, gt=0)
+    nce_weight: float = Field(1.0, ge=0, description="weight of the InfoNCE feature terms")
+    nce_temperature: float = Field(0.1, gt=0)
+    smooth_bins: int = Field(1, ge=1, description="positions left after spatial smoothing (1: global average)")
+
+
+def _split(options: TasOptions, student: nn.Module, teacher: nn.Module):
+    """(student early body blocks, student's other body blocks, teacher's index of its first late block)."""
+    s, t = model_blocks(student), model_blocks(teacher)
+    ns = options.student_blocks or (len(s.body) + 1) // 2
+    nt = options.teacher_blocks or max(1, len(t.body) // 2)
+    if ns > len(s.body):
+        raise ConfigError(f"distill.student_blocks: {ns}, but the student has {len(s.body)} blocks")
+    if nt > len(t.body):
+        raise ConfigError(f"distill.teacher_blocks: {nt}, but the assistant's teacher has {len(t.body)} blocks")
+    return s, t, ns, len(t.body) - nt
+
+
+@torch.no_grad()
+def _shape_and_layout(stages, example: torch.Tensor) -> tuple[tuple[int, ...], str]:
+    """Per-sample shape and layout of the output of ``stages`` (the input itself if there are none)."""
+    x = example.unsqueeze(1) if example.dim() == 2 else example  # [B, C, L], as first blocks take it
+    if not stages:
+        return tuple(x.shape[1:]), "channels"
+    return tuple(run_blocks(stages, x).shape[1:]), stages[-1].layout
+
+
+def _embedding(x: torch.Tensor, layout: str, bins: int) -> torch.Tensor:
+    """Features [B, ...] -> channel-first, averaged over positions into ``bins`` -> [B, C * bins]."""
+    return spatial_smooth(to_channels(x, layout), bins)
+
+
+class TasRecipe(nn.Module):
+    description = "TAS: hybrid assistant (student's early + teacher's later blocks), OFA + InfoNCE (Li et al. 2024)"
+    needs_teachers = True
+    uses_unlabeled = True
+    Options = TasOptions
+
+    def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
+                 temperature: float = 4.0, alpha: float = 0.9, options: TasOptions | None = None,
+                 on_teacher_error: str = "stop", example: torch.Tensor | None = None, **_):
+        super().__init__()
+        self.options = o = options or TasOptions()
+        if example is None:
+            raise ConfigError("recipe 'tas' needs an example input to size its projectors")
+        if on_teacher_error != "stop":
+            raise ConfigError("distill.on_teacher_error: recipe 'tas' reads the teachers' inner blocks and "
+                              "supports only 'stop'")
+        self.events: list[dict] = []
+        self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
+        self.temperature, self.alpha = temperature, alpha  # temperature: for aggregators that use it (meta)
+        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        names = [t.name for t in self.teachers]
+        if o.assistant_teacher is not None and o.assistant_teacher not in names:
+            raise ConfigError(f"distill.assistant_teacher: no teacher named {o.assistant_teacher!r}; "
+                              f"teachers are: {', '.join(names)}")
+        self.source = names.index(o.assistant_teacher) if o.assistant_teacher else 0
+        s, t, ns, first_late = _split(o, student, self.teachers[self.source].model)
+        self.early, self.rest, self.head = s.body[:ns], s.body[ns:], s.head  # the student's own modules
+        self.teacher_blocks = [model_blocks(tt.model) for tt in self.teachers]
+        # the assistant: early blocks (shared or copied) -> projector -> copy of the teacher's later blocks
+        late = copy.deepcopy(nn.ModuleList(t.body[first_late:] + [t.head]))
+        late.requires_grad_(True)  # the teacher's copy is trained; the teacher itself stays frozen
+        self.assistant_late = late
+        self.assistant_early = nn.ModuleList(self.early if o.share_student_blocks else copy.deepcopy(self.early))
+        ex = example[:2].to(next(student.parameters()).device)
+        was_training = student.training
+        student.eval()
+        s_mid, s_mid_layout = _shape_and_layout(self.early, ex)
+        s_out, s_out_layout = _shape_and_layout(s.body, ex)
+        student.train(was_training)
+        teacher_ex = [ex.to(tt.device) for tt in self.teachers]  # teachers may already sit on the GPU
+        a_in, a_in_layout = _shape_and_layout(t.body[:first_late], teacher_ex[self.source])
+        self.bridge = Projector(s_mid, s_mid_layout, a_in, a_in_layout, kernel=3, mix_positions=True)
+        self.layouts = {"student": s_out_layout, "assistant": t.body[-1].layout}
+        bins = o.smooth_bins
+        dim = lambda shape, layout: _embedding(torch.zeros(1, *shape), layout, bins).shape[1]  # noqa: E731
+        s_dim = dim(s_out, s_out_layout)
+        t_dims = [dim(_shape_and_layout(tb.body, e)[0], tb.body[-1].layout) for tb, e in zip(self.teacher_blocks, teacher_ex)]
+        a_dim = t_dims[self.source]  # the assistant's last block is a copy of its teacher's
+        self.student_to_teacher = nn.ModuleList(nn.Linear(s_dim, d) for d in t_dims)  # P_k
+        self.assistant_to_teacher = nn.Linear(a_dim, a_dim)  # P
+        self.student_to_assistant = nn.Linear(s_dim, a_dim)  # P'
+
+    @staticmethod
+    def check_models(cfg, student: nn.Module, teachers: list[tuple[str, nn.Module]],
+                     input_shape, num_classes: int) -> None:
+        """Student and teachers split into blocks, and the split points exist, before any training."""
+        options, names = cfg.recipe_options, [n for n, _ in teachers]
+        if cfg.distill.on_teacher_error != "stop":
+            raise ConfigError("distill.on_teacher_error: recipe 'tas' reads the teachers' inner blocks and "
+                              "supports only 'stop'")
+        if options.assistant_teacher is not None and options.assistant_teacher not in names:
+            raise ConfigError(f"distill.assistant_teacher: no teacher named {options.assistant_teacher!r}; "
+                              f"teachers are: {', '.join(names)}")
+        source = names.index(options.assistant_teacher) if options.assistant_teacher else 0
+        for name, model in teachers:
+            model_blocks(model)
+        _split(options, student, teachers[source][1])
+
+    @torch.no_grad()
+    def _teachers(self, x: torch.Tensor, index: torch.Tensor | None):
+        """Every teacher's last-block features (list of [B, ...]) and logits [K, B, C]."""
+        feats, logits = [], []
+        for t, blocks in zip(self.teachers, self.teacher_blocks):
+            t.model.eval()
+            f = run_blocks(blocks.body, x)
+            out = blocks.head(f)
+            t.validate(out, len(x), index)
+            feats.append(f)
+            logits.append(out)
+        return feats, torch.stack(logits)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        o = self.options
+        t_feats, teacher_logits = self._teachers(x, index)
+        alive = torch.ones(len(self.teachers), dtype=torch.bool, device=x.device)
+        if hasattr(self.aggregator, "before_step"):
+            self.aggregator.before_step(self, x, y, teacher_logits, alive)
+        mid = run_blocks(self.early, x)  # student's early blocks
+        f_s = run_blocks(self.rest, mid)
+        s_logits = self.head(f_s)  # [B, C], the same as student(x)
+        a_mid = mid if o.share_student_blocks else run_blocks(self.assistant_early, x)
+        f_a = run_blocks(self.assistant_late[:-1], self.bridge(a_mid))
+        a_logits = self.assistant_late[-1](f_a)  # [B, C]
+
+        features = self.features.value if self.features is not None else None
+        agg = self.aggregator(teacher_logits, y, o.ofa_temperature, student_logits=s_logits, features=features)
+        target, weights = agg.target, agg.weights  # [B, C], [B, K]
+        T, g = o.ofa_temperature, o.ofa_gamma
+        ofa_ts = ofa_loss(s_logits, target, y, g, T)
+        ofa_ta = ofa_loss(a_logits, target, y, g, T)
+        ofa_as = ofa_loss(s_logits, torch.softmax(a_logits.detach() / T, -1), y, g, T)
+
+        bins, tau = o.smooth_bins, o.nce_temperature
+        e_s = _embedding(f_s, self.layouts["student"], bins)  # [B, Ds]
+        e_a = _embedding(f_a, self.layouts["assistant"], bins)  # [B, Da]
+        e_t = [_embedding(f, b.body[-1].layout, bins) for f, b in zip(t_feats, self.teacher_blocks)]
+        w = weights.detach()
+        per_teacher = torch.stack([infonce_loss_per_sample(p(e_s), e, tau)
+                                   for p, e in zip(self.student_to_teacher, e_t)], dim=1)  # [B, K]
+        nce_ts = (w * per_teacher).sum(1).mean()
+        nce_ta = infonce_loss(self.assistant_to_teacher(e_a), e_t[self.source], tau)
+        nce_as = infonce_loss(self.student_to_assistant(e_s), e_a.detach(), tau)
+
+        ce_s, ce_a = ce_loss(s_logits, y), ce_loss(a_logits, y)
+        loss = ((1 - self.alpha) * (ce_s + ce_a) + self.alpha * (ofa_ts + ofa_ta + ofa_as)
+                + o.nce_weight * (nce_ts + nce_ta + nce_as))
+        losses = {"loss": loss, "ce": ce_s, "kd": ofa_ts, "ce_assistant": ce_a, "ofa_teacher_assistant": ofa_ta,
+                  "ofa_assistant_student": ofa_as, "nce_teacher_student": nce_ts, "nce_teacher_assistant": nce_ta,
+                  "nce_assistant_student": nce_as}
+        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
