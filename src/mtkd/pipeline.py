@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .aggregation import AggregatorContext, build_aggregator
 from .models.features import head_layer
 from .config import Config, TeacherSpec
@@ -169,20 +169,24 @@ class Run:
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
         self.force = force
         self.out, self.progress, self.log = out, progress, log
-        self.metrics = MetricsLog(out / "metrics.jsonl")
+        self.main = distributed.is_main()  # in a torchrun run only rank 0 writes the run directory
+        self.metrics = MetricsLog(out / "metrics.jsonl" if self.main else None)
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
     def _record(self, stage: str, trainer: Trainer, batch_size: int) -> None:
         self.stages[stage] = {"seconds": round(trainer.elapsed, 3), "steps": trainer.step,
                               "examples_per_second": round(trainer.step * batch_size / max(trainer.elapsed, 1e-9), 1)}
-        write_json(self.state_path, self.stages)
+        if self.main:
+            write_json(self.state_path, self.stages)
 
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None):
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
+        if distributed.world_size() > 1:  # each process resumes from its own checkpoint
+            ckpt = ckpt.replace(".pt", f".rank{distributed.rank()}.pt")
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           checkpoint=self.out / "checkpoints" / ckpt,
-                          best_path=self.out / best if best else None, metrics=self.metrics,
+                          best_path=self.out / best if best and self.main else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
                           fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage), force=self.force)
         trainer.fit()
@@ -229,14 +233,41 @@ class Run:
             aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
                             options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
-                            on_teacher_error=d.on_teacher_error)
+                            on_teacher_error=d.on_teacher_error, input_shape=self.data.input_shape,
+                            num_classes=self.prep.num_classes, student_config=cfg.student, steps=d.steps)
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
+        if getattr(recipe_cls, "shards_data", False) and distributed.world_size() > 1:
+            # codistillation: process r trains on shard r, the samples whose index % world_size == r
+            dataset = dataset.subset(torch.nonzero(dataset.index % distributed.world_size() == distributed.rank())
+                                     .squeeze(1))
         stem = file_name.removesuffix(".pt")
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
                     f"{stem}.pt", f"{stem}_best.pt")
-        save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)
-        (self.out / "checkpoints" / f"{stem}.pt").unlink(missing_ok=True)
+        if hasattr(recipe, "finish"):  # e.g. codistillation's last exchange of copies (every process)
+            recipe.finish()
+        if hasattr(recipe, "extra_models") and self.main:  # online recipes: peers, leader, fused model
+            self._save_extra_models(recipe.extra_models())
+        if self.main:
+            save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)
+        distributed.barrier()
+        ckpt = f"{stem}.rank{distributed.rank()}.pt" if distributed.world_size() > 1 else f"{stem}.pt"
+        (self.out / "checkpoints" / ckpt).unlink(missing_ok=True)
         return student
+
+    def _save_extra_models(self, extra: list[dict]) -> None:
+        """Evaluate the models an online recipe trains beside the student into ``peers.json``
+        (written before ``student.pt``, so a resumed run that finds the student finds them too),
+        and save the built-in ones under ``peers/``."""
+        rows = []
+        for entry in extra:
+            model, config = entry["module"], entry.get("config")
+            if config is not None:
+                save_model_file(self.out / "peers" / f"{entry['name']}.pt", model, config, self.data.input_shape,
+                                self.prep.num_classes)
+            arch = config.arch if config is not None else entry.get("arch", type(model).__name__)
+            rows.append({"name": entry["name"], "role": entry["role"], "arch": arch,
+                         **describe([model], self.data.test, self.prep.device)})
+        write_json(self.out / "peers.json", rows)
 
 
 def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: bool = True,
@@ -248,8 +279,6 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 
     Returns the summary (the contents of ``summary.json``).
     """
-    from .report import build_summary, teacher_faults, write_report
-
     out = Path(out)
     if cfg.distill.threads:
         torch.set_num_threads(cfg.distill.threads)
@@ -257,17 +286,51 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     cfg_dict = cfg.to_dict()
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
+    if getattr(RECIPES[cfg.distill.recipe], "distributed", False) and distributed.init(prep.device, 3600.0):
+        # one model copy per torchrun process (codistillation); only rank 0 writes the run directory
+        prep.device = distributed.local_device(prep.device)
+        try:
+            return _run_distributed(prep, cfg, cfg_dict, out, restart, progress, log, force)
+        finally:
+            distributed.shutdown()
     status = open_run_dir(out, cfg_dict, restart, force)
     if status == "done":
         log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
         return json.loads((out / "summary.json").read_text())
     if status == "resume":
         log(f"resuming the run in {out}")
+    return _stages(prep, cfg, out, progress, log, force)
+
+
+def _run_distributed(prep: Prepared, cfg: Config, cfg_dict: dict, out: Path, restart: bool, progress: bool,
+                     log: Callable[[str], None], force: bool) -> dict:
+    """The pipeline in a torchrun process: rank 0 opens the run directory and writes every output;
+    every rank trains its own copy. Returns the summary on rank 0 and {} on the other ranks."""
+    status = open_run_dir(out, cfg_dict, restart, force) if distributed.is_main() else None
+    distributed.barrier()  # the run directory exists (or was cleared by --restart) before anyone reads it
+    if (out / "summary.json").is_file():
+        if distributed.is_main():
+            log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
+        return json.loads((out / "summary.json").read_text()) if distributed.is_main() else {}
+    if status == "resume":
+        log(f"resuming the run in {out}")
+    summary = _stages(prep, cfg, out, progress, log if distributed.is_main() else (lambda m: None), force)
+    distributed.barrier()
+    return summary
+
+
+def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callable[[str], None],
+            force: bool) -> dict:
+    """Teachers, baseline, distillation, evaluation and report of a run directory that is open."""
+    from .report import build_summary, teacher_faults, write_report
+
     run = Run(prep, out, progress, log, force)
     d = cfg.distill
     teachers = [run.teacher(i, plan) for i, plan in enumerate(prep.teachers)] if RECIPES[d.recipe].needs_teachers else []
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
     student = run.student(d.recipe, teachers)
+    if not run.main:
+        return {}
 
     device = prep.device
     results = {
@@ -277,6 +340,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         "student": {"arch": cfg.student.arch, **describe([student], prep.data.test, device)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], prep.data.test, device)} if scratch else None,
     }
+    if (out / "peers.json").is_file():  # online recipes: the peers trained beside the student
+        results["peers"] = json.loads((out / "peers.json").read_text())
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}
     records = run.metrics.read()

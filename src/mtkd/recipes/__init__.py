@@ -2,6 +2,7 @@
 ``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
 from __future__ import annotations
 
+from .mutual import MutualRecipe
 from .offline import OfflineRecipe
 from .scratch import ScratchRecipe
 from .semi_supervised import SemiSupervisedRecipe
@@ -10,6 +11,7 @@ RECIPES = {
     "scratch": ScratchRecipe,
     "offline": OfflineRecipe,
     "semi_supervised": SemiSupervisedRecipe,
+    "mutual": MutualRecipe,
 }
 
-__all__ = ["RECIPES", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "MutualRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]

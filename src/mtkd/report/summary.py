@@ -35,6 +35,8 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     }
     if results.get("scratch"):
         summary["scratch"] = results["scratch"]
+    if results.get("peers"):  # online recipes: peers, leader or fused model trained beside the student
+        summary["peers"] = results["peers"]
     if faults:
         summary["teacher_faults"] = faults
     if summary["ensemble"] is None:
@@ -55,7 +57,11 @@ def table_rows(summary: dict) -> list[list[str]]:
         row("ensemble", f"mean of {len(summary['teachers'])}", "-", summary["ensemble"])
     if "scratch" in summary:
         row("student", "from scratch", summary["scratch"]["arch"], summary["scratch"])
+    for p in summary.get("peers", []):
+        row(p["name"], p["role"], p["arch"], p)
     role = "from scratch" if summary["recipe"] == "scratch" else f"distilled ({summary['recipe']}, {summary['aggregator']})"
+    if "peers" in summary:  # an online recipe: no teacher, so no aggregator
+        role = f"student ({summary['recipe']})"
     row("student", role, summary["student"]["arch"], summary["student"])
     return rows
 
