@@ -52,6 +52,8 @@ def _run(cfg, out: Path, restart: bool, progress: bool, force: bool = False) -> 
     start = time.perf_counter()
     summary = run_pipeline(cfg, out, restart=restart, progress=progress, log=lambda m: print(m, file=sys.stderr),
                            force=force)
+    if not summary:  # a torchrun process other than rank 0: rank 0 prints
+        return
     print(format_table(summary))
     print(f"\nrun directory: {out}  ({time.perf_counter() - start:.0f} s; report: {out / 'report.md'})")
 

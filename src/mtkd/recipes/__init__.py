@@ -2,6 +2,7 @@
 ``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
 from __future__ import annotations
 
+from .codistillation import CodistillationRecipe
 from .mutual import MutualRecipe
 from .offline import OfflineRecipe
 from .scratch import ScratchRecipe
@@ -12,6 +13,7 @@ RECIPES = {
     "offline": OfflineRecipe,
     "semi_supervised": SemiSupervisedRecipe,
     "mutual": MutualRecipe,
+    "codistillation": CodistillationRecipe,
 }
 
-__all__ = ["RECIPES", "MutualRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "CodistillationRecipe", "MutualRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
