@@ -14,6 +14,8 @@ import yaml
 from mtkd.cli import main
 from mtkd.recipes.codistillation import codistillation_target, flat_state, load_flat_state
 from mtkd.recipes.mutual import mutual_kd
+from mtkd.recipes.okddip import attention_targets
+from mtkd.recipes.peers import rampup
 
 TESTS = Path(__file__).parent
 
@@ -65,6 +67,28 @@ def test_flat_state_round_trip_copies_weights_and_buffers():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_okddip_attention_targets_by_hand():
+    z = LOGITS  # [m=3, B=2, C=3]
+    q = np.array([[[1.0, 0.0], [0.5, 1.0]], [[0.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [-1.0, 0.5]]])  # [m, B, d]
+    k = np.array([[[0.5, 0.5], [1.0, 0.0]], [[2.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [0.5, 0.5]]])
+    expected = np.zeros_like(z)
+    for b in range(2):
+        for a in range(3):
+            energy = np.array([q[a, b] @ k[f, b] for f in range(3)])
+            att = np.exp(energy) / np.exp(energy).sum()
+            expected[a, b] = sum(att[f] * z[f, b] for f in range(3))
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    targets, attention = attention_targets(as_t(z), as_t(q), as_t(k))
+    assert np.allclose(targets.numpy(), expected, atol=1e-5)
+    assert torch.allclose(attention.sum(-1), torch.ones(2, 3))
+
+
+def test_rampup_is_sigmoid_shaped_and_reaches_one():
+    assert rampup(0, 100) == pytest.approx(np.exp(-5.0))
+    assert rampup(50, 100) == pytest.approx(np.exp(-5.0 * 0.25))
+    assert rampup(100, 100) == rampup(7, 0) == 1.0
+
+
 def _write(tmp_path, raw):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -113,6 +137,7 @@ def test_codistillation_under_torchrun_exchanges_weights_between_processes(tmp_p
 ONLINE = {  # recipe -> options for a few steps on tiny models
     "mutual": {"peers": [{"name": "cnn", "arch": "cnn1d", "channels": 4}, {"arch": "mlp", "hidden": [8]}]},
     "codistillation": {"exchange_every": 3, "copies": 3},
+    "okddip": {"peers": [{"arch": "mlp", "hidden": [8]}, {"arch": "cnn1d", "channels": 2}], "rampup": 0.5},
 }
 
 

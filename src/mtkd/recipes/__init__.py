@@ -5,6 +5,7 @@ from __future__ import annotations
 from .codistillation import CodistillationRecipe
 from .mutual import MutualRecipe
 from .offline import OfflineRecipe
+from .okddip import OkddipRecipe
 from .scratch import ScratchRecipe
 from .semi_supervised import SemiSupervisedRecipe
 
@@ -14,6 +15,7 @@ RECIPES = {
     "semi_supervised": SemiSupervisedRecipe,
     "mutual": MutualRecipe,
     "codistillation": CodistillationRecipe,
+    "okddip": OkddipRecipe,
 }
 
-__all__ = ["RECIPES", "CodistillationRecipe", "MutualRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "CodistillationRecipe", "MutualRecipe", "OkddipRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
