@@ -12,7 +12,9 @@ import torch
 import yaml
 
 from mtkd.cli import main
+from mtkd.models import MODELS
 from mtkd.recipes.codistillation import codistillation_target, flat_state, load_flat_state
+from mtkd.recipes.ffl import ffl_kd_terms
 from mtkd.recipes.mutual import mutual_kd
 from mtkd.recipes.okddip import attention_targets
 from mtkd.recipes.peers import rampup
@@ -83,6 +85,21 @@ def test_okddip_attention_targets_by_hand():
     assert torch.allclose(attention.sum(-1), torch.ones(2, 3))
 
 
+def test_ffl_kd_terms_by_hand():
+    t = 3.0
+    sub, fused = LOGITS[:2], LOGITS[2]  # two sub-networks and the fused classifier
+    p_fused = _softmax(fused / t)
+    expected_sub = [_kl(p_fused, _softmax(sub[i] / t)).mean() * t * t for i in range(2)]
+    expected_fused = _kl(_softmax(sub.mean(0) / t), p_fused).mean() * t * t
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32, requires_grad=True)  # noqa: E731
+    z_sub, z_fused = as_t(sub), as_t(fused)
+    kd_sub, kd_fused = ffl_kd_terms(z_sub, z_fused, t)
+    assert np.allclose(kd_sub.detach().numpy(), expected_sub, atol=1e-5)
+    assert float(kd_fused.detach()) == pytest.approx(expected_fused, abs=1e-5)
+    kd_fused.backward()  # the fused classifier learns from the ensemble; the sub-networks are its constant target
+    assert z_sub.grad is None and z_fused.grad.abs().sum() > 0
+
+
 def test_rampup_is_sigmoid_shaped_and_reaches_one():
     assert rampup(0, 100) == pytest.approx(np.exp(-5.0))
     assert rampup(50, 100) == pytest.approx(np.exp(-5.0 * 0.25))
@@ -137,6 +154,7 @@ def test_codistillation_under_torchrun_exchanges_weights_between_processes(tmp_p
 ONLINE = {  # recipe -> options for a few steps on tiny models
     "mutual": {"peers": [{"name": "cnn", "arch": "cnn1d", "channels": 4}, {"arch": "mlp", "hidden": [8]}]},
     "codistillation": {"exchange_every": 3, "copies": 3},
+    "ffl": {"peers": [{"name": "cnn", "arch": "cnn1d", "channels": 4}], "fusion_hidden": 8},
     "okddip": {"peers": [{"arch": "mlp", "hidden": [8]}, {"arch": "cnn1d", "channels": 2}], "rampup": 0.5},
 }
 
@@ -152,7 +170,7 @@ def test_online_recipe_runs_through_the_cli_without_teachers(tmp_path, capsys, t
     printed = capsys.readouterr().out
     for p in summary["peers"]:
         assert p["name"] in printed  # a row of the comparison table
-        assert (out / "peers" / f"{p['name']}.pt").is_file()
+        assert (out / "peers" / f"{p['name']}.pt").is_file() == (p["arch"] in MODELS)  # built-in archs are saved
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["stage"] == "distill" and "loss" in r][-1]
     assert {"ce", "kd"} <= set(last) and np.isfinite(last["loss"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .codistillation import CodistillationRecipe
+from .ffl import FflRecipe
 from .mutual import MutualRecipe
 from .offline import OfflineRecipe
 from .okddip import OkddipRecipe
@@ -16,6 +17,7 @@ RECIPES = {
     "mutual": MutualRecipe,
     "codistillation": CodistillationRecipe,
     "okddip": OkddipRecipe,
+    "ffl": FflRecipe,
 }
 
-__all__ = ["RECIPES", "CodistillationRecipe", "MutualRecipe", "OkddipRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "CodistillationRecipe", "FflRecipe", "MutualRecipe", "OkddipRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
