@@ -13,6 +13,7 @@ import yaml
 
 from mtkd.cli import main
 from mtkd.models import MODELS
+from mtkd.recipes.afd import AfdRecipe, lsgan_discriminator_loss, lsgan_generator_loss
 from mtkd.recipes.codistillation import codistillation_target, flat_state, load_flat_state
 from mtkd.recipes.ffl import ffl_kd_terms
 from mtkd.recipes.mutual import mutual_kd
@@ -100,6 +101,28 @@ def test_ffl_kd_terms_by_hand():
     assert z_sub.grad is None and z_fused.grad.abs().sum() > 0
 
 
+def test_lsgan_losses_by_hand():
+    real, fake = torch.tensor([[0.5], [1.5]]), torch.tensor([[0.2], [-0.4]])
+    assert float(lsgan_discriminator_loss(real, fake)) == pytest.approx((0.25 + 0.25) / 2 + (0.04 + 0.16) / 2)
+    assert float(lsgan_generator_loss(fake)) == pytest.approx((0.64 + 1.96) / 2)
+
+
+def test_afd_step_moves_discriminators_only_with_their_own_optimizer():
+    torch.manual_seed(0)
+    net = lambda: torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))  # noqa: E731
+    recipe = AfdRecipe(net(), peers=[net()])
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    before = [p.clone() for p in recipe.discriminators.parameters()]
+    losses = recipe.step(x, y, None)
+    after = [p.clone() for p in recipe.discriminators.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # the recipe's own D step ran
+    losses["loss"].backward()  # the peers' loss: gradients for the peers, none for the discriminators
+    assert all(p.grad is None for p in recipe.discriminators.parameters())
+    assert all(p.grad is not None for p in recipe.student.parameters())
+    state = recipe.state_dict()
+    assert "_extra_state" in state and state["_extra_state"]["disc_optimizer"]["state"]  # Adam moments saved
+
+
 def test_rampup_is_sigmoid_shaped_and_reaches_one():
     assert rampup(0, 100) == pytest.approx(np.exp(-5.0))
     assert rampup(50, 100) == pytest.approx(np.exp(-5.0 * 0.25))
@@ -152,6 +175,7 @@ def test_codistillation_under_torchrun_exchanges_weights_between_processes(tmp_p
 
 
 ONLINE = {  # recipe -> options for a few steps on tiny models
+    "afd": {"peers": [{"name": "wide", "arch": "mlp", "hidden": [32, 16]}], "disc_hidden": 8},
     "mutual": {"peers": [{"name": "cnn", "arch": "cnn1d", "channels": 4}, {"arch": "mlp", "hidden": [8]}]},
     "codistillation": {"exchange_every": 3, "copies": 3},
     "ffl": {"peers": [{"name": "cnn", "arch": "cnn1d", "channels": 4}], "fusion_hidden": 8},

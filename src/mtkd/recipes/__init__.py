@@ -2,6 +2,7 @@
 ``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
 from __future__ import annotations
 
+from .afd import AfdRecipe
 from .codistillation import CodistillationRecipe
 from .ffl import FflRecipe
 from .mutual import MutualRecipe
@@ -18,6 +19,7 @@ RECIPES = {
     "codistillation": CodistillationRecipe,
     "okddip": OkddipRecipe,
     "ffl": FflRecipe,
+    "afd": AfdRecipe,
 }
 
-__all__ = ["RECIPES", "CodistillationRecipe", "FflRecipe", "MutualRecipe", "OkddipRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
+__all__ = ["RECIPES", "AfdRecipe", "CodistillationRecipe", "FflRecipe", "MutualRecipe", "OkddipRecipe", "OfflineRecipe", "ScratchRecipe", "SemiSupervisedRecipe"]
