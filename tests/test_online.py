@@ -198,3 +198,37 @@ def test_online_recipe_runs_through_the_cli_without_teachers(tmp_path, capsys, t
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["stage"] == "distill" and "loss" in r][-1]
     assert {"ce", "kd"} <= set(last) and np.isfinite(last["loss"])
+
+
+@pytest.mark.parametrize("recipe", sorted(ONLINE))
+def test_interrupted_online_run_resumes_to_the_same_weights(tmp_path, capsys, tiny_raw_config, recipe, monkeypatch):
+    """Ctrl-C at step 25 (checkpoint at 20), run again: the student, every peer and the fused model
+    end bit for bit as in an unbroken run (peers, discriminators, fusion module and their
+    optimizer state are all in the checkpoint)."""
+    from mtkd.recipes import RECIPES
+
+    raw = _online_config(tiny_raw_config, recipe, **ONLINE[recipe])
+    raw["distill"].update(steps=40, checkpoint_every=10)
+    cfg = _write(tmp_path, raw)
+    cls = RECIPES[recipe]
+    original, calls = cls.step, {"n": 0}
+
+    def step_or_interrupt(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, "step", step_or_interrupt)
+    killed, unbroken = tmp_path / "killed", tmp_path / "unbroken"
+    assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 130
+    assert not (killed / "summary.json").exists()
+    assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--out", str(unbroken), "--no-progress"]) == 0
+    files = ["student.pt"] + sorted(f"peers/{p.name}" for p in (unbroken / "peers").iterdir())
+    for name in files:
+        a, b = torch.load(killed / name)["state_dict"], torch.load(unbroken / name)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    acc = lambda run: [p["accuracy"] for p in json.loads((run / "summary.json").read_text())["peers"]]  # noqa: E731
+    assert acc(killed) == acc(unbroken)  # includes the fused classifier of ffl
