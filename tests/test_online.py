@@ -232,3 +232,15 @@ def test_interrupted_online_run_resumes_to_the_same_weights(tmp_path, capsys, ti
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     acc = lambda run: [p["accuracy"] for p in json.loads((run / "summary.json").read_text())["peers"]]  # noqa: E731
     assert acc(killed) == acc(unbroken)  # includes the fused classifier of ffl
+
+
+def test_mutual_learning_from_the_python_api():
+    import mtkd
+
+    torch.manual_seed(0)
+    data = mtkd.load_dataset("mnist1d", num_samples=300)
+    student = mtkd.build_model("mlp", data.input_shape, 10, hidden=[16])
+    before = [p.clone() for p in student.parameters()]
+    out = mtkd.distill(student, [], mtkd.BatchLoader(data.train, batch_size=32), recipe="mutual",
+                       peers=[{"arch": "cnn1d", "channels": 4}], steps=5, temperature=1.0, alpha=0.5, progress=False)
+    assert out is student and any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))

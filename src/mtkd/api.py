@@ -65,7 +65,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     student.to(device)
     frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
               for name, m in named.items()]
-    if frozen:
+    build = {}
+    if frozen or not recipe_cls.needs_teachers:
         # an example input to check class counts; peeking must not advance a BatchLoader's state
         x = train_loader.dataset.x if isinstance(train_loader, BatchLoader) else unpack_batch(next(iter(train_loader)))[0]
         example = x[:1].to(device)
@@ -73,6 +74,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             num_classes = student(example).shape[-1]
         for t in frozen:
             t.check_classes(example, num_classes)
+        # what online recipes (mutual, okddip, ...) need to build peers from `peers` specs
+        build = {"input_shape": tuple(example.shape[1:]), "num_classes": num_classes, "steps": cfg.steps}
     agg = None
     if frozen:
         ctx = AggregatorContext(frozen, num_classes, teacher_weights, val,
@@ -82,8 +85,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         x_unl = torch.as_tensor(unlabeled)
         unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
-                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error)
-    Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
+                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error, **build)
+    Trainer(rec, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path), device=device, progress=progress).fit()
     return student
 
