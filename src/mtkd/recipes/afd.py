@@ -20,7 +20,10 @@ Deviations: the paper's features are the last convolutional feature maps and its
 are small conv nets; here the features are each peer's penultimate vector (the input of its final
 ``nn.Linear``; for ``cnn1d`` the flattened last feature map) and a discriminator is an MLP
 (Linear -> LeakyReLU -> Linear to one score). Peers must have the same feature width (the paper
-inserts a transfer layer otherwise).
+inserts a transfer layer otherwise). The adversarial term is weighted by ``adv_weight`` (the paper
+adds it unweighted); on these unnormalized features a weight of 1 stopped a small 1-D CNN from
+learning on MNIST-1D (18 % test accuracy after 1,000 steps, against 57 % with weight 0), so the
+default is 0.1.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def discriminator(width: int, hidden: int) -> nn.Module:
 
 
 class AfdOptions(PeerOptions):
-    adv_weight: float = Field(1.0, ge=0, description="weight of the adversarial (fool the discriminator) term")
+    adv_weight: float = Field(0.1, ge=0, description="weight of the adversarial (fool the discriminator) term")
     disc_hidden: int = Field(64, gt=0, description="hidden width of each discriminator")
     disc_lr: float = Field(1e-3, gt=0, description="learning rate of the discriminators' Adam optimizer")
 
