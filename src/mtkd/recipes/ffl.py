@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..models.features import PenultimateFeatures
 from .peers import PeerOptions, build_keys, build_peers
@@ -93,6 +94,8 @@ class FflRecipe(nn.Module):
         else:
             named = build_peers(student, o, seed=seed, num_classes=num_classes, **build_keys(build))
         self.peer_names = [n for n, _, _ in named]
+        if "fused" in self.peer_names:
+            raise ConfigError("recipe 'ffl': the peer name 'fused' is taken by the fused classifier; rename the peer")
         self.peer_configs = [c for _, _, c in named]
         self.peers = nn.ModuleList([m for _, m, _ in named])
         self.features = [PenultimateFeatures(m) for m in self.subnets()]  # h_i: [B, F_i] after each forward
