@@ -17,7 +17,7 @@ CE and KD are weighted ``(1 - alpha)`` and ``alpha``:
 The paper's setting is T = 1 and equal weights: ``temperature: 1, alpha: 0.5`` (the same
 gradient directions at half the scale). Deviation: the paper's Algorithm 1 updates the peers
 one after another, recomputing predictions in between; here all peers take one simultaneous
-step from the same forward pass (one forward per peer per step instead of K).
+step from the same forward pass (one forward pass per peer per step).
 """
 from __future__ import annotations
 
