@@ -244,3 +244,22 @@ def test_mutual_learning_from_the_python_api():
     out = mtkd.distill(student, [], mtkd.BatchLoader(data.train, batch_size=32), recipe="mutual",
                        peers=[{"arch": "cnn1d", "channels": 4}], steps=5, temperature=1.0, alpha=0.5, progress=False)
     assert out is student and any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+@pytest.mark.parametrize("recipe, options, message", [
+    ("mutual", {"peers": [{"arch": "resnet"}]}, "distill.peers[0].arch: unknown model 'resnet'; choose one of:"),
+    ("mutual", {"peers": [{"arch": "mlp", "size": 3}]}, "distill.peers[0].size: unknown key for model 'mlp'"),
+    ("mutual", {"peers": [{"name": "a", "arch": "mlp"}, {"name": "a", "arch": "mlp"}]},
+     "distill.peers: the name 'a' is used twice"),
+    ("afd", {"peers": [{"arch": "mlp", "hidden": [32]}]}, "recipe 'afd': the peers' feature widths differ ([16, 32]"),
+    ("okddip", {"peers": [{"arch": "mlp"}]}, "recipe 'okddip' needs at least two auxiliary peers"),
+    ("ffl", {"peers": [{"name": "fused", "arch": "mlp"}]}, "the peer name 'fused' is taken"),
+])
+def test_bad_cohorts_are_one_line_errors_before_anything_is_written(tmp_path, capsys, tiny_raw_config, recipe,
+                                                                    options, message):
+    raw = _online_config(tiny_raw_config, recipe, **options)
+    out = tmp_path / "run"
+    assert main(["run", str(_write(tmp_path, raw)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mtkd: error:") and "\n" not in err and message in err, err
+    assert not out.exists()

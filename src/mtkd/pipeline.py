@@ -66,6 +66,11 @@ def prepare(cfg: Config) -> Prepared:
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
     params = count_params(build_model(cfg.student, data.input_shape, num_classes))  # shape errors surface now
+    recipe_cls = RECIPES[cfg.distill.recipe]
+    if hasattr(recipe_cls, "extra_models"):  # online recipes: build the cohort once, so its errors come now
+        recipe_cls(build_model(cfg.student, data.input_shape, num_classes), options=cfg.recipe_options,
+                   input_shape=data.input_shape, num_classes=num_classes, student_config=cfg.student,
+                   steps=cfg.distill.steps)
     if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
