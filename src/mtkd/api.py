@@ -80,7 +80,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         live, named = {name: m.to(device) for name, m in named.items()}, {}
     frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
               for name, m in named.items()]
-    if frozen:
+    build = {}
+    if frozen or not recipe_cls.needs_teachers:
         # an example input to check class counts; peeking must not advance a BatchLoader's state
         x = train_loader.dataset.x if isinstance(train_loader, BatchLoader) else unpack_batch(next(iter(train_loader)))[0]
         example = x[:1].to(device)
@@ -88,6 +89,8 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
             num_classes = student(example).shape[-1]
         for t in frozen:
             t.check_classes(example, num_classes)
+        # what online recipes (mutual, okddip, ...) need to build peers from `peers` specs
+        build = {"input_shape": tuple(example.shape[1:]), "num_classes": num_classes}
     agg = None
     if frozen:
         ctx = AggregatorContext(frozen, num_classes, teacher_weights, val,
@@ -99,14 +102,14 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
                      unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error, steps=cfg.steps,
                      example=example if frozen else None,
-                     **({"trajectories": trajectories} if trajectories is not None else {}),
+                     **build, **({"trajectories": trajectories} if trajectories is not None else {}),
                      **({"live_teachers": live} if live else {}))
     monitor = None
     if cfg.monitor_every and frozen and val is not None:
         from .monitoring import TeacherMonitor
 
         monitor = TeacherMonitor(student, frozen, val, device)
-    Trainer(rec, train_loader, cfg, stage="distill" if frozen else "scratch", val_data=val,
+    Trainer(rec, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress,
             monitor=monitor, monitor_every=cfg.monitor_every, snapshot_dir=snapshot_dir).fit()
     return student

@@ -15,10 +15,12 @@ import torch
 import yaml
 
 
-def _atomic(path: str | Path, write: Callable[[Any], None], mode: str) -> None:
+def _atomic(path: str | Path, write: Callable[[Any], None], mode: str, every_rank: bool = False) -> None:
     from . import distributed
 
-    if not distributed.is_main():  # under torchrun only rank 0 writes shared files; the others hold the same state
+    # under torchrun only rank 0 writes shared files (the others hold the same state), except a
+    # file that is each rank's own (every_rank: a per-process checkpoint)
+    if not every_rank and not distributed.is_main():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +53,8 @@ def write_yaml(path: str | Path, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
-def save_torch(path: str | Path, obj: Any) -> None:
-    _atomic(path, lambda h: torch.save(obj, h), "wb")
+def save_torch(path: str | Path, obj: Any, every_rank: bool = False) -> None:
+    _atomic(path, lambda h: torch.save(obj, h), "wb", every_rank)
 
 
 def load_torch(path: str | Path) -> Any:

@@ -79,6 +79,11 @@ def prepare(cfg: Config) -> Prepared:
     student_model = build_model(cfg.student, data.input_shape, num_classes)
     params = count_params(student_model)  # shape errors surface now
     built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
+    recipe_cls = RECIPES[cfg.distill.recipe]
+    if hasattr(recipe_cls, "extra_models"):  # online recipes: build the cohort once, so its errors come now
+        recipe_cls(build_model(cfg.student, data.input_shape, num_classes), options=cfg.recipe_options,
+                   input_shape=data.input_shape, num_classes=num_classes, student_config=cfg.student,
+                   steps=cfg.distill.steps)
     if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
@@ -204,25 +209,35 @@ class Run:
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
         self.force = force
         self.out, self.progress, self.log = out, progress, log
+        self.main = distributed.is_main()  # in a torchrun run only rank 0 writes the run directory
         # Only rank 0 of a torchrun job tracks: the others would write duplicate event files.
         trackers = make_trackers(self.cfg.output.tracking, out, self.cfg.to_dict(),
-                                 self.cfg.output.mlflow_uri) if distributed.is_main() else []
-        self.metrics = MetricsLog(out / "metrics.jsonl", trackers)
+                                 self.cfg.output.mlflow_uri) if self.main else []
+        self.metrics = MetricsLog(out / "metrics.jsonl" if self.main else None, trackers)
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    @staticmethod
+    def _per_rank(recipe: nn.Module) -> bool:
+        """Under torchrun, a recipe that trains one independent copy per process (codistillation)
+        keeps a checkpoint per rank; data-parallel training shares rank 0's."""
+        return distributed.world_size() > 1 and getattr(recipe, "shards_data", False)
 
     def _record(self, stage: str, trainer: Trainer, batch_size: int) -> None:
         self.stages[stage] = {"seconds": round(trainer.elapsed, 3), "steps": trainer.step,
                               "examples_per_second": round(trainer.step * batch_size / max(trainer.elapsed, 1e-9), 1)}
-        write_json(self.state_path, self.stages)
+        if self.main:
+            write_json(self.state_path, self.stages)
 
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
                snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None):
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
+        if self._per_rank(recipe):  # each process resumes its own copy from its own checkpoint
+            ckpt = ckpt.replace(".pt", f".rank{distributed.rank()}.pt")
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           amp=getattr(settings, "amp", "off"),  # the distill section's; teachers train in fp32
                           checkpoint=self.out / "checkpoints" / ckpt,
-                          best_path=self.out / best if best else None, metrics=self.metrics,
+                          best_path=self.out / best if best and self.main else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
                           fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage), force=self.force,
                           snapshot_dir=snapshot_dir, monitor=monitor,
@@ -295,8 +310,13 @@ class Run:
         recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
                             options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
                             on_teacher_error=d.on_teacher_error, steps=d.steps, example=self.data.train.x[:2],
-                            **(extra or {}))
+                            input_shape=self.data.input_shape, num_classes=self.prep.num_classes,
+                            student_config=cfg.student, **(extra or {}))
         dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
+        if getattr(recipe_cls, "shards_data", False) and distributed.world_size() > 1:
+            # codistillation: process r trains on shard r, the samples whose index % world_size == r
+            dataset = dataset.subset(torch.nonzero(dataset.index % distributed.world_size() == distributed.rank())
+                                     .squeeze(1))
         stem = file_name.removesuffix(".pt")
         monitor = None
         if d.monitor_every and frozen and self.data.val is not None and recipe_name != "scratch":
@@ -306,11 +326,32 @@ class Run:
         self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
                     f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
                     snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
+        if hasattr(recipe, "finish"):  # e.g. codistillation's last exchange of copies (every process)
+            recipe.finish()
         if hasattr(recipe, "results"):  # e.g. continual: accuracy on every task after each task
             write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
-        save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)
-        (self.out / "checkpoints" / f"{stem}.pt").unlink(missing_ok=True)
+        if hasattr(recipe, "extra_models") and self.main:  # online recipes: peers, leader, fused model
+            self._save_extra_models(recipe.extra_models())
+        save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)  # rank 0 writes
+        distributed.barrier()
+        ckpt = f"{stem}.rank{distributed.rank()}.pt" if self._per_rank(recipe) else f"{stem}.pt"
+        (self.out / "checkpoints" / ckpt).unlink(missing_ok=True)
         return student
+
+    def _save_extra_models(self, extra: list[dict]) -> None:
+        """Evaluate the models an online recipe trains beside the student into ``peers.json``
+        (written before ``student.pt``, so a resumed run that finds the student finds them too),
+        and save the built-in ones under ``peers/``."""
+        rows = []
+        for entry in extra:
+            model, config = entry["module"], entry.get("config")
+            if config is not None:
+                save_model_file(self.out / "peers" / f"{entry['name']}.pt", model, config, self.data.input_shape,
+                                self.prep.num_classes)
+            arch = config.arch if config is not None else entry.get("arch", type(model).__name__)
+            rows.append({"name": entry["name"], "role": entry["role"], "arch": arch,
+                         **describe([model], self.data.test, self.prep.device)})
+        write_json(self.out / "peers.json", rows)
 
 
 def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: bool = True,
@@ -320,15 +361,13 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     ``force`` continues a run directory whose config or code version differs (the results
     then mix both); without it such a directory is refused.
 
-    Returns the summary (the contents of ``summary.json``).
+    Returns the summary (the contents of ``summary.json``); {} on the other ranks of a torchrun job.
     """
-    from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
-
     out = Path(out)
     if cfg.distill.threads:
         torch.set_num_threads(cfg.distill.threads)
     prep = prepare(cfg)  # raises before anything is written
-    if distributed.init(prep.device):  # launched by torchrun: one process per device, rank 0 writes
+    if distributed.init(prep.device, timeout_s=1800.0):  # launched by torchrun: one process per device, rank 0 writes
         prep.device = distributed.local_device(prep.device)
         if not distributed.is_main():
             log = lambda message: None  # noqa: E731 - rank 0 speaks for all
@@ -346,6 +385,14 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         return json.loads((out / "summary.json").read_text())
     if status == "resume":
         log(f"resuming the run in {out}")
+    return _stages(prep, cfg, out, progress, log, force)
+
+
+def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callable[[str], None],
+            force: bool) -> dict:
+    """Teachers, baseline, distillation, evaluation and report of a run directory that is open."""
+    from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
+
     run = Run(prep, out, progress, log, force)
     d = cfg.distill
     named, extra = run.teachers()
@@ -376,6 +423,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         "assistants": [{"name": a["name"], "arch": a["arch"], "level": a["level"],
                         **describe([a["model"]], test, device)} for a in assistants],
     }
+    if (out / "peers.json").is_file():  # online recipes: the peers trained beside the student
+        results["peers"] = json.loads((out / "peers.json").read_text())
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}
     named = [(p.spec.name, pr) for p, pr in zip(prep.teachers, probs_t)] + [("ensemble", probs_e)] \

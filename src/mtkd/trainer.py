@@ -221,6 +221,10 @@ class Trainer:
         # monitor() -> {name: value}: a look at the student (e.g. agreement with the teachers on the
         # validation split, see mtkd.monitoring), logged every monitor_every steps
         self.monitor, self.monitor_every = monitor, monitor_every
+        from . import distributed
+
+        # one copy per torchrun process, each with its own checkpoint (codistillation)
+        self.independent = distributed.world_size() > 1 and getattr(recipe, "shards_data", False)
         self.optimizer = make_optimizer(recipe.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
@@ -241,7 +245,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.checkpoint is not None:
-            save_torch(self.checkpoint, self._state())
+            save_torch(self.checkpoint, self._state(), every_rank=self.independent)
 
     def resume(self) -> bool:
         """Load the checkpoint if there is one; True if training continues from it."""
@@ -289,7 +293,9 @@ class Trainer:
         self.resume()
         if self.step >= cfg.steps:
             return self
-        parallel = distributed.world_size() > 1  # torchrun: each process trains on its share of every batch
+        # torchrun: each process trains on its share of every batch (data parallel), unless the
+        # recipe trains an independent copy per process on its own shard (codistillation)
+        parallel = distributed.world_size() > 1 and not self.independent
         if parallel:
             broadcast_parameters(self.recipe)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -2,16 +2,21 @@
 ``step(x, y, index)`` returns a dict of named losses, the trainer backpropagates ``"loss"``."""
 from __future__ import annotations
 
-from .continual import ContinualRecipe
-from .local_targets import LocalTargetsRecipe
+from .afd import AfdRecipe
 from .assistant import AssistantRecipe
+from .codistillation import CodistillationRecipe
+from .continual import ContinualRecipe
 from .features import FeaturesRecipe
+from .ffl import FflRecipe
+from .local_targets import LocalTargetsRecipe
+from .mutual import MutualRecipe
 from .offline import OfflineRecipe
+from .okddip import OkddipRecipe
 from .progressive import ProgressiveRecipe
 from .scratch import ScratchRecipe
 from .semi_supervised import SemiSupervisedRecipe
-from .teacher_free import TeacherFreeRecipe
 from .tas import TasRecipe
+from .teacher_free import TeacherFreeRecipe
 
 RECIPES = {
     "scratch": ScratchRecipe,
@@ -24,7 +29,13 @@ RECIPES = {
     "features": FeaturesRecipe,
     "tas": TasRecipe,
     "assistant": AssistantRecipe,
+    "mutual": MutualRecipe,
+    "codistillation": CodistillationRecipe,
+    "okddip": OkddipRecipe,
+    "ffl": FflRecipe,
+    "afd": AfdRecipe,
 }
 
-__all__ = ["RECIPES", "AssistantRecipe", "ContinualRecipe", "FeaturesRecipe", "LocalTargetsRecipe", "OfflineRecipe",
+__all__ = ["RECIPES", "AfdRecipe", "AssistantRecipe", "CodistillationRecipe", "FflRecipe", "MutualRecipe",
+           "OkddipRecipe", "ContinualRecipe", "FeaturesRecipe", "LocalTargetsRecipe", "OfflineRecipe",
            "ProgressiveRecipe", "ScratchRecipe", "SemiSupervisedRecipe", "TasRecipe", "TeacherFreeRecipe"]

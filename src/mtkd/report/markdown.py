@@ -32,6 +32,7 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
             bars.append(("ensemble", summary["ensemble"]["accuracy"], summary["ensemble"]["params"]))
         if "scratch" in summary:
             bars.append(("student (scratch)", summary["scratch"]["accuracy"], summary["scratch"]["params"]))
+        bars += [(p["name"], p["accuracy"], p["params"]) for p in summary.get("peers", [])]
         bars.append((f"student ({summary['recipe']})", summary["student"]["accuracy"], summary["student"]["params"]))
         figures = [("accuracy.png", "Test accuracy and parameters", plot_accuracy(bars, out / "plots" / "accuracy.png")),
                    ("curves.png", "Training curves", plot_curves(records, out / "plots" / "curves.png")),

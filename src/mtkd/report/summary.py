@@ -63,6 +63,8 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
             summary[key] = results[key]
     if results.get("assistants"):  # TAKD's intermediate models
         summary["assistants"] = results["assistants"]
+    if results.get("peers"):  # online recipes: peers, leader or fused model trained beside the student
+        summary["peers"] = results["peers"]
     if faults:
         summary["teacher_faults"] = faults
     if summary["ensemble"] is None:
@@ -78,7 +80,10 @@ def table_records(summary: dict) -> list[tuple[str, str, str, dict]]:
     recs += [(a["name"], f"assistant (level {a['level']})", a["arch"], a) for a in summary.get("assistants", [])]
     if "scratch" in summary:
         recs.append(("student", "from scratch", summary["scratch"]["arch"], summary["scratch"]))
+    recs += [(p["name"], p["role"], p["arch"], p) for p in summary.get("peers", [])]
     role = "from scratch" if summary["recipe"] == "scratch" else f"distilled ({summary['recipe']}, {summary['aggregator']})"
+    if "peers" in summary:  # an online recipe: no teacher, so no aggregator
+        role = f"student ({summary['recipe']})"
     recs.append(("student", role, summary["student"]["arch"], summary["student"]))
     return recs
 

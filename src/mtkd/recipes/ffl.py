@@ -1,0 +1,131 @@
+"""Feature fusion learning (FFL): parallel sub-networks, a fusion module over their features with
+its own classifier, and mutual distillation between the fused classifier and the sub-networks.
+
+Kim, Hyun, Chung and Kwak, "Feature Fusion for Online Mutual Knowledge Distillation", ICPR 2020
+(arXiv:1904.09058). With sub-network logits z_i (i = 1..n), fused logits z_f = F([h_1, ..., h_n])
+from their concatenated features, and the ensemble logits z_e = mean_i z_i:
+
+    sub-networks:  sum_i (1 - alpha) * CE(z_i, y) + alpha * T^2 * KL(softmax(z_f / T) || softmax(z_i / T))
+    fusion:        (1 - alpha) * CE(z_f, y) + alpha * T^2 * KL(softmax(z_e / T) || softmax(z_f / T))
+
+(the fused classifier teaches each sub-network; the sub-networks' ensemble teaches the fused
+classifier). Targets are constants for their learner (detached), so one backward pass of the sum
+gives every part the gradient of its own loss. The paper's setting is CE + KD at T = 3:
+``alpha: 0.5, temperature: 3`` (same directions, half the scale).
+
+Deviation: the paper fuses the sub-networks' last feature *maps* with a depthwise-separable
+convolution before its classifier; architectures here differ in what they produce, so the fusion
+module works on each sub-network's penultimate feature vector (the input of its final
+``nn.Linear``): concatenation -> Linear -> BatchNorm -> ReLU -> Linear classifier.
+
+The student is sub-network 1; the other sub-networks and the fused classifier (which needs all
+sub-networks at inference) are reported as rows of ``summary.json["peers"]``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import ce_loss, kd_loss
+from ..models.features import PenultimateFeatures
+from .peers import PeerOptions, build_keys, build_peers
+
+
+def ffl_kd_terms(sub_logits: torch.Tensor, fused_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KD of each sub-network from the fused classifier [n], KD of the fused classifier from the
+    sub-networks' ensemble []). sub_logits [n, B, C], fused_logits [B, C]; targets detached."""
+    t = temperature
+    fused_target = torch.softmax(fused_logits.detach() / t, dim=-1)  # [B, C]
+    kd_sub = torch.stack([kd_loss(z, fused_target, t) for z in sub_logits])  # [n]
+    ensemble_target = torch.softmax(sub_logits.detach().mean(0) / t, dim=-1)  # [B, C]
+    return kd_sub, kd_loss(fused_logits, ensemble_target, t)
+
+
+class FusionModule(nn.Module):
+    """Concatenated sub-network features [B, sum F_i] -> fused logits [B, C]."""
+
+    def __init__(self, widths: Sequence[int], hidden: int, num_classes: int):
+        super().__init__()
+        self.fuse = nn.Sequential(nn.Linear(sum(widths), hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.fuse(torch.cat(list(features), dim=1)))
+
+
+class FusedClassifier(nn.Module):
+    """Inference with the fused classifier: every sub-network, then the fusion module."""
+
+    def __init__(self, subnets: Sequence[nn.Module], fusion: FusionModule, features: Sequence[PenultimateFeatures]):
+        super().__init__()
+        self.subnets, self.fusion = nn.ModuleList(subnets), fusion
+        self.features = list(features)  # the recipe's hooks on the sub-networks' heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.subnets:
+            m(x)  # fills features[i].value: [B, F_i]
+        return self.fusion([f.value for f in self.features])
+
+
+class FflOptions(PeerOptions):
+    fusion_hidden: int = Field(64, gt=0, description="width of the fusion module's hidden layer")
+
+
+class FflRecipe(nn.Module):
+    description = ("FFL: sub-networks + a fusion module with its own classifier; fused -> sub-networks "
+                   "and sub-network ensemble -> fused distillation (no teacher)")
+    needs_teachers = False
+    uses_unlabeled = True  # KD terms also work on unlabeled samples (CE skips them)
+    Options = FflOptions
+
+    def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
+                 temperature: float = 3.0, alpha: float = 0.5, options: FflOptions | None = None,
+                 seed: int = 0, peers: Sequence[nn.Module] | None = None, num_classes: int | None = None, **build):
+        super().__init__()
+        self.options = o = options or FflOptions()
+        self.temperature, self.alpha = temperature, alpha
+        self.student = student  # sub-network 1
+        if peers is not None:
+            named = [(f"peer{i + 1}", m, None) for i, m in enumerate(peers)]
+        else:
+            named = build_peers(student, o, seed=seed, num_classes=num_classes, **build_keys(build))
+        self.peer_names = [n for n, _, _ in named]
+        if "fused" in self.peer_names:
+            raise ConfigError("recipe 'ffl': the peer name 'fused' is taken by the fused classifier; rename the peer")
+        self.peer_configs = [c for _, _, c in named]
+        self.peers = nn.ModuleList([m for _, m, _ in named])
+        self.features = [PenultimateFeatures(m) for m in self.subnets()]  # h_i: [B, F_i] after each forward
+        classes = num_classes or self.features[0].layer.out_features
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1009 + 7)
+            self.fusion = FusionModule([f.dim for f in self.features], o.fusion_hidden, classes)
+
+    def subnets(self) -> list[nn.Module]:
+        return [self.student, *self.peers]
+
+    def extra_models(self) -> list[dict]:
+        rows = [{"name": n, "role": "sub-network (ffl)", "module": m, "config": c}
+                for n, m, c in zip(self.peer_names, self.peers, self.peer_configs)]
+        fused = FusedClassifier(self.subnets(), self.fusion, self.features)
+        return rows + [{"name": "fused", "role": "fused classifier (ffl)", "module": fused, "config": None,
+                        "arch": "fusion"}]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        sub_logits = torch.stack([m(x) for m in self.subnets()])  # [n, B, C]
+        fused_logits = self.fusion([f.value for f in self.features])  # [B, C]
+        kd_sub, kd_fused = ffl_kd_terms(sub_logits, fused_logits, self.temperature)
+        ce_sub = torch.stack([ce_loss(z, y) for z in sub_logits])  # [n]
+        ce_fused = ce_loss(fused_logits, y)
+        a = self.alpha
+        loss = ((1 - a) * ce_sub + a * kd_sub).sum() + (1 - a) * ce_fused + a * kd_fused
+        losses = {"loss": loss, "ce": ce_sub[0], "kd": kd_sub[0], "ce/fused": ce_fused, "kd/fused": kd_fused}
+        for name, c, d in zip(self.peer_names, ce_sub[1:], kd_sub[1:]):
+            losses[f"ce/{name}"], losses[f"kd/{name}"] = c, d
+        return losses
+
+
+__all__ = ["FflOptions", "FflRecipe", "FusedClassifier", "FusionModule", "ffl_kd_terms"]

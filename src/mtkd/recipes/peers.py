@@ -1,0 +1,123 @@
+"""What the online recipes (mutual, okddip, ffl, afd, codistillation) share: how a config
+names the cohort, and how the peers are built.
+
+These recipes need no pre-trained teacher: the networks trained together teach each other.
+The config's ``student`` section is the peer reported as the student (``student.pt``,
+``summary.json["student"]``); the others are listed in the recipe option ``peers`` (keys of
+the ``distill`` section), one built-in model spec each, with an optional ``name``::
+
+    student: {arch: mlp, hidden: [100, 100]}
+    distill:
+      recipe: mutual
+      peers: [{name: cnn, arch: cnn1d, channels: 8}, {arch: mlp, hidden: [64]}]
+
+Without ``peers``, ``num_peers`` copies of the student's architecture join it, each with its
+own random initialization. Every peer is saved under ``peers/`` in the run directory and
+reported as a row of ``summary.json["peers"]``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
+    """(name or None, validated model config) of ``peers[i]``; a ConfigError names the key."""
+    from ..config import _model
+
+    where = f"distill.peers[{i}]"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a model spec such as {{arch: mlp, hidden: [32]}}, got {spec!r}")
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name is not None and (not isinstance(name, str) or not name or "/" in name or name == "student"):
+        raise ConfigError(f"{where}.name: a non-empty string without '/', not 'student' (got {name!r})")
+    return name, _model(spec, where)
+
+
+class PeerOptions(BaseModel):
+    """Options every online recipe takes: who is in the cohort besides the student."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    peers: list[dict] = Field(default_factory=list,
+                              description="the other peers: built-in model specs (arch, size keys, optional name)")
+    num_peers: int = Field(1, ge=1, description="copies of the student's arch when peers is empty")
+
+    @field_validator("peers")
+    @classmethod
+    def _valid_specs(cls, value: list[dict]) -> list[dict]:
+        names = []
+        for i, spec in enumerate(value):
+            name, _ = peer_config(spec, i)
+            names.append(name or f"peer{i + 1}")
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ConfigError(f"distill.peers: the name {dup!r} is used twice; peer names must be unique")
+        return value
+
+
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with its own random initialization (every layer that can reset does)."""
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return clone
+
+
+def build_peers(student: nn.Module, options: PeerOptions, *, input_shape=None, num_classes: int | None = None,
+                student_config: BaseModel | None = None, seed: int = 0,
+                count: int | None = None) -> list[tuple[str, nn.Module, BaseModel | None]]:
+    """The peers besides the student: ``[(name, module, model config or None)]``.
+
+    From ``options.peers`` when given (needs ``input_shape`` and ``num_classes``), else
+    ``count`` (default ``options.num_peers``) fresh copies of the student. Each peer is
+    initialized from its own seed, without touching the global random state.
+    """
+    from ..models import build_model
+
+    out = []
+    if options.peers:
+        if input_shape is None or num_classes is None:
+            raise ConfigError("distill.peers: building peers from specs needs the data's input shape and class "
+                              "count; pass them (input_shape=, num_classes=) when building the recipe directly")
+        for i, spec in enumerate(options.peers):
+            name, cfg = peer_config(spec, i)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1009 + 101 * (i + 1))
+                model = build_model(cfg, tuple(input_shape), num_classes)
+            out.append((name or f"peer{i + 1}", model, cfg))
+        return out
+    for i in range(options.num_peers if count is None else count):
+        peer_seed = seed * 1009 + 101 * (i + 1)
+        if student_config is not None and input_shape is not None and num_classes is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(peer_seed)
+                model = build_model(student_config, tuple(input_shape), num_classes)
+        else:
+            model = fresh_copy(student, peer_seed)
+        out.append((f"peer{i + 1}", model, student_config))
+    return out
+
+
+def build_keys(build: dict) -> dict:
+    """Of the keyword arguments the pipeline passes every recipe, those that build peers from specs."""
+    return {k: build[k] for k in ("input_shape", "num_classes", "student_config") if k in build}
+
+
+def rampup(step: int, length: int) -> float:
+    """Sigmoid-shaped ramp from ~0 to 1 over ``length`` steps, exp(-5 (1 - t)^2) (Laine and Aila,
+    ICLR 2017), as OKDDip uses for its distillation weight; 1 when ``length`` is 0."""
+    if length <= 0 or step >= length:
+        return 1.0
+    t = step / length
+    return math.exp(-5.0 * (1.0 - t) ** 2)
