@@ -364,3 +364,14 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     raw = load_yaml(path) if path is not None else {}
     return parse_config(apply_overrides(raw, overrides or []))
+
+
+def flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: {"distill.aggregator": "mean", "teachers.0.arch": "cnn1d", ...}."""
+    if isinstance(obj, (dict, list)):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        out: dict[str, Any] = {}
+        for k, v in items:
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}

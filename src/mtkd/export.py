@@ -9,7 +9,7 @@ student is refused, never written. Files are written atomically.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import io
 import json
 import statistics
@@ -22,14 +22,6 @@ import torch
 from torch import nn
 
 from .errors import MtkdError
-
-
-def _installed(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
 
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -49,7 +41,7 @@ def _onnx_session(data: bytes):
 
 
 def _to_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    if not _installed("onnx"):  # the exporter needs it
+    if importlib.util.find_spec("onnx") is None:  # the exporter needs it
         raise MtkdError(f"ONNX export needs the onnx package; {ONNX_HINT}")
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is not the default any more

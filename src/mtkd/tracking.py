@@ -14,20 +14,13 @@ Chosen with ``output.tracking`` (default ``[tensorboard]``; ``[]`` turns trackin
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import math
 import sys
 from pathlib import Path
 
+from .config import flatten_config
 from .errors import MtkdError
-
-
-def _installed(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
 
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -102,18 +95,8 @@ def _import_mlflow():
     return mlflow
 
 
-def _flat_params(obj, prefix: str = "") -> dict[str, str]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat_params(v, f"{prefix}{k}."))
-        return out
-    if isinstance(obj, list):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flat_params(v, f"{prefix}{i}."))
-        return out
-    return {prefix[:-1]: str(obj)[:500]}  # MLflow limits a parameter value's length
+def _flat_params(obj) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in flatten_config(obj).items()}  # MLflow limits a parameter value's length
 
 
 def _mlflow_client(uri: str | None):
@@ -197,7 +180,7 @@ def check_trackers(names: list[str], mlflow_uri: str | None = None) -> None:
     if "mlflow" in names:
         _mlflow_client(mlflow_uri)
     if "tensorboard" in names:
-        if not _installed("tensorboard"):
+        if importlib.util.find_spec("tensorboard") is None:
             raise MtkdError("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
                             "or set output.tracking: [] to turn tracking off")
 

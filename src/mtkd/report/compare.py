@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import flatten_config
 from ..errors import MtkdError
 from ..io import write_json, write_text
 from ..trainer import MetricsLog
@@ -53,19 +54,9 @@ def load_run(path: str | Path) -> RunRecord:
     return RunRecord(path, summary, config if isinstance(config, dict) else {}, MetricsLog(path / "metrics.jsonl").read())
 
 
-def _flat(obj, prefix: str = "") -> dict[str, str]:
-    """{"distill.aggregator": "mean", "teachers.0.arch": "cnn1d", ...} for labels."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    if isinstance(obj, list):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flat(v, f"{prefix}{i}."))
-        return out
-    return {prefix[:-1]: json.dumps(obj)}
+def _flat(obj) -> dict[str, str]:
+    """{"distill.aggregator": '"mean"', "teachers.0.arch": '"cnn1d"', ...} for labels."""
+    return {k: json.dumps(v) for k, v in flatten_config(obj).items()}
 
 
 def _seedless(config: dict) -> dict:
