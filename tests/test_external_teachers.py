@@ -257,6 +257,12 @@ def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):
     assert 0.3 < accs["lr04"] < 0.6  # right on (about) the half of the test set it covers
     assert summary["student"]["accuracy"] > 0.5
 
+    # export finds the file teachers again, so the ensemble it times is the run's whole pool
+    from mtkd.export import export_student
+
+    result = export_student(tmp_path / "run", "onnx")
+    assert result["ms_per_1000"]["teachers"] == 3 and "ensemble_missing" not in result["ms_per_1000"]
+
 
 # ---------------------------------------------------------------- Hugging Face
 

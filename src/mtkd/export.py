@@ -143,9 +143,12 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
             "checked_inputs": len(x), "tolerance": tolerance * scale}
 
 
-def _run_models(run_dir: Path, config: dict) -> tuple[nn.Module, list[nn.Module], list[str]]:
-    """The student and the teachers a finished run used (teachers/ in the run, or their checkpoints)."""
+def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.Module], list[str]]:
+    """The student and the teachers a finished run used (teachers/ in the run, their checkpoints,
+    or, for a teacher with a ``kind:``, its ONNX / scikit-learn / TorchScript / ... file)."""
+    from .config import parse_config
     from .models.files import load_model_file
+    from .teachers.kinds import load_external
 
     student, _ = load_model_file(run_dir / "student.pt")
     teachers, missing = [], []
@@ -153,7 +156,15 @@ def _run_models(run_dir: Path, config: dict) -> tuple[nn.Module, list[nn.Module]
     if (run_dir / "summary.json").is_file():  # only the teachers the run used (none for recipe scratch)
         used = {t.get("name") for t in json.loads((run_dir / "summary.json").read_text()).get("teachers", [])}
         entries = [t for t in entries if t.get("name") in used]
+    specs = {spec.name: spec for spec in parse_config(config).teachers}
     for t in entries:
+        spec = specs.get(t.get("name"))
+        if spec is not None and spec.external is not None:
+            try:  # a pickled scikit-learn teacher loads only if the run's config opted in
+                teachers.append(load_external(spec, data).eval())
+            except MtkdError:
+                missing.append(str(t.get("name")))
+            continue
         candidates = [run_dir / "teachers" / f"{t.get('name')}.pt"]
         if t.get("checkpoint"):
             candidates.append(Path(t["checkpoint"]))
@@ -168,7 +179,7 @@ def _run_models(run_dir: Path, config: dict) -> tuple[nn.Module, list[nn.Module]
     return student.eval(), teachers, missing
 
 
-def _test_inputs(config: dict) -> torch.Tensor:
+def _run_data(config: dict):
     from .config import _validate
     from .data import DATASETS, load_data
 
@@ -179,7 +190,7 @@ def _test_inputs(config: dict) -> torch.Tensor:
                         "with your own inputs")
     if name == "mnist1d":
         raw["unlabeled"] = 0  # the pool comes from another generator seed; the test split is the same without it
-    return load_data(_validate(DATASETS[name].config, raw, "data", f"data set '{name}'")).test.x
+    return load_data(_validate(DATASETS[name].config, raw, "data", f"data set '{name}'"))
 
 
 def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
@@ -202,8 +213,9 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
         raise MtkdError(f"{run_dir} is not a finished mtkd run directory (no student.pt or config.yaml); "
                         "give a directory written by `mtkd run` or `mtkd demo`")
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    student, teachers, missing = _run_models(run_dir, config)
-    x = _test_inputs(config)
+    data = _run_data(config)
+    student, teachers, missing = _run_models(run_dir, config, data)
+    x = data.test.x
     out = Path(out) if out else run_dir
     if out.is_dir():
         out = out / f"student{FORMATS[fmt]}"
@@ -238,7 +250,7 @@ def format_result(result: dict) -> str:
             line += (f", ensemble of {t['teachers']} teachers {t['ensemble']:.3f} "
                      f"({t['ensemble'] / max(t['exported'], 1e-9):.0f} times the exported student's)")
         elif t.get("ensemble_missing"):
-            line += f"; ensemble not timed (teacher files not found: {', '.join(t['ensemble_missing'])})"
+            line += f"; ensemble not timed (teachers not loadable: {', '.join(t['ensemble_missing'])})"
         lines.append(line)
     lines.append(f"details: {result['path']}.json")
     return "\n".join(lines)
