@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import MtkdError
-from .base import DataSplits, IndexedTensorDataset, split_off
+from .base import DataSplits
+from .tables import make_splits
 
 
 class CsvConfig(BaseModel):
@@ -47,16 +47,5 @@ def load(cfg: CsvConfig) -> DataSplits:
     feats_te, x_te, lab_te = _read(cfg.test, cfg.label)
     if feats_tr != feats_te:
         raise MtkdError(f"data: train and test CSV columns differ: {feats_tr} vs {feats_te}")
-    # integer labels keep their value; anything else is mapped in sorted order
-    names = sorted(set(lab_tr), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
-    lookup = {name: i for i, name in enumerate(names)}
-    unknown = sorted(set(lab_te) - set(lookup))
-    if unknown:
-        raise MtkdError(f"data: test labels {unknown[:5]} never occur in the training CSV")
-    y_tr = torch.tensor([lookup[v] for v in lab_tr])
-    y_te = torch.tensor([lookup[v] for v in lab_te])
-    train = IndexedTensorDataset(torch.from_numpy(x_tr), y_tr)
-    test = IndexedTensorDataset(torch.from_numpy(x_te), y_te)
-    train, val = split_off(train, cfg.val_fraction, cfg.seed)
-    return DataSplits("csv", train, test, val, None, num_classes=len(names), input_shape=(x_tr.shape[1],),
-                      class_names=names)
+    # integer labels keep their value; anything else is mapped in sorted order (tables.label_names)
+    return make_splits("csv", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed)

@@ -23,7 +23,11 @@ def label_names(values: Sequence[str]) -> list[str]:
 def make_splits(name: str, x_tr: np.ndarray, lab_tr: list[str], x_te: np.ndarray, lab_te: list[str],
                 val_fraction: float, seed: int, names: list[str] | None = None) -> DataSplits:
     """Arrays [N, ...] and label strings -> splits; ``names`` fixes the class order (else sorted)."""
-    names = names or label_names(lab_tr)
+    if not names:  # the classes are the training labels: only test labels can be unknown
+        names = label_names(lab_tr)
+        unknown = sorted(set(lab_te) - set(names))
+        if unknown:
+            raise MtkdError(f"data: test labels {unknown[:5]} never occur in the training rows")
     lookup = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(lab_te) - set(lookup)) + sorted(set(lab_tr) - set(lookup))
     if unknown:
