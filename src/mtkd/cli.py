@@ -20,6 +20,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"mtkd: error: {message} (see mtkd {self.prog.split()[-1]} --help)\n")
 
 
+def _config_arguments(parser: argparse.ArgumentParser, help: str = "YAML config file") -> None:
+    """The config file and its --set overrides, as every command that reads a config takes them."""
+    parser.add_argument("config", type=Path, help=help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value, e.g. --set distill.steps=1000 (repeatable)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mtkd", description="Multi-teacher knowledge distillation: many models into one.")
     parser.add_argument("--version", action="version", version=f"mtkd {__import__('mtkd').__version__}")
@@ -33,10 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     run = sub.add_parser("run", help="run the pipeline a YAML config describes")
-    run.add_argument("config", type=Path, help="YAML config file")
+    _config_arguments(run)
     run.add_argument("--out", type=Path, help="run directory (default: the config's output.dir)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                     help="override a config value, e.g. --set distill.steps=1000 (repeatable)")
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
     run.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -44,22 +49,18 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="let scikit-learn teachers load pickled estimators (runs code from those files)")
 
     select = sub.add_parser("select", help="choose the subset of a config's teachers that best serves distillation")
-    select.add_argument("config", type=Path, help="YAML config whose teachers are trained (checkpoint or kind)")
+    _config_arguments(select, "YAML config whose teachers are trained (checkpoint or kind)")
     select.add_argument("--out", type=Path, help="config file to write (default: CONFIG-selected.yaml)")
     select.add_argument("--max", dest="max_teachers", type=int, help="keep at most N teachers")
     select.add_argument("--diversity", type=float, default=0.1,
                         help="weight of the disagreement term in the score (default 0.1)")
     select.add_argument("--accuracy-floor", type=float, default=0.8,
                         help="a teacher alone must reach this fraction of the ensemble's accuracy (default 0.8)")
-    select.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a config value (repeatable)")
     select.add_argument("--allow-pickle", action="store_true", help="let scikit-learn teachers load pickles")
 
     cache = sub.add_parser("cache", help="compute every teacher's outputs once and store them (teacher cache)")
-    cache.add_argument("config", type=Path, help="YAML config file")
+    _config_arguments(cache)
     cache.add_argument("--out", type=Path, help="run directory (default: the config's output.dir)")
-    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                       help="override a config value (repeatable)")
     cache.add_argument("--force", action="store_true", help="use the run directory even if its config changed")
     cache.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
