@@ -115,6 +115,11 @@ def test_continual_runs_end_to_end_and_reports_every_task_after_each_task(tmp_pa
     assert [len(r) for r in c["accuracy_after_task"]] == [1, 2]  # task 0 after task 0; both after task 1
     assert all(0 <= v <= 1 for r in c["task_aware_accuracy_after_task"] for v in r)
     assert [t["name"] for t in summary["teachers"]] == (["cnn-task0", "cnn-task1"] if distillation else [])
+    # calibration and agreement name the same teachers as the table (per-task teachers, not the configured one)
+    teachers = [t["name"] for t in summary["teachers"]]
+    if distillation:
+        assert summary["agreement"]["models"][:len(teachers)] == teachers
+    assert [m["name"] for m in summary["calibration"]["models"]][:len(teachers)] == teachers
     assert summary["student"]["accuracy"] >= 0 and summary["timing"]["steps"] == 20  # the contract stays
     assert "after each task" in (out / "report.md").read_text()
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .aggregation.coverage import class_masks, coverage_mix
+from .aggregation.coverage import class_masks, ensemble_mean
 from .data import IndexedTensorDataset
 from .models import count_params
 from .trainer import predict_logits
@@ -18,10 +18,7 @@ def ensemble_probs(models: Sequence[nn.Module], x: torch.Tensor, device="cpu") -
     """Mean of the models' softmax probabilities (T = 1): [N, C]; with teachers that cover only
     some classes, each class is the mean over the teachers that cover it (see ``coverage_mix``)."""
     probs = torch.stack([torch.softmax(predict_logits(m, x, device), dim=-1) for m in models])  # [K, N, C]
-    masks = class_masks(models, probs.shape[-1])
-    if masks is None:
-        return probs.mean(0)
-    return coverage_mix(probs, torch.full((probs.shape[1], len(models)), 1.0 / len(models)), masks)
+    return ensemble_mean(probs, range(len(models)), class_masks(models, probs.shape[-1]))
 
 
 @torch.no_grad()

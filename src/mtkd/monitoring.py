@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .aggregation.coverage import class_masks, ensemble_mean
 from .data import IndexedTensorDataset
 from .trainer import predict_logits
 
@@ -41,8 +42,10 @@ class TeacherMonitor:
         logits = [predict_logits(t.model, self.x, device) for t in teachers]  # K x [N, C]
         self.names = [t.name for t in teachers]
         self.teacher_pred = [lg.argmax(-1) for lg in logits]  # K x [N]
-        self.ensemble_pred = torch.stack([lg.softmax(-1) for lg in logits]).mean(0).argmax(-1)  # [N]
         self.classes = logits[0].shape[-1]
+        probs = torch.stack([lg.softmax(-1) for lg in logits])  # [K, N, C]
+        # the same ensemble as the evaluation's (a partial teacher votes only on its classes)
+        self.ensemble_pred = ensemble_mean(probs, range(len(logits)), class_masks(teachers, self.classes)).argmax(-1)
 
     def __call__(self) -> dict[str, float]:
         pred = predict_logits(self.student, self.x, self.device).argmax(-1)  # [N]

@@ -23,7 +23,8 @@ from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
-from .evaluation import describe, ensemble_probs, predict_probs
+from .aggregation.coverage import class_masks, ensemble_mean
+from .evaluation import describe, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
@@ -32,7 +33,7 @@ from .seeding import seed_everything
 from .teachers import FrozenTeacher
 from .teachers.kinds import load_external
 from .tracking import check_trackers, make_trackers
-from .trainer import MetricsLog, Trainer
+from .trainer import MetricsLog, Trainer, predict_logits
 
 
 @dataclass
@@ -406,12 +407,16 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
         arch_of = {a["name"]: a["arch"] for a in assistants}
         student_teachers = [TrainedTeacher(n, arch_of[n], m) for n, m in zip(names, models)]
     student = run.student(d.recipe, student_teachers, extra)
+    if not run.main:  # torchrun: rank 0 evaluates and writes; the others are done
+        return {}
 
     device, test = prep.device, prep.data.test
-    # test-split probabilities, computed once: accuracy, ECE, reliability bins and agreement use them
-    probs_t = [predict_probs([m], test, device) for m in teachers]
-    # the ensemble's own rule (mean of probabilities; other branches may refine it), not re-derived here
-    probs_e = ensemble_probs(teachers, test.x, device) if len(teachers) > 1 else None
+    # test-split probabilities, computed once (each teacher runs once): accuracy, ECE, reliability
+    # bins and agreement use them; the ensemble is the evaluation's rule (ensemble_mean) over them
+    raw = [torch.softmax(predict_logits(m, test.x, device), dim=-1) for m in teachers]  # K x [N, C]
+    masks = class_masks(teachers, prep.num_classes)
+    probs_t = [ensemble_mean(torch.stack(raw), [k], masks) for k in range(len(teachers))]
+    probs_e = ensemble_mean(torch.stack(raw), range(len(teachers)), masks) if len(teachers) > 1 else None
     probs_s = predict_probs([student], test, device)
     probs_b = predict_probs([scratch], test, device) if scratch else None
     results = {
@@ -427,9 +432,10 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
         results["peers"] = json.loads((out / "peers.json").read_text())
     if len(teachers) == 1:
         results["ensemble"] = {k: v for k, v in results["teachers"][0].items() if k not in ("name", "arch")}
-    named = [(p.spec.name, pr) for p, pr in zip(prep.teachers, probs_t)] + [("ensemble", probs_e)] \
+    # the teachers the student learned from, named as in the table (a recipe's own teachers too)
+    scored = [(t.name, pr) for t, pr in zip(named, probs_t)] + [("ensemble", probs_e)] \
         + [("student (scratch)", probs_b), ("student", probs_s)]
-    results.update(calibration_and_agreement([(n, pr) for n, pr in named if pr is not None], test.y))
+    results.update(calibration_and_agreement([(n, pr) for n, pr in scored if pr is not None], test.y))
     records = run.metrics.read()
     faults = teacher_faults(records)
     for name, count in faults.items():

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from .aggregation.coverage import coverage_mix
+from .aggregation.coverage import ensemble_mean
 
 
 @dataclass
@@ -43,15 +43,6 @@ class Decision:
     name: str
     kept: bool
     reason: str
-
-
-def ensemble_mean(probs: torch.Tensor, members: Sequence[int], masks: torch.Tensor | None = None) -> torch.Tensor:
-    """probs [K, N, C] (T = 1) -> [N, C], the members' mean (per class over covering teachers)."""
-    sub = probs[list(members)]  # [M, N, C]
-    if masks is None:
-        return sub.mean(0)
-    weights = torch.full((sub.shape[1], len(members)), 1.0 / len(members), dtype=sub.dtype)
-    return coverage_mix(sub, weights, masks[list(members)])
 
 
 def ensemble_accuracy(probs: torch.Tensor, labels: torch.Tensor, members: Sequence[int],

@@ -45,3 +45,12 @@ def coverage_mix(probs: torch.Tensor, weights: torch.Tensor, masks: torch.Tensor
     den = weights @ m  # [B, C]: weight of the teachers that cover each class
     q = torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
     return q / q.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def ensemble_mean(probs: torch.Tensor, members: Sequence[int], masks: torch.Tensor | None = None) -> torch.Tensor:
+    """probs [K, N, C] (T = 1) -> [N, C], the members' mean (per class over covering teachers)."""
+    sub = probs[list(members)]  # [M, N, C]
+    if masks is None:
+        return sub.mean(0)
+    weights = torch.full((sub.shape[1], len(members)), 1.0 / len(members), dtype=sub.dtype)
+    return coverage_mix(sub, weights, masks[list(members)])
