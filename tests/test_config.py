@@ -100,3 +100,25 @@ def test_not_yaml_is_a_clear_error(tmp_path):
         load_config(binary)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_no_component_option_is_shadowed_by_a_distill_key():
+    """parse_distill gives a key to the first schema that declares it (distill, then recipe, then
+    aggregator): an option sharing a name with a distill key (or a recipe's) could never be set."""
+    from mtkd.aggregation import AGGREGATORS
+    from mtkd.config import DistillConfig
+    from mtkd.recipes import RECIPES
+
+    base = set(DistillConfig.model_fields)
+    for name, cls in {**RECIPES, **AGGREGATORS}.items():
+        assert not base & set(cls.Options.model_fields), (name, base & set(cls.Options.model_fields))
+    for recipe in RECIPES.values():
+        for aggregator in AGGREGATORS.values():
+            assert not set(recipe.Options.model_fields) & set(aggregator.Options.model_fields), (recipe, aggregator)
+
+
+def test_progressive_temperature_schedule_is_settable_from_a_config():
+    from mtkd.config import parse_distill
+
+    base, _, recipe_options = parse_distill({"recipe": "progressive", "temperature_schedule": "constant"})
+    assert recipe_options.temperature_schedule == "constant" and base.schedule == "cosine"

@@ -10,7 +10,7 @@ for the first checkpoint down to ``final_temperature`` (1 by default) for the la
 the full text of the paper was not at hand when this was written; the schedule follows the
 authors' Annealing-KD (Jafari, Rezagholizadeh, Sharma and Ghodsi, EACL 2021), on which Pro-KD
 builds, where the temperature steps down from a maximum to 1 (here linearly, once per
-checkpoint); ``schedule: constant`` keeps ``distill.temperature`` throughout:
+checkpoint); ``temperature_schedule: constant`` keeps ``distill.temperature`` throughout:
 
     phase p = 0 .. P-1 (P = the number of checkpoints; equal shares of distill.steps)
     T_p     = T_max + (T_final - T_max) * p / (P - 1)
@@ -51,10 +51,11 @@ class ProgressiveOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     checkpoints: int = Field(10, ge=1, description="checkpoints kept while the pipeline trains each teacher "
                                                    "(teachers[i].train.save_every overrides)")
-    schedule: Literal["anneal", "constant"] = Field(
+    # not "schedule": distill.schedule is the learning-rate schedule, which would take the key
+    temperature_schedule: Literal["anneal", "constant"] = Field(
         "anneal", description="anneal: temperature from distill.temperature down to final_temperature; constant: "
                               "distill.temperature throughout")
-    final_temperature: float = Field(1.0, gt=0, description="temperature at the last checkpoint (schedule: anneal)")
+    final_temperature: float = Field(1.0, gt=0, description="temperature at the last checkpoint (temperature_schedule: anneal)")
 
 
 def phase_of(step: int, total_steps: int, phases: int) -> int:
@@ -160,7 +161,7 @@ class ProgressiveRecipe(nn.Module):
         phase = phase_of(int(self.steps_done), self.total_steps, self.phases)
         teachers = [s[checkpoint_index(phase, self.phases, len(s))] for s in self.stages]
         t = self.max_temperature
-        if self.options.schedule == "anneal":
+        if self.options.temperature_schedule == "anneal":
             t = annealed_temperature(phase, self.phases, self.max_temperature, self.options.final_temperature)
         return phase, teachers, t
 
