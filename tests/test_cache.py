@@ -210,3 +210,8 @@ def test_cache_always_refuses_a_recipe_that_cannot_use_it(tiny_raw_config, tmp_p
     assert code == 2 and "distill.cache" in stderr and not (tmp_path / "run").exists()
     code, _, stderr = _cli(capsys, "cache", str(path), "--no-progress")
     assert code == 2 and "nothing to cache" in stderr
+    # features reads the teachers' hidden layers through hooks, which cached logits never fire
+    raw["distill"]["recipe"] = "features"
+    path.write_text(yaml.safe_dump(raw))
+    code, _, stderr = _cli(capsys, "run", str(path), "--no-progress")
+    assert code == 2 and "distill.cache" in stderr and not (tmp_path / "run").exists()

@@ -75,6 +75,7 @@ def teacher_layers(hint: HintSpec, teachers: Sequence[FrozenTeacher], level: int
 class FeaturesRecipe(OfflineRecipe):
     description = "KD + FitNet hints from named layers of several teachers, learned projectors (Romero et al. 2015)"
     Options = FeaturesOptions
+    cacheable = False  # hints come from the teachers' hidden layers (hooks), which cached logits never run
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
                  temperature: float = 4.0, alpha: float = 0.9, options: FeaturesOptions | None = None,
