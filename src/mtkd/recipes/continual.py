@@ -196,6 +196,7 @@ class ContinualRecipe(nn.Module):
         if t > 0 and self.options.distillation and self.options.lwf_weight > 0:
             old = torch.tensor([c for task in self.tasks[:t] for c in task], device=y.device)  # [C_old]
             with torch.no_grad():
+                self.previous.eval()  # a frozen copy: recipe.train() must not turn its dropout / norm stats on
                 previous = self.previous(x)[:, old]
             lwf = lwf_loss(logits[:, old], previous, self.options.lwf_temperature)
             loss = loss + self.options.lwf_weight * lwf
