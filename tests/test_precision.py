@@ -35,3 +35,25 @@ def test_trainer_with_bf16_autocast_learns(tmp_path):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     last = ScratchRecipe(model).step(data.train.x[:64], data.train.y[:64], None)["loss"].item()
     assert last < first  # parameters stay float32; the autocast steps still reduce the loss
+
+
+def test_python_api_passes_distill_amp_to_the_trainer(monkeypatch):
+    """mtkd.distill(..., amp="bf16") autocasts its steps (it used to be validated, then dropped)."""
+    import mtkd
+    import mtkd.trainer as trainer_mod
+
+    seen = []
+    real = trainer_mod.autocast
+
+    def spy(device, amp):
+        seen.append(amp)
+        return real(device, amp)
+
+    monkeypatch.setattr(trainer_mod, "autocast", spy)
+    data = load_dataset("mnist1d", num_samples=300, seed=0)
+    torch.manual_seed(0)
+    shape = data.input_shape
+    student = build_model(config_mod._model({"arch": "mlp", "hidden": [16]}, "s"), shape, 10)
+    teacher = build_model(config_mod._model({"arch": "mlp", "hidden": [16]}, "t"), shape, 10)
+    mtkd.distill(student, [teacher], BatchLoader(data.train, 32), steps=3, amp="bf16", progress=False)
+    assert seen == ["bf16"] * 3

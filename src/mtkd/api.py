@@ -111,7 +111,7 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         monitor = TeacherMonitor(student, frozen, val, device)
     Trainer(rec, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress,
-            monitor=monitor, monitor_every=cfg.monitor_every, snapshot_dir=snapshot_dir).fit()
+            monitor=monitor, snapshot_dir=snapshot_dir).fit()
     return student
 
 

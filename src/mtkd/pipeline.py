@@ -236,13 +236,11 @@ class Run:
         if self._per_rank(recipe):  # each process resumes its own copy from its own checkpoint
             ckpt = ckpt.replace(".pt", f".rank{distributed.rank()}.pt")
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
-                          amp=getattr(settings, "amp", "off"),  # the distill section's; teachers train in fp32
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best and self.main else None, metrics=self.metrics,
                           device=self.prep.device, progress=self.progress,
                           fingerprint=fingerprint(_comparable(self.cfg.to_dict()), stage), force=self.force,
-                          snapshot_dir=snapshot_dir, monitor=monitor,
-                          monitor_every=getattr(settings, "monitor_every", 0))
+                          snapshot_dir=snapshot_dir, monitor=monitor)
         trainer.fit()
         self._record(stage, trainer, settings.batch_size)
         return trainer

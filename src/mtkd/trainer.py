@@ -202,8 +202,8 @@ class Trainer:
                  val_data: IndexedTensorDataset | None = None, checkpoint: str | Path | None = None,
                  best_path: str | Path | None = None, metrics: MetricsLog | None = None,
                  device: torch.device | str = "cpu", progress: bool = True, fingerprint: str = "",
-                 force: bool = False, amp: str = "off", snapshot_dir: str | Path | None = None,
-                 monitor: Callable[[], dict] | None = None, monitor_every: int = 0):
+                 force: bool = False, amp: str | None = None, snapshot_dir: str | Path | None = None,
+                 monitor: Callable[[], dict] | None = None, monitor_every: int | None = None):
         self.recipe, self.loader, self.cfg, self.stage = recipe, loader, cfg, stage
         self.val_data = val_data
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -213,14 +213,17 @@ class Trainer:
         self.progress = progress
         self.fingerprint = fingerprint
         self.force = force  # resume a checkpoint written under another config or code version
-        self.amp = amp  # "off", "bf16" or "fp16": autocast around each step (see mtkd.precision)
-        self.scaler = grad_scaler(self.device, amp)
+        # "off", "bf16" or "fp16": autocast around each step (see mtkd.precision); by default the
+        # config's own (distill.amp; a teacher's train section has none and trains in fp32)
+        self.amp = amp if amp is not None else getattr(cfg, "amp", "off")
+        self.scaler = grad_scaler(self.device, self.amp)
         # cfg.save_every > 0: the student's weights every N steps go to snapshot_dir/step-NNNNNN.pt
         # (the training trajectory that recipe progressive follows)
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         # monitor() -> {name: value}: a look at the student (e.g. agreement with the teachers on the
         # validation split, see mtkd.monitoring), logged every monitor_every steps
-        self.monitor, self.monitor_every = monitor, monitor_every
+        self.monitor = monitor
+        self.monitor_every = monitor_every if monitor_every is not None else getattr(cfg, "monitor_every", 0)
         from . import distributed
 
         # one copy per torchrun process, each with its own checkpoint (codistillation)
