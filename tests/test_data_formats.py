@@ -81,3 +81,8 @@ def test_hf_dataset_saved_to_disk(tmp_path):
     assert d.input_shape == (1, 2, 2) and torch.equal(d.train.x[1].flatten(), torch.tensor([4.0, 5, 6, 7]))
     with pytest.raises(MtkdError, match="splits found.*test.*train"):
         load_dataset("hf_disk", path=str(tmp_path / "ds"), test_split="validation")
+    # a split whose rows are unlabeled (ClassLabel -1, as in GLUE test splits) is refused, not read as 'bird'
+    unlabeled = datasets.Dataset.from_dict({"pixels": [[1, 1, 1, 1]], "label": [-1]}, features=features)
+    datasets.DatasetDict({"train": train, "test": unlabeled}).save_to_disk(str(tmp_path / "ds2"))
+    with pytest.raises(MtkdError, match=r"labels \[-1\] outside its ClassLabel 0..2"):
+        load_dataset("hf_disk", path=str(tmp_path / "ds2"), val_fraction=0)

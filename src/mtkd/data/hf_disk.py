@@ -73,6 +73,13 @@ def _read_split(cfg: HfDiskConfig, split: str):
     label_info = info.get("features", {}).get(cfg.label, {})
     names = label_info.get("names") if label_info.get("_type") == "ClassLabel" else None
     raw = table.column(cfg.label).to_pylist()
+    if names:
+        # ClassLabel -1 means "no label" (e.g. GLUE test splits); names[-1] would silently be the last class
+        bad = sorted({v for v in raw if not (isinstance(v, int) and 0 <= v < len(names))}, key=str)
+        if bad:
+            raise MtkdError(f"data: split {split!r} of {cfg.path} has labels {bad[:5]} outside its ClassLabel "
+                            f"0..{len(names) - 1} (-1 marks an unlabeled row); use a labeled split for "
+                            "data.train_split / data.test_split")
     labels = [names[v] for v in raw] if names else [str(v) for v in raw]
     return x, labels, names
 
