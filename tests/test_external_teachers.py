@@ -262,6 +262,8 @@ def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):
 
     result = export_student(tmp_path / "run", "onnx")
     assert result["ms_per_1000"]["teachers"] == 3 and "ensemble_missing" not in result["ms_per_1000"]
+    (tmp_path / "lin.onnx").rename(tmp_path / "moved.onnx")  # a teacher file gone: export still works
+    assert export_student(tmp_path / "run", "onnx")["ms_per_1000"]["ensemble_missing"] == ["onnx"]
 
 
 # ---------------------------------------------------------------- Hugging Face

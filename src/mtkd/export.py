@@ -156,11 +156,10 @@ def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.M
     if (run_dir / "summary.json").is_file():  # only the teachers the run used (none for recipe scratch)
         used = {t.get("name") for t in json.loads((run_dir / "summary.json").read_text()).get("teachers", [])}
         entries = [t for t in entries if t.get("name") in used]
-    specs = {spec.name: spec for spec in parse_config(config).teachers}
     for t in entries:
-        spec = specs.get(t.get("name"))
-        if spec is not None and spec.external is not None:
-            try:  # a pickled scikit-learn teacher loads only if the run's config opted in
+        if t.get("kind"):  # a teacher read from a file (ONNX, scikit-learn, ...), as the run loaded it
+            try:  # its file may have moved since; a pickle loads only if the run's config opted in
+                spec = parse_config({**config, "teachers": [t]}).teachers[0]
                 teachers.append(load_external(spec, data).eval())
             except MtkdError:
                 missing.append(str(t.get("name")))
