@@ -53,6 +53,13 @@ def write_yaml(path: str | Path, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+def update_sha256(h, path: str | Path, chunk: int = 1 << 22) -> None:
+    """Feed a file's bytes to the hashlib object ``h``, a chunk at a time (files may be GBs)."""
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+
+
 def save_torch(path: str | Path, obj: Any, every_rank: bool = False) -> None:
     _atomic(path, lambda h: torch.save(obj, h), "wb", every_rank)
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import MtkdError
+from ..io import update_sha256
 
 FORMAT = "mtkd.cache/1"
 
@@ -75,11 +76,9 @@ def entry_key(data_fp: str, teacher_fp: str, preprocessing: str, storage: dict) 
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            h.update(block)
+    update_sha256(h, path)
     return h.hexdigest()
 
 

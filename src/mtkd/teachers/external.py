@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import MtkdError
+from ..io import update_sha256
 
 # Logit of a class the teacher does not cover. Finite (so outputs pass the finite check) and
 # low enough that exp(MISSING_LOGIT / T) underflows to exactly 0 in float32 for T <= 100.
@@ -76,6 +77,11 @@ class ExternalTeacher(nn.Module):
         # column of the teacher's output for each data-set class (0 where it has none; masked below)
         self.register_buffer("source", torch.tensor([position.get(c, 0) for c in self.data_classes]), persistent=False)
         self.register_buffer("class_mask", torch.tensor([c in position for c in self.data_classes]), persistent=False)
+        # the teacher's columns for classes the data set does not have (fixed: computed once, not per batch)
+        dropped = torch.ones(len(self.teacher_classes), dtype=torch.bool)
+        dropped[torch.unique(self.source[self.class_mask])] = False
+        self.register_buffer("dropped", dropped, persistent=False)
+        self.drops_columns = bool(dropped.any())
 
     source_digest: str | None = None  # sha256 of the file (or directory) it was read from: set_source
 
@@ -86,9 +92,7 @@ class ExternalTeacher(nn.Module):
         for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
             if file.is_file():
                 h.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
-                with open(file, "rb") as handle:
-                    while block := handle.read(1 << 22):
-                        h.update(block)
+                update_sha256(h, file)
         self.source_digest = h.hexdigest()
 
     def content_fingerprint(self) -> str:
@@ -114,12 +118,9 @@ class ExternalTeacher(nn.Module):
                             f"{len(self.teacher_classes)}] for its classes {self.teacher_classes[:10]}")
         # the teacher's distribution over the classes the data set knows: log-softmax over the kept
         # columns renormalises away classes the data set does not have (a shift, same softmax)
-        kept = torch.unique(self.source[self.class_mask])
         raw = raw.float().to(self.source.device)
-        if len(kept) < raw.shape[1]:
-            dropped = torch.ones(raw.shape[1], dtype=torch.bool, device=raw.device)
-            dropped[kept] = False
-            raw = raw.masked_fill(dropped, float("-inf")).log_softmax(1).clamp_min(MISSING_LOGIT)
+        if self.drops_columns:
+            raw = raw.masked_fill(self.dropped, float("-inf")).log_softmax(1).clamp_min(MISSING_LOGIT)
         out = raw[:, self.source]  # [B, C] in the data set's order
         return out.masked_fill(~self.class_mask, MISSING_LOGIT).to(x.device)
 
