@@ -218,12 +218,6 @@ class Run:
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
-    @staticmethod
-    def _per_rank(recipe: nn.Module) -> bool:
-        """Under torchrun, a recipe that trains one independent copy per process (codistillation)
-        keeps a checkpoint per rank; data-parallel training shares rank 0's."""
-        return distributed.world_size() > 1 and getattr(recipe, "shards_data", False)
-
     def _record(self, stage: str, trainer: Trainer, batch_size: int) -> None:
         self.stages[stage] = {"seconds": round(trainer.elapsed, 3), "steps": trainer.step,
                               "examples_per_second": round(trainer.step * batch_size / max(trainer.elapsed, 1e-9), 1)}
@@ -233,8 +227,6 @@ class Run:
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
                snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None):
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
-        if self._per_rank(recipe):  # each process resumes its own copy from its own checkpoint
-            ckpt = ckpt.replace(".pt", f".rank{distributed.rank()}.pt")
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best and self.main else None, metrics=self.metrics,
@@ -322,19 +314,18 @@ class Run:
             from .monitoring import TeacherMonitor
 
             monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)
-        self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
-                    f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
-                    snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
+        trainer = self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
+                              f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
+                              snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
         if hasattr(recipe, "finish"):  # e.g. codistillation's last exchange of copies (every process)
             recipe.finish()
-        if hasattr(recipe, "results"):  # e.g. continual: accuracy on every task after each task
+        if hasattr(recipe, "results") and self.main:  # e.g. continual: accuracy on every task after each task
             write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
         if hasattr(recipe, "extra_models") and self.main:  # online recipes: peers, leader, fused model
             self._save_extra_models(recipe.extra_models())
         save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)  # rank 0 writes
         distributed.barrier()
-        ckpt = f"{stem}.rank{distributed.rank()}.pt" if self._per_rank(recipe) else f"{stem}.pt"
-        (self.out / "checkpoints" / ckpt).unlink(missing_ok=True)
+        trainer.checkpoint.unlink(missing_ok=True)  # this process's own (student.rank1.pt, codistillation)
         return student
 
     def _save_extra_models(self, extra: list[dict]) -> None:

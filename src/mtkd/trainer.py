@@ -228,6 +228,9 @@ class Trainer:
 
         # one copy per torchrun process, each with its own checkpoint (codistillation)
         self.independent = distributed.world_size() > 1 and getattr(recipe, "shards_data", False)
+        if self.independent and self.checkpoint is not None:  # student.pt -> student.rank1.pt
+            self.checkpoint = self.checkpoint.with_name(
+                f"{self.checkpoint.stem}.rank{distributed.rank()}{self.checkpoint.suffix}")
         self.optimizer = make_optimizer(recipe.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
