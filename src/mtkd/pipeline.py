@@ -250,11 +250,11 @@ class Run:
         seed = self.cfg.seed + 1 + i
         seed_everything(seed)
         model = build_model(plan.arch, self.data.input_shape, plan.num_classes)
-        self._train(f"teacher/{spec.name}", ScratchRecipe(model), self.data.train if dataset is None else dataset,
-                    spec.train, seed, f"teacher-{spec.name}.pt", None,
-                    snapshot_dir=self.out / "teachers" / spec.name if spec.train.save_every else None)
-        save_model_file(path, model, plan.arch, self.data.input_shape, plan.num_classes)
-        (self.out / "checkpoints" / f"teacher-{spec.name}.pt").unlink(missing_ok=True)
+        trainer = self._train(f"teacher/{spec.name}", ScratchRecipe(model),
+                              self.data.train if dataset is None else dataset, spec.train, seed,
+                              f"teacher-{spec.name}.pt", None,
+                              snapshot_dir=self.out / "teachers" / spec.name if spec.train.save_every else None)
+        self.save_stage(trainer, path, model, plan.arch, plan.num_classes)
         return model
 
     def teachers(self) -> tuple[list[TrainedTeacher], dict]:
@@ -323,10 +323,16 @@ class Run:
             write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
         if hasattr(recipe, "extra_models") and self.main:  # online recipes: peers, leader, fused model
             self._save_extra_models(recipe.extra_models())
-        save_model_file(path, student, cfg.student, self.data.input_shape, self.prep.num_classes)  # rank 0 writes
-        distributed.barrier()
-        trainer.checkpoint.unlink(missing_ok=True)  # this process's own (student.rank1.pt, codistillation)
+        self.save_stage(trainer, path, student, cfg.student, self.prep.num_classes)
         return student
+
+    def save_stage(self, trainer: Trainer, path: Path, model: nn.Module, arch, num_classes: int) -> None:
+        """A finished stage: its model file (rank 0 writes it), then every process drops its stage
+        checkpoint (its own: student.rank1.pt under codistillation) once the file exists, so a crash
+        in between never loses the stage."""
+        save_model_file(path, model, arch, self.data.input_shape, num_classes)
+        distributed.barrier()
+        trainer.checkpoint.unlink(missing_ok=True)
 
     def _save_extra_models(self, extra: list[dict]) -> None:
         """Evaluate the models an online recipe trains beside the student into ``peers.json``

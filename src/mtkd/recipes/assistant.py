@@ -29,7 +29,7 @@ from ..aggregation import AggregatorContext, build_aggregator
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.features import head_layer
-from ..models.files import load_model_file, save_model_file
+from ..models.files import load_model_file
 from ..seeding import seed_everything
 from ..teachers import FrozenTeacher
 from .offline import OfflineRecipe
@@ -117,10 +117,9 @@ def train_chain(run, teachers: list) -> tuple[list, list[str], list[dict]]:
                 aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
                 recipe = OfflineRecipe(model, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
                                        on_teacher_error=d.on_teacher_error)
-                run._train(f"assistant/{name}", recipe, data.transfer_set(), settings, seed,
-                           f"assistant-{name}.pt", None)
-                save_model_file(path, model, arch, data.input_shape, run.prep.num_classes)
-                (run.out / "checkpoints" / f"assistant-{name}.pt").unlink(missing_ok=True)
+                trainer = run._train(f"assistant/{name}", recipe, data.transfer_set(), settings, seed,
+                                     f"assistant-{name}.pt", None)
+                run.save_stage(trainer, path, model, arch, run.prep.num_classes)
             trained.append(model)
             done.append({"name": name, "arch": arch.arch, "level": level + 1, "model": model})
         models, names, weights = trained, [n for n, _ in specs], [1.0] * len(specs)
