@@ -85,12 +85,12 @@ def prepare(cfg: Config) -> Prepared:
         recipe_cls(build_model(cfg.student, data.input_shape, num_classes), options=cfg.recipe_options,
                    input_shape=data.input_shape, num_classes=num_classes, student_config=cfg.student,
                    steps=cfg.distill.steps)
-    if getattr(RECIPES[cfg.distill.recipe], "needs_unlabeled", False) and data.unlabeled is None:
+    if getattr(recipe_cls, "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
     plans = []
     d = cfg.distill
-    if d.cache == "always" and not getattr(RECIPES[d.recipe], "cacheable", False):
+    if d.cache == "always" and not getattr(recipe_cls, "cacheable", False):
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
                           "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
     if d.cache_storage == "topk" and d.cache_topk <= 0:
@@ -127,13 +127,11 @@ def prepare(cfg: Config) -> Prepared:
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
-    check = getattr(RECIPES[cfg.distill.recipe], "check_models", None)
-    if check is not None:  # e.g. hint layer names, before any training
-        check(cfg, student_model, built, data.input_shape, num_classes)
+    if hasattr(recipe_cls, "check_models"):  # e.g. hint layer names, before any training
+        recipe_cls.check_models(cfg, student_model, built, data.input_shape, num_classes)
     prep = Prepared(cfg, data, num_classes, plans, device, params)
-    check = getattr(RECIPES[cfg.distill.recipe], "check_config", None)  # recipe-specific checks, before any work
-    if check is not None:
-        check(prep)
+    if hasattr(recipe_cls, "check_config"):  # recipe-specific checks of the prepared run, before any work
+        recipe_cls.check_config(prep)
     return prep
 
 
@@ -288,10 +286,13 @@ class Run:
             t = FrozenTeacher(teacher.model.to(self.prep.device), teacher.name)
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
-        if recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False):
+        cached = recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False)
+        # train + unlabeled pool: built once, for the cache and the training data
+        transfer = self.data.transfer_set() if cached or recipe_cls.uses_unlabeled else None
+        if cached:
             from .cache.build import cached_pool
 
-            frozen = cached_pool(frozen, self.data.transfer_set(), d.cache_dir or self.out / "teacher_cache", d,
+            frozen = cached_pool(frozen, transfer, d.cache_dir or self.out / "teacher_cache", d,
                                  self.prep.device, self.log)
         aggregator = None
         if frozen:
@@ -303,14 +304,15 @@ class Run:
                             on_teacher_error=d.on_teacher_error, steps=d.steps, example=self.data.train.x[:2],
                             input_shape=self.data.input_shape, num_classes=self.prep.num_classes,
                             student_config=cfg.student, **(extra or {}))
-        dataset = self.data.transfer_set() if recipe_cls.uses_unlabeled else self.data.train
+        dataset = transfer if recipe_cls.uses_unlabeled else self.data.train
         if getattr(recipe_cls, "shards_data", False) and distributed.world_size() > 1:
             # codistillation: process r trains on shard r, the samples whose index % world_size == r
             dataset = dataset.subset(torch.nonzero(dataset.index % distributed.world_size() == distributed.rank())
                                      .squeeze(1))
         stem = file_name.removesuffix(".pt")
         monitor = None
-        if d.monitor_every and frozen and self.data.val is not None and recipe_name != "scratch":
+        # only rank 0 logs, so only rank 0 monitors (the teachers' pass over the validation split)
+        if d.monitor_every and frozen and self.data.val is not None and self.main:
             from .monitoring import TeacherMonitor
 
             monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)

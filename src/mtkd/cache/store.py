@@ -137,18 +137,6 @@ def commit_entry(tmp: Path, root: Path, name: str, key: str, meta: dict) -> Path
     return final
 
 
-def write_entry(root: Path, name: str, key: str, arrays: dict[str, np.ndarray], meta: dict) -> Path:
-    """Write in-memory arrays + manifest as the entry ``root/name-key``, atomically."""
-    tmp = new_entry_dir(root, name, key)
-    try:
-        for array_name, array in arrays.items():
-            np.save(tmp / f"{array_name}.npy", np.ascontiguousarray(array))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return commit_entry(tmp, root, name, key, meta)
-
-
 def open_entry(path: Path, verify: str = "checksum") -> Entry:
     """Open a cache entry; raise :class:`CacheError` saying what is wrong if it is damaged.
 

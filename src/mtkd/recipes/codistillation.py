@@ -76,7 +76,6 @@ class CodistillationRecipe(nn.Module):
                    "(torchrun: one copy per process)")
     needs_teachers = False
     uses_unlabeled = True  # the distillation term also works on unlabeled samples (CE skips them)
-    distributed = True  # the pipeline joins torchrun's process group for it
     shards_data = True  # each process gets its own shard of the training data
     Options = CodistillationOptions
 
