@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,14 +25,19 @@ def ensemble_probs(models: Sequence[nn.Module], x: torch.Tensor, device="cpu") -
 def ms_per_1000(models: Sequence[nn.Module], x: torch.Tensor, device="cpu", repeats: int = 5) -> float:
     """Median wall time, in milliseconds, to predict 1,000 examples (one batch of up to 1,000,
     scaled), all ``models`` in turn as an ensemble would. One warm-up pass first."""
-    batch = x[:1000].to(device)
     for m in models:
         m.eval()
+    return ms_per_1000_of(lambda batch: [m(batch) for m in models], x[:1000].to(device), repeats)
+
+
+def ms_per_1000_of(run: Callable[[torch.Tensor], object], x: torch.Tensor, repeats: int = 5) -> float:
+    """The protocol of :func:`ms_per_1000` for any predictor ``run`` (an exported model, say):
+    one batch of up to 1,000 examples of ``x``, one warm-up pass, median of ``repeats``, scaled."""
+    batch = x[:1000]
 
     def once() -> float:
         start = time.perf_counter()
-        for m in models:
-            m(batch)
+        run(batch)
         if batch.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -92,19 +90,6 @@ def max_abs_diff(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, 
             worst = max(worst, float((run(xb).float() - model(xb).float()).abs().max()))
         worst = max(worst, float((run(x[:1]).float() - model(x[:1]).float()).abs().max()))
     return worst
-
-
-def time_ms_per_1000(run: Callable[[torch.Tensor], object], x: torch.Tensor, repeats: int = 20) -> float:
-    """Median wall time in ms to predict 1,000 examples: one batch of up to 1,000, scaled; one
-    warm-up pass first (the protocol of mtkd.evaluation.ms_per_1000)."""
-    batch = x[:1000]
-    run(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0 * 1000.0 / len(batch)
 
 
 def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str = "onnx",
@@ -202,7 +187,8 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
     and the result dict as JSON beside it (``<out>.json``); returns the dict."""
     import yaml
 
-    from .evaluation import ms_per_1000
+    from .evaluation import ms_per_1000, ms_per_1000_of
+    from .models import count_params
     from .io import write_json
 
     run_dir = Path(run_dir)
@@ -219,10 +205,10 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
     if out.is_dir():
         out = out / f"student{FORMATS[fmt]}"
     result = export_model(student, x, out, fmt, tolerance)
-    result["params"] = sum(p.numel() for p in student.parameters())
+    result["params"] = count_params(student)
     if latency:
         run = load_exported(out.read_bytes(), fmt)
-        timing = {"exported": time_ms_per_1000(run, x),
+        timing = {"exported": ms_per_1000_of(run, x, repeats=20),
                   "pytorch_student": ms_per_1000([student], x, repeats=20)}
         if teachers and not missing:
             timing["ensemble"] = ms_per_1000(teachers, x, repeats=20)
