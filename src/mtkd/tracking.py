@@ -44,6 +44,10 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
+TENSORBOARD_MISSING = ("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
+                       "or set output.tracking: [] to turn tracking off")
+
+
 class TensorBoardTracker:
     """One ``SummaryWriter`` per training stage, created when the stage first logs."""
 
@@ -51,8 +55,7 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise MtkdError("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
-                            "or set output.tracking: [] to turn tracking off") from None
+            raise MtkdError(TENSORBOARD_MISSING) from None
         self._writer_cls, self.log_dir = SummaryWriter, Path(log_dir)
         self.writers: dict = {}
 
@@ -181,8 +184,7 @@ def check_trackers(names: list[str], mlflow_uri: str | None = None) -> None:
         _mlflow_client(mlflow_uri)
     if "tensorboard" in names:
         if importlib.util.find_spec("tensorboard") is None:
-            raise MtkdError("output.tracking: 'tensorboard' needs the tensorboard package (pip install tensorboard), "
-                            "or set output.tracking: [] to turn tracking off")
+            raise MtkdError(TENSORBOARD_MISSING)
 
 
 def make_trackers(names: list[str], out: Path, config: dict, mlflow_uri: str | None = None) -> list:
