@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from ..data.base import UNLABELED
 from ..errors import ConfigError
+from ..losses.kd import kd_loss_per_sample
 from .base import Aggregate, AggregatorContext, mask_weights, mix, softened
 
 
@@ -71,9 +72,8 @@ class MetaWeightNet(nn.Module):
 
 def per_teacher_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 KL(p_k || q) for every sample and teacher: [B, K]."""
-    p = softened(teacher_logits, temperature)  # [K, B, C]
-    log_q = torch.log_softmax(student_logits / temperature, dim=-1)  # [B, C]
-    return ((torch.xlogy(p, p) - p * log_q).sum(-1) * temperature**2).t()
+    # the student's [B, C] broadcasts against the teachers' softened [K, B, C] -> [K, B]
+    return kd_loss_per_sample(student_logits, softened(teacher_logits, temperature), temperature).t()
 
 
 class MetaAggregator(nn.Module):
