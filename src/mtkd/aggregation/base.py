@@ -88,8 +88,9 @@ def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torc
 
     agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features)
     masks = getattr(aggregator, "class_masks", None)  # [K, C] when some teacher covers only some classes
-    if (alive is not None and not bool(alive.all())) or masks is not None:
-        weights = agg.weights if alive is None or bool(alive.all()) else mask_weights(agg.weights, alive)
+    some_dropped = alive is not None and not bool(alive.all())  # one check (a device sync on a GPU)
+    if some_dropped or masks is not None:
+        weights = mask_weights(agg.weights, alive) if some_dropped else agg.weights
         probs = softened(teacher_logits, temperature if agg.temperatures is None else agg.temperatures.t().unsqueeze(-1))
         target = mix(probs, weights) if masks is None else coverage_mix(probs, weights, masks)
         agg = agg._replace(target=target, weights=weights)
