@@ -22,8 +22,8 @@ no virtual step): the network is a gate, as in a mixture of experts
 mixture of teacher predictions match the label, -log sum_k w_k p_k(y), alongside the
 student's loss; the student distills from the mixture with the weights detached.
 
-Network (after MMKD's LogitsWeight, with the student's penultimate features added as the
-seed asks): concat(features [F], teacher logits [K*C], student logits [C]), all detached ->
+Network (after MMKD's LogitsWeight, with the student's penultimate features added, so the
+weights can depend on the input): concat(features [F], teacher logits [K*C], student logits [C]), all detached ->
 LayerNorm -> Linear(hidden) -> ReLU -> Linear(K) -> softmax over teachers. The last layer
 starts at zero, so training starts from the plain mean.
 """
