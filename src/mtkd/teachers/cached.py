@@ -102,12 +102,16 @@ class CachedTeacher(FrozenTeacher):
         return self._device
 
     def to(self, device) -> "CachedTeacher":
-        """On a GPU the stored outputs move into device memory once, so lookups are device gathers."""
+        """On a GPU the stored outputs move into device memory once, so lookups are device gathers;
+        an entry over ``STACK_LIMIT`` bytes stays in its memory map and each batch's rows move."""
+        from ..cache.build import STACK_LIMIT
+
         device = torch.device(device)
         if self._model is not None:
             self._model.to(device)
         if device != self._device:
-            self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
+            if self.entry.bytes <= STACK_LIMIT or device.type == "cpu":
+                self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
             self.transfer.to(device)
             if self.pool is not None and self.pool.stacked.device != device:
                 self.pool.to(device)
@@ -121,7 +125,7 @@ class CachedTeacher(FrozenTeacher):
 
     def lookup(self, rows: torch.Tensor) -> torch.Tensor:
         """Stored logits [B, C] (float32) of cache rows [B]."""
-        rows = rows.to(self._device)
+        rows = rows.to(self.arrays["tail" if self.storage == "topk" else "logits"].device)
         if self.storage == "topk":
             a = self.arrays
             return expand_topk(a["values"].index_select(0, rows), a["classes"].index_select(0, rows),
