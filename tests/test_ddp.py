@@ -1,5 +1,6 @@
-"""Data parallelism through torch's DistributedDataParallel: two CPU processes (gloo, torchrun)
-train the same model a one-process run trains, resume after SIGKILL, and split batches once."""
+"""Data parallelism through torch's engines (DistributedDataParallel, FSDP2): two CPU processes
+(gloo, torchrun) train the same model a one-process run trains, resume after SIGKILL, and split
+batches once."""
 import os
 import signal
 import subprocess
@@ -19,12 +20,14 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def _torchrun(out, kind, *extra, wait=True):
+def _torchrun(out, kind, *extra, wait=True, parallel="ddp"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
            str(out), kind, *extra]
+    env = dict(ENV, MTKD_TEST_PARALLEL=parallel)
     if not wait:
-        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -47,10 +50,12 @@ def one_process(tmp_path_factory):
     return _one(out, "batch")
 
 
-def test_ddp_trains_the_one_process_model_and_resumes_after_sigkill(tmp_path, one_process):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_train_the_one_process_model_and_resume_after_sigkill(tmp_path, one_process, parallel):
+    """DDP (a whole student per process) and FSDP2 (the student sharded over the processes)."""
     first = tmp_path / "killed"
     first.mkdir()
-    proc = _torchrun(first, "batch", "0.15", wait=False)
+    proc = _torchrun(first, "batch", "0.15", wait=False, parallel=parallel)
     deadline = time.time() + 120
     while not (first / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -64,7 +69,7 @@ def test_ddp_trains_the_one_process_model_and_resumes_after_sigkill(tmp_path, on
     mixed.mkdir()
     (mixed / "ckpt.pt").write_bytes((first / "ckpt.pt").read_bytes())
     _close(_one(mixed, "batch"), one_process)
-    _torchrun(first, "batch")  # two processes resume from the checkpoint the killed run left
+    _torchrun(first, "batch", parallel=parallel)  # two processes resume from the checkpoint the killed run left
     _close(torch.load(first / "student.world2.pt"), one_process)
 
 

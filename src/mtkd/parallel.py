@@ -80,6 +80,79 @@ def data_parallel(recipe: nn.Module, device: torch.device, *, sync_batchnorm: bo
                                    find_unused_parameters=True)
 
 
+class FullyShardedStudent:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``) for a student too large for one device.
+
+    A copy of ``recipe.student`` is sharded (each child module with parameters, then the whole
+    student: every process holds 1/W of the parameters, gradients and optimizer state, and
+    all-gathers a layer's parameters just before it runs) and takes the student's place in the
+    recipe while training; :meth:`finish` gathers the trained weights back into the original
+    module, so the caller's student object ends trained and plain, on every process.
+    Checkpoints are consolidated (full tensors, the one-process format): a run resumes with any
+    number of processes. Only the student is sharded: a recipe that trains anything else
+    (peers, projectors, ...) is refused; use ``distill.parallel: ddp`` for it.
+    """
+
+    def __init__(self, recipe: nn.Module, device: torch.device, amp: str = "off"):
+        import copy
+
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        from .errors import ConfigError
+
+        self.recipe, self.original = recipe, recipe.student
+        others = [n for n, p in recipe.named_parameters()
+                  if p.requires_grad and not n.startswith("student.")]
+        if others:
+            raise ConfigError(f"distill.parallel: 'fsdp' shards the student only, but this recipe also trains "
+                              f"{others[0]}{' and more' if len(others) > 1 else ''}; use distill.parallel: ddp")
+        # bf16 compute and fp32 gradient reduction on GPUs; fp32 throughout on the CPU
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if amp == "bf16" and device.type == "cuda" else MixedPrecisionPolicy()
+        sharded = copy.deepcopy(self.original)
+        for child in sharded.children():
+            if any(p.requires_grad for p in child.parameters()):
+                fully_shard(child, mp_policy=policy)
+        fully_shard(sharded, mp_policy=policy)
+        recipe.student = sharded
+        if any(p is q for p in recipe.parameters() for q in self.original.parameters()):
+            recipe.student = self.original
+            raise ConfigError("distill.parallel: 'fsdp' cannot shard this recipe's student (the recipe keeps "
+                              "references to the student's layers); use distill.parallel: ddp")
+        self.names = [n for n, p in recipe.named_parameters() if p.requires_grad]  # optimizer order
+
+    def model_state(self) -> dict:
+        """The recipe's state_dict with the student's full tensors (a collective: every process calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.recipe, options=StateDictOptions(full_state_dict=True))
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's full state in ``torch.optim``'s own format (parameters numbered in order)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        full = get_optimizer_state_dict(self.recipe, optimizer, options=StateDictOptions(full_state_dict=True))
+        number = {name: i for i, name in enumerate(self.names)}
+        return {"state": {number[k]: v for k, v in full["state"].items()},
+                "param_groups": [{**g, "params": [number[k] for k in g["params"]]} for g in full["param_groups"]]}
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        named = {"state": {self.names[i]: v for i, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [self.names[i] for i in g["params"]]}
+                                  for g in state["param_groups"]]}
+        set_optimizer_state_dict(self.recipe, optimizer, named, options=StateDictOptions(full_state_dict=True))
+
+    def finish(self) -> None:
+        """Gather the trained student into the original module and put it back in the recipe."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.recipe.student, options=StateDictOptions(full_state_dict=True))
+        self.original.load_state_dict({k: v.to(self.original.state_dict()[k].device) for k, v in full.items()})
+        self.recipe.student = self.original
+
+
 def distributed_sampler(loader: Any) -> Any:
     """The loader's ``DistributedSampler`` (as its sampler or its batch sampler's), or None."""
     from torch.utils.data.distributed import DistributedSampler
@@ -122,4 +195,4 @@ def split_loader(loader: Any, data_parallel: bool) -> bool:
     return True
 
 
-__all__ = ["RecipeStep", "data_parallel", "distributed_sampler", "ignored", "self_optimized", "split_loader"]
+__all__ = ["FullyShardedStudent", "RecipeStep", "data_parallel", "distributed_sampler", "ignored", "self_optimized", "split_loader"]

@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
-from .parallel import data_parallel, split_loader
+from .parallel import FullyShardedStudent, data_parallel, split_loader
 from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
 
@@ -218,13 +218,15 @@ class Trainer:
         self.last_val_accuracy: float | None = None
         # None: read the loss's finiteness every step on one CPU process, else at host reads (see fit)
         self.check_every_step: bool | None = None
+        self.fsdp: FullyShardedStudent | None = None  # while fit() trains a sharded student
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT, "stage": self.stage, "fingerprint": self.fingerprint,
             "step": self.step, "elapsed": self.elapsed, "best_accuracy": self.best_accuracy,
-            "recipe": self.recipe.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "recipe": self.fsdp.model_state() if self.fsdp else self.recipe.state_dict(),
+            "optimizer": self.fsdp.optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
             "loader": self.loader.state_dict() if isinstance(self.loader, BatchLoader) else None,
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
@@ -282,7 +284,7 @@ class Trainer:
         if acc > self.best_accuracy:
             self.best_accuracy = acc
             if self.best_path is not None:
-                save_torch(self.best_path, {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
+                save_torch(self.best_path, self._student_state())
 
     def fit(self) -> "Trainer":
         from . import distributed
@@ -298,7 +300,9 @@ class Trainer:
         parallel = distributed.world_size() > 1 and not self.independent
         cut = split_loader(self.loader, parallel)  # True: this loader gives every process whole batches
         step_fn = self.recipe.step
-        if parallel:
+        if parallel and getattr(cfg, "parallel", "ddp") == "fsdp":
+            self._shard(cfg)
+        elif parallel:
             step_fn = data_parallel(self.recipe, self.device, sync_batchnorm=getattr(cfg, "sync_batchnorm", False))
         # finiteness of the loss: read on the host every step on one CPU process (free there, and the
         # error names the exact step); otherwise kept on the device and read at the next step that
@@ -375,10 +379,33 @@ class Trainer:
                     self.metrics.write({"stage": self.stage, "step": self.step, **self.monitor()})
                     self.recipe.train()
                 if self.snapshot_dir is not None and cfg.save_every and self.step % cfg.save_every == 0:
-                    save_torch(self.snapshot_dir / f"step-{self.step:06d}.pt",
-                               {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
+                    save_torch(self.snapshot_dir / f"step-{self.step:06d}.pt", self._student_state())
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
         finally:
             bar.close()
+        if self.fsdp is not None:  # the caller's student module, trained, whole, on every process
+            self.fsdp.finish()
+            self.fsdp = None
         return self
+
+    def _shard(self, cfg: TrainConfig) -> None:
+        """FSDP2: shard the student and rebuild the optimizer and schedule over the shards, keeping
+        their (possibly resumed) state."""
+        if self.monitor is not None or getattr(cfg, "monitor_every", 0):
+            raise MtkdError("distill.parallel: 'fsdp' runs the student on every process together; "
+                            "distill.monitor_every (rank 0 alone) cannot be used with it; set it to 0")
+        self.fsdp = FullyShardedStudent(self.recipe, self.device, self.amp)
+        optimizer_state, scheduler_state = self.optimizer.state_dict(), self.scheduler.state_dict()
+        self.optimizer = make_optimizer(self.recipe.parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        if optimizer_state["state"]:  # resumed (a fresh optimizer has no state to carry over)
+            self.fsdp.load_optimizer_state(self.optimizer, optimizer_state)
+        self.scheduler.load_state_dict(scheduler_state)
+
+    def _student_state(self) -> dict:
+        """The student's weights on the CPU, whole (gathered from the shards under FSDP)."""
+        if self.fsdp is not None:
+            return {k.removeprefix("student."): v.detach().cpu() for k, v in self.fsdp.model_state().items()
+                    if k.startswith("student.")}
+        return {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()}
