@@ -89,6 +89,13 @@ ELSEWHERE = {
         "six runs on the full demo's teachers (about 13 minutes); tests/test_report.py runs mtkd report "
         "on groups of seeded runs",
     "mtkd report runs/cmp/* --out runs/cmp-report": "the second half of the loop above",
+    "torchrun --standalone --nproc_per_node=2 -m mtkd run configs/mnist1d.yaml --out runs/ddp":
+        "tests/test_ddp.py runs two gloo processes under torchrun",
+    "scripts/gpu_check.sh": "needs a CUDA GPU; tests/test_gpu_check.py runs its --cpu part",
+    "python -m torch.distributed.run --standalone --nproc_per_node=2 benchmarks/ddp.py":
+        "a benchmark (two processes, interleaved repeats); its results are on the page",
+    "python benchmarks/memory.py --mib 256": "a benchmark that grows the data to 1 GiB; tests/test_scale.py checks "
+                                             "the memory-mapped arrays data set",
 }
 # python blocks that are not run here: the README's quickstart is run by test_readme.py
 PYTHON_ELSEWHERE = {
@@ -97,6 +104,9 @@ PYTHON_ELSEWHERE = {
     "from mtkd.teachers import SklearnTeacher": "a fragment with a reader's objects (fitted_forest, my_torch_cnn); "
                                                 "tests/test_external_teachers.py tests the classes",
     "from mtkd import export_model, export_student": "needs the demo's run; tests/test_export.py calls both",
+    "# torchrun --standalone --nproc_per_node=2 train.py": "needs torchrun; tests/test_ddp.py runs the API under "
+                                                           "torchrun with a user DistributedSampler (tests/ddp_worker.py), "
+                                                           "not this block as written",
 }
 
 # FAST: what "{fast}" (and a bare REDUCED reason) appends to `mtkd run|cache CONFIG`
