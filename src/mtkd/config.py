@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -376,8 +377,38 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
     return raw
 
 
+# keys whose values are input files or folders: in a config file, relative to the file's folder
+PATH_KEYS = {"data": ("train", "test", "unlabeled", "path", "root", "tokenizer"),
+             "model": ("checkpoint", "path", "weights")}
+
+
+def resolve_paths(raw: Any, base: str | Path) -> Any:
+    """A copy of ``raw`` whose relative input paths (data files, teacher and student files) are
+    taken from ``base``, the config file's folder, and made absolute. Output paths (output.dir,
+    distill.cache_dir) and ``--set`` values stay relative to the current directory."""
+    if not isinstance(raw, dict):
+        return raw
+    base = Path(base).resolve()
+    raw = copy.deepcopy(raw)
+
+    def fix(section: Any, keys) -> None:
+        if isinstance(section, dict):
+            for key in keys:
+                value = section.get(key)
+                if isinstance(value, str) and value and not Path(value).is_absolute():
+                    section[key] = os.path.normpath(base / value)  # no "dir/../" left in messages
+
+    fix(raw.get("data"), PATH_KEYS["data"])
+    fix(raw.get("student"), PATH_KEYS["model"])
+    for teacher in raw.get("teachers") or [] if isinstance(raw.get("teachers"), list) else []:
+        fix(teacher, PATH_KEYS["model"])
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    raw = load_yaml(path) if path is not None else {}
+    """The config in file ``path`` (relative input paths in it are taken from its folder; see
+    :func:`resolve_paths`), with ``--set`` overrides applied."""
+    raw = resolve_paths(load_yaml(path), Path(path).parent) if path is not None else {}
     return parse_config(apply_overrides(raw, overrides or []))
 
 
