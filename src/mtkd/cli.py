@@ -188,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
-            rows = cache_command(cfg, args.out or cfg.output.dir, not args.no_progress,
-                                 lambda m: print(m, file=sys.stderr), args.force)
+            def log(message: str) -> None:  # each entry's built/reused line is printed once, below
+                if not message.startswith(("teacher cache: built", "teacher cache: reusing")):
+                    print(message, file=sys.stderr)
+
+            rows = cache_command(cfg, args.out or cfg.output.dir, not args.no_progress, log, args.force)
             for r in rows:
                 err = r.get("topk_error")
                 extra = f", top-k KL {err['kl_mean']:.2e}, top-1 agreement {err['top1_agreement']:.4f}" if err else ""

@@ -23,7 +23,7 @@ from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
-from .aggregation.coverage import class_masks, ensemble_mean
+from .aggregation.coverage import class_masks, coverage_mix, ensemble_mean
 from .evaluation import describe, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
@@ -431,12 +431,19 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     masks = class_masks(teachers, prep.num_classes)
     probs_t = [ensemble_mean(torch.stack(raw), [k], masks) for k in range(len(teachers))]
     probs_e = ensemble_mean(torch.stack(raw), range(len(teachers)), masks) if len(teachers) > 1 else None
+    ensemble_rule = f"mean of {len(teachers)}"
+    if d.aggregator == "weighted" and len(teachers) > 1 and len({t.weight for t in named}) > 1:
+        # the ensemble the 'weighted' aggregator defines (Fukuda et al., 2017): weights normalised to sum to 1
+        w = torch.tensor([t.weight for t in named], dtype=raw[0].dtype)
+        w = (w / w.sum()).expand(len(test), -1)  # [N, K]
+        probs_e = coverage_mix(torch.stack(raw), w, masks if masks is not None else torch.ones(len(raw), raw[0].shape[1]))
+        ensemble_rule = f"weighted mean of {len(teachers)}"
     probs_s = predict_probs([student], test, device)
     probs_b = predict_probs([scratch], test, device) if scratch else None
     results = {
         "teachers": [{"name": t.name, "arch": t.arch, **describe([t.model], test, device, pr)}
                      for t, pr in zip(named, probs_t)],
-        "ensemble": describe(teachers, test, device, probs_e) if len(teachers) > 1 else None,
+        "ensemble": {"rule": ensemble_rule, **describe(teachers, test, device, probs_e)} if len(teachers) > 1 else None,
         "student": {"arch": cfg.student.arch, **describe([student], test, device, probs_s)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], test, device, probs_b)} if scratch else None,
         "assistants": [{"name": a["name"], "arch": a["arch"], "level": a["level"],
