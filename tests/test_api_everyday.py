@@ -6,14 +6,7 @@ import torch
 from torch import nn
 
 import mtkd
-
-
-def _loader(n=128, seed=0, batch=32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=True,
-                                       generator=torch.Generator().manual_seed(seed)), (x, y)
+from test_api import _loader  # the same tiny linear-rule data
 
 
 class _ThreadProbe(nn.Module):
