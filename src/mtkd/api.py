@@ -114,7 +114,11 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
         raise ConfigError(f"recipe {cfg.recipe!r} trains a chain of stages; use `mtkd run` / run_pipeline, or call "
                           "distill once per stage (teachers -> assistant, then assistant -> student)")
     val = _as_dataset(val_data)
+    from . import distributed
+
     device = resolve_device(cfg.device)
+    distributed.init(device)  # under torchrun: join its process group, so the processes train one model
+    device = distributed.local_device(device)
     student.to(device)
     live = {}  # recipe local_targets trains its teachers with the student: they are not frozen
     if getattr(recipe_cls, "trains_teachers", False):

@@ -64,6 +64,11 @@ class DistillConfig(TrainConfig):
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
     monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
                                "split (agreement with each teacher and the ensemble); 0 = off")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
+        "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
+    sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
+                                 "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
 
 
 class OutputConfig(BaseModel):
