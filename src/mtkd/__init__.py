@@ -30,3 +30,8 @@ from .report.calibration import expected_calibration_error  # noqa: E402
 from .report.compare import compare_runs  # noqa: E402
 
 __all__ += ["compare_runs", "expected_calibration_error", "export_model", "export_student"]
+
+# everyday use: a trained student with its class names and preprocessing
+from .student import Student, load_student  # noqa: E402
+
+__all__ += ["Student", "load_student"]

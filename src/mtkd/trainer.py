@@ -238,7 +238,13 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the checkpoint if there is one; True if training continues from it."""
-        if self.checkpoint is None or not self.checkpoint.exists():
+        if self.checkpoint is None:
+            return False
+        if not self.checkpoint.exists():
+            # a run stopped before this stage's first checkpoint starts the stage over: drop the
+            # records it logged, or metrics.jsonl would hold those steps twice
+            if any(r.get("stage") == self.stage for r in self.metrics.read()):
+                self.metrics.truncate(self.stage, 0)
             return False
         try:
             state = load_torch(self.checkpoint)

@@ -56,6 +56,8 @@ class DataSplits:
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
     class_names: list[str] = field(default_factory=list)
+    # tables: feature columns, missing-value filling and normalisation (mtkd.data.preprocess), as a dict
+    preprocess: dict | None = None
 
     def transfer_set(self) -> IndexedTensorDataset:
         """Samples the student is distilled on: labeled train plus the unlabeled pool."""
