@@ -94,6 +94,14 @@ ELSEWHERE = {
     "scripts/gpu_check.sh": "needs a CUDA GPU; tests/test_gpu_check.py runs its --cpu part",
     "python -m torch.distributed.run --standalone --nproc_per_node=2 benchmarks/ddp.py":
         "a benchmark (two processes, interleaved repeats); its results are on the page",
+    "cd examples/tabular": "the tabular tutorial's folder; tests/test_tabular_example.py runs the tutorial's "
+                           "commands there",
+    "python make_data.py": "tests/test_tabular_example.py runs it in a copy of examples/tabular",
+    "mtkd run tabular.yaml": "tests/test_tabular_example.py runs it on the files make_data.py wrote (100 steps)",
+    "mtkd predict runs/tabular data/test.csv --out predictions.csv":
+        "tests/test_tabular_example.py predicts with the tutorial's student and checks the accuracy",
+    "python score.py predictions.csv data/test.csv": "tests/test_tabular_example.py scores the predictions",
+    "mtkd export runs/tabular": "tests/test_tabular.py exports a tabular run and checks the preprocessing inside",
     "python benchmarks/memory.py --mib 256": "a benchmark that grows the data to 1 GiB; tests/test_scale.py checks "
                                              "the memory-mapped arrays data set",
 }
@@ -103,6 +111,7 @@ PYTHON_ELSEWHERE = {
     "# make_teachers.py": "tests/test_docs_teachers.py runs it (and checks it equals examples/mixed_pool/)",
     "from mtkd.teachers import SklearnTeacher": "a fragment with a reader's objects (fitted_forest, my_torch_cnn); "
                                                 "tests/test_external_teachers.py tests the classes",
+    "import mtkd\nimport pandas as pd\n": "tests/test_tabular_example.py runs it on the tutorial's run directory",
     "from mtkd import export_model, export_student": "needs the demo's run; tests/test_export.py calls both",
     "# torchrun --standalone --nproc_per_node=2 train.py": "needs torchrun; tests/test_ddp.py runs the API under "
                                                            "torchrun with a user DistributedSampler (tests/ddp_worker.py), "
@@ -176,7 +185,7 @@ def _entry(command: str, table: dict) -> str | None:
 def test_every_command_is_accounted_for():
     found = all_commands()
     assert "mtkd list" in found and len(found) > 15, "the extraction found too little"
-    unaccounted = [f"{c!r} ({', '.join(p)})" for c in found
+    unaccounted = [f"{c!r} ({', '.join(pages)})" for c, pages in found.items()
                    if not (c in VERBATIM or _entry(c, REDUCED) or _entry(c, ELSEWHERE))]
     assert not unaccounted, "commands in the docs that no test runs; add each to a table of tests/test_docs.py:\n" + \
         "\n".join(unaccounted)

@@ -1,6 +1,7 @@
 """The tabular tutorial (docs/tasks/tabular.md) end to end, with fewer steps: make the files, run,
 predict with the student, and check that the predictions reproduce the run's test accuracy."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,3 +35,9 @@ def test_tabular_tutorial_runs_end_to_end(tmp_path):
                             check=True, capture_output=True, text=True).stdout
     accuracy = float(scored.split("accuracy of predictions.csv: ")[1].split()[0])
     assert accuracy == pytest.approx(summary["student"]["accuracy"], abs=1e-4) and "on 143 rows" in scored
+    # the Python block of docs/using-the-student.md, as written, on this run directory
+    page = (EXAMPLE.parents[1] / "docs" / "using-the-student.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "load_student" in b)
+    shown = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, check=True, capture_output=True,
+                           text=True).stdout
+    assert shown.splitlines()[0] == "['benign', 'malignant']"
