@@ -171,6 +171,15 @@ def test_entropy_weights_match_ebkd():
     assert torch.allclose(weights3, ((1 - h / h.sum()) / 2).unsqueeze(0), atol=1e-6)
 
 
+def test_entropy_weights_are_equal_when_every_teacher_is_certain():
+    # all entropies 0: H_k / sum_j H_j is 0 / 0; the limit of equal entropies gives 1/K each
+    # (the unguarded formula gave 1 / (K - 1) each, rows summing to K / (K - 1))
+    certain = torch.tensor([[[200.0, 0.0]], [[0.0, 200.0]], [[200.0, 0.0]]])
+    target, weights, _ = build_aggregator("entropy", ctx(3))(certain, torch.tensor([-1]), 1.0)
+    assert torch.allclose(weights, torch.full((1, 3), 1 / 3))
+    assert torch.allclose(target, torch.tensor([[2 / 3, 1 / 3]]))
+
+
 @pytest.mark.parametrize("vectors, cap, expected", [
     ([[1.0, 0.0], [-1.0, 0.0]], 1.0, [0.5, 0.5]),  # opposite gradients cancel
     ([[1.0, 0.0], [0.0, 2.0]], 1.0, [0.8, 0.2]),  # min of w^2 + 4 (1 - w)^2
