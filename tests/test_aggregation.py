@@ -236,3 +236,59 @@ def test_adaptive_temperature_weighs_a_confidently_wrong_teacher_down():
     wrong = torch.tensor([[[0.0, 8.0]]])  # more confident, but wrong
     _, weights, _ = build_aggregator("adaptive_temperature", ctx(2))(torch.cat([right, wrong]), LABELS, 4.0)
     assert weights[0, 0] > 0.99
+
+
+def test_meta_mmkd_hypergradient_matches_finite_differences_of_the_authors_procedure():
+    # MMKD (train_meta.py): two KD-only virtual SGD steps, one CE step, outer CE on the same batch.
+    # For a linear student s = W x the step gradients are analytic (no autograd below):
+    #   d/dW mean_b sum_k w_bk T^2 KL(p_kb || softmax(s_b / T)) = mean_b T (q_b - sum_k w_bk p_kb) x_b^T
+    #   d/dW CE = mean_b (softmax(s_b) - onehot(y_b)) x_b^T
+    from torch import nn
+
+    torch.manual_seed(0)
+    dtype, t, lr = torch.float64, 2.0, 0.5
+    x = torch.randn(4, 3, dtype=dtype)
+    y = torch.tensor([0, 1, 1, 0])
+    z = torch.randn(2, 4, 2, dtype=dtype) * 2  # K = 2 teachers, B = 4, C = 2
+    student = nn.Linear(3, 2, bias=False).double()
+    agg = build_aggregator("meta", AggregatorContext([None, None], 2, None, None, 3),
+                           {"meta_every": 1, "virtual_lr": lr})
+    agg.double()
+    agg.meta_optimizer = torch.optim.SGD(agg.net.parameters(), lr=1e-3)  # phi moves by -1e-3 * hypergradient
+
+    def outer(net_params):
+        w_mat = student.weight.detach().clone()
+        p = torch.softmax(z / t, -1)  # [K, B, C]
+        for _ in range(2):
+            s = x @ w_mat.t()
+            weights = torch.func.functional_call(agg.net, net_params, (None, z, s))  # [B, K]
+            target = torch.einsum("bk,kbc->bc", weights, p)
+            w_mat = w_mat - lr * t * (torch.softmax(s / t, -1) - target).t() @ x / 4
+        s = x @ w_mat.t()
+        w_mat = w_mat - lr * (torch.softmax(s, -1) - nn.functional.one_hot(y, 2)).t() @ x / 4
+        return nn.functional.cross_entropy(x @ w_mat.t(), y)
+
+    base = {n: p.detach().clone() for n, p in agg.net.named_parameters()}
+    expected = {}
+    for n, p in base.items():
+        g = torch.zeros_like(p)
+        for i in range(p.numel()):
+            up, down = dict(base), dict(base)
+            e = torch.zeros_like(p).view(-1)
+            e[i] = 1e-6
+            up[n], down[n] = p + e.view_as(p), p - e.view_as(p)
+            g.view(-1)[i] = (outer(up) - outer(down)) / 2e-6
+        expected[n] = g
+
+    class Holder(nn.Module):  # what before_step reads from a recipe
+        def __init__(self):
+            super().__init__()
+            self.student, self.temperature, self.alpha, self.features = student, t, 0.5, None
+
+    student_before = student.weight.detach().clone()
+    agg.before_step(Holder(), x, y, z, torch.tensor([True, True]))
+    for n, p in agg.net.named_parameters():
+        assert torch.allclose((base[n] - p.detach()) / 1e-3, expected[n], atol=1e-6), n
+    assert agg.logged()["meta_outer"].item() == pytest.approx(outer(base).item(), rel=1e-9)
+    assert torch.equal(student.weight, student_before)  # the virtual steps are discarded
+    assert agg.net.net[0].in_features == 2 * 3 and agg.net.net[0].out_features == 3  # LogitsWeight: width // 2
