@@ -256,19 +256,25 @@ def test_meta_mmkd_hypergradient_matches_finite_differences_of_the_authors_proce
     agg.double()
     agg.meta_optimizer = torch.optim.SGD(agg.net.parameters(), lr=1e-3)  # phi moves by -1e-3 * hypergradient
 
-    def outer(net_params):
-        w_mat = student.weight.detach().clone()
+    def outer(net_params, net_inputs):
+        """The outer loss as a function of phi; the network reads the student's logits detached
+        (as the authors' LogitsWeight(logit_t_list, logit_s.detach())), so they are given."""
+        w_mat, seen = student.weight.detach().clone(), []
         p = torch.softmax(z / t, -1)  # [K, B, C]
-        for _ in range(2):
+        for i in range(2):
             s = x @ w_mat.t()
-            weights = torch.func.functional_call(agg.net, net_params, (None, z, s))  # [B, K]
+            seen.append(s)
+            net_in = s if net_inputs is None else net_inputs[i]
+            weights = torch.func.functional_call(agg.net, net_params, (None, z, net_in))  # [B, K]
             target = torch.einsum("bk,kbc->bc", weights, p)
             w_mat = w_mat - lr * t * (torch.softmax(s / t, -1) - target).t() @ x / 4
         s = x @ w_mat.t()
         w_mat = w_mat - lr * (torch.softmax(s, -1) - nn.functional.one_hot(y, 2)).t() @ x / 4
-        return nn.functional.cross_entropy(x @ w_mat.t(), y)
+        return nn.functional.cross_entropy(x @ w_mat.t(), y), seen
 
     base = {n: p.detach().clone() for n, p in agg.net.named_parameters()}
+    with torch.no_grad():
+        base_loss, inputs = outer(base, None)
     expected = {}
     for n, p in base.items():
         g = torch.zeros_like(p)
@@ -277,7 +283,8 @@ def test_meta_mmkd_hypergradient_matches_finite_differences_of_the_authors_proce
             e = torch.zeros_like(p).view(-1)
             e[i] = 1e-6
             up[n], down[n] = p + e.view_as(p), p - e.view_as(p)
-            g.view(-1)[i] = (outer(up) - outer(down)) / 2e-6
+            with torch.no_grad():
+                g.view(-1)[i] = (outer(up, inputs)[0] - outer(down, inputs)[0]) / 2e-6
         expected[n] = g
 
     class Holder(nn.Module):  # what before_step reads from a recipe
@@ -289,6 +296,6 @@ def test_meta_mmkd_hypergradient_matches_finite_differences_of_the_authors_proce
     agg.before_step(Holder(), x, y, z, torch.tensor([True, True]))
     for n, p in agg.net.named_parameters():
         assert torch.allclose((base[n] - p.detach()) / 1e-3, expected[n], atol=1e-6), n
-    assert agg.logged()["meta_outer"].item() == pytest.approx(outer(base).item(), rel=1e-9)
+    assert agg.logged()["meta_outer"].item() == pytest.approx(base_loss.item(), rel=1e-9)
     assert torch.equal(student.weight, student_before)  # the virtual steps are discarded
     assert agg.net.net[0].in_features == 2 * 3 and agg.net.net[0].out_features == 3  # LogitsWeight: width // 2
