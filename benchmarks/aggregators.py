@@ -150,6 +150,8 @@ def main(argv=None):
         jobs += [(shared, s, "good", "mean", "offline", "labeled", {}) for s in args.seeds]
         jobs += [(shared, s, "good", a, "semi_supervised", "labeled", opts) for a, opts in semi for s in args.seeds]
         jobs += [(shared, s, "good", "-", "scratch", "labeled", {}) for s in args.seeds]
+        # seed by seed, the semi-supervised forms first: an interrupted run still has whole comparisons
+        jobs.sort(key=lambda j: (j[1], j[4] != "semi_supervised"))
         results = []
         for r in pool.map(distill, jobs):
             results.append(r)
