@@ -141,22 +141,20 @@ def main(argv=None):
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:
         needed = args.good + (list(BAD) if "aggregators" in args.parts else [])
-        for name, seed, seconds in pool.map(train_teacher, [(shared, s, n) for s in args.seeds for n in needed]):
-            if seconds:
-                print(f"trained teacher {name} (seed {seed}) in {seconds:.0f} s", file=sys.stderr)
-        jobs = [(shared, s, p, a, "offline", "pool", {}) for p in ("good", "mixed") for a in AGGREGATORS
-                for s in args.seeds] if "aggregators" in args.parts else []
-        jobs += [(shared, s, "good", "mean", "offline", "pool", {}) for s in args.seeds] if not jobs else []
-        jobs += [(shared, s, "good", "mean", "offline", "labeled", {}) for s in args.seeds]
-        jobs += [(shared, s, "good", a, "semi_supervised", "labeled", opts) for a, opts in semi for s in args.seeds]
-        jobs += [(shared, s, "good", "-", "scratch", "labeled", {}) for s in args.seeds]
-        # seed by seed, the semi-supervised forms first: an interrupted run still has whole comparisons
-        jobs.sort(key=lambda j: (j[1], j[4] != "semi_supervised"))
         results = []
-        for r in pool.map(distill, jobs):
-            results.append(r)
-            print(f"{r['recipe']:>15} {r['pool']:>5} {r['aggregator']:>20} seed {r['seed']}: "
-                  f"{100 * r['accuracy']:.1f} % ({r['seconds']} s)", file=sys.stderr)
+        for seed in args.seeds:  # seed by seed: an interrupted run still has whole comparisons
+            for name, _, seconds in pool.map(train_teacher, [(shared, seed, n) for n in needed]):
+                if seconds:
+                    print(f"trained teacher {name} (seed {seed}) in {seconds:.0f} s", file=sys.stderr)
+            jobs = [(shared, seed, p, a, "offline", "pool", {}) for p in ("good", "mixed") for a in AGGREGATORS] \
+                if "aggregators" in args.parts else [(shared, seed, "good", "mean", "offline", "pool", {})]
+            jobs = [(shared, seed, "good", a, "semi_supervised", "labeled", opts) for a, opts in semi] + jobs
+            jobs += [(shared, seed, "good", "mean", "offline", "labeled", {}),
+                     (shared, seed, "good", "-", "scratch", "labeled", {})]
+            for r in pool.map(distill, jobs):
+                results.append(r)
+                print(f"{r['recipe']:>15} {r['pool']:>5} {r['aggregator']:>20} seed {r['seed']} {r['options']}: "
+                      f"{100 * r['accuracy']:.1f} % ({r['seconds']} s)", file=sys.stderr, flush=True)
 
     # teacher accuracies, for the table's header
     data = _data(shared)
