@@ -36,7 +36,7 @@ def _fails_cleanly(capsys, argv, message, out_dir):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.name=imagenet", "data.name: unknown data set 'imagenet'; choose one of: csv, digits, hf_disk, images, mnist1d, npz, parquet"),
+    ("data.name=imagenet", "data.name: unknown data set 'imagenet'; choose one of: arrays, csv, digits, hf_disk, images, mnist1d, npz, parquet"),
     ("student.arch=resnet", "student.arch: unknown model 'resnet'; choose one of:"),
     ("teachers.0.arch=vit", "teachers[0].arch: unknown model 'vit'; choose one of:"),
     ("distill.aggregator=median", "distill.aggregator: unknown aggregator 'median'; choose one of: "

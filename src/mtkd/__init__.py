@@ -24,7 +24,7 @@ __all__ = [
     "load_data", "load_dataset", "load_model_file", "parse_config", "predict_logits", "run_pipeline", "save_model_file", "train",
 ]
 
-# issue 7: reports, export (kept apart from the list above so branches merge cleanly)
+# reports, export (kept apart from the list above so branches merge cleanly)
 from .export import export_model, export_student  # noqa: E402
 from .report.calibration import expected_calibration_error  # noqa: E402
 from .report.compare import compare_runs  # noqa: E402

@@ -73,7 +73,11 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         raise ConfigError(f"recipe {cfg.recipe!r} trains a chain of stages; use `mtkd run` / run_pipeline, or call "
                           "distill once per stage (teachers -> assistant, then assistant -> student)")
     val = _as_dataset(val_data)
+    from . import distributed
+
     device = resolve_device(cfg.device)
+    distributed.init(device)  # under torchrun: join its process group, so the processes train one model
+    device = distributed.local_device(device)
     student.to(device)
     live = {}  # recipe local_targets trains its teachers with the student: they are not frozen
     if getattr(recipe_cls, "trains_teachers", False):

@@ -51,7 +51,7 @@ class DistillConfig(TrainConfig):
         "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
-    # performance (see README "Fast at any scale"); none of these change what is computed beyond
+    # performance (see docs/methods/caching.md); none of these change what is computed beyond
     # float rounding, except cache_storage float16/topk, whose error the cache build reports
     cache: Literal["off", "auto", "always"] = Field(
         "off", description="teacher-output cache: auto = for recipes that allow it, always = or fail")
@@ -63,6 +63,11 @@ class DistillConfig(TrainConfig):
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
     monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
                                "split (agreement with each teacher and the ensemble); 0 = off")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
+        "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
+    sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
+                                 "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
 
 
 class OutputConfig(BaseModel):

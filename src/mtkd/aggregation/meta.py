@@ -26,13 +26,15 @@ by default) and their feature-weighting branch (``beta`` 0 by default) are not i
 outer loss on a held-out labeled batch from the validation split (never the test split), and
 the network below (student features added, zero-initialised last layer).
 
-``form: joint`` is an end-to-end gate, as in a mixture of experts (Jacobs et al., 1991), trained
-on the labeled samples of each batch to make the weighted mixture of teacher predictions match
-the label, -log sum_k w_k p_k(y), alongside the student's loss; the student distills from the
-mixture with the weights detached.
+``form: joint`` is an end-to-end form (the weighting network trained jointly with the student,
+no virtual step): the network is a gate, as in a mixture of experts (Jacobs et al., 1991),
+trained on the labeled samples of each batch to make the weighted mixture of teacher
+predictions match the label, -log sum_k w_k p_k(y), alongside the student's loss; the student
+distills from the mixture with the weights detached.
 
 Network of ``bilevel`` and ``joint`` (MMKD's LogitsWeight with the student's penultimate
-features added): concat(features [F], teacher logits [K*C], student logits [C]), all detached ->
+features added, so the weights can depend on the input): concat(features [F], teacher logits
+[K*C], student logits [C]), all detached ->
 LayerNorm -> Linear(hidden) -> ReLU -> Linear(K) -> softmax over teachers. The last layer
 starts at zero, so training starts from the plain mean (mtkd's choice; MMKD starts at random).
 """

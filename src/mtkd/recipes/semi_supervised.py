@@ -1,7 +1,7 @@
 """UEKD: semi-supervised ensemble distillation on labeled and unlabeled data.
 
 Wu, Wu, Qi and Huang, "Unified and Effective Ensemble Knowledge Distillation" (arXiv:2204.00548).
-The paper's scheme, as its abstract and method section state it: on labeled data the teachers'
+The paper's scheme, as its abstract states it: on labeled data the teachers'
 predictions are weighted per sample by their correctness, and the distillation loss of a labeled
 sample is weighted by the overall correctness of the weighted ensemble; on unlabeled data, where
 correctness cannot be measured, the distillation loss is weighted by the teachers' disagreement.
@@ -14,9 +14,9 @@ Here (``labeled: uekd``, the default), with p_k = softmax(z_k) at T = 1 and y_b 
     KD_unlabeled = sum_i v_i KD_i / sum_i v_i  (KD_i to the configured aggregator's target)
     loss = (1 - alpha) * CE(s(x_labeled), y) + alpha * (KD_labeled + KD_unlabeled) / 2
 
-The paper's exact normalisation of w and u could not be read from its text available to us
-(the formulas above are the plain reading: weights proportional to correctness, the ensemble's
-probability of the label as the loss weight). ``labeled: aggregator`` distils on the labeled
+The paper's exact normalisation of w and u could not be read here (only its abstract was
+available): the formulas above are the plain reading (weights proportional to correctness, the
+ensemble's probability of the label as the loss weight). ``labeled: aggregator`` distils on the labeled
 batch from the configured aggregator's target, unweighted; ``labeled: none`` uses CE alone there.
 The ``accuracy`` aggregator (one global weight per teacher from validation accuracy) is a
 different, simpler scheme, not the paper's.

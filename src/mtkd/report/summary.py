@@ -58,7 +58,7 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     }
     if results.get("scratch"):
         summary["scratch"] = results["scratch"]
-    for key in ("calibration", "agreement"):  # added by issue 7; older summaries lack them
+    for key in ("calibration", "agreement"):  # added later; older summaries lack them
         if results.get(key):
             summary[key] = results[key]
     if results.get("assistants"):  # TAKD's intermediate models
