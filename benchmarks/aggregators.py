@@ -3,6 +3,7 @@ semi-supervised gain. Prints mean and standard deviation of the student's test a
 
     python benchmarks/aggregators.py                      # 3 seeds, about 15 minutes on 2 cores
     python benchmarks/aggregators.py --seeds 0 --steps 1000 --unlabeled 2000   # a quick look
+    python benchmarks/aggregators.py --parts semi --semi-configs 3 --good cnn transformer  # UEKD before/after
 
 Good pool: three competent teachers of different architectures (1-D CNN, GRU, transformer).
 Mixed pool: the good pool plus a weak teacher (linear, ~30 %) and a confidently wrong one (a CNN
@@ -40,9 +41,12 @@ BAD = {
     "linear": ({"arch": "linear"}, {"steps": 1000}),
     "permuted": ({"arch": "cnn1d"}, {"steps": 4000}),  # trained on labels (y + 1) mod 10
 }
-# recipe semi_supervised (with the accuracy aggregator): the default, then the other selections
-SEMI = [{}, {"selection": "weight", "floor": 0.1}, {"selection": "sample"}, {"selection": "uniform"},
-        {"selection": "uniform", "unlabeled_batch_size": 300}]
+# recipe semi_supervised: (aggregator, options). First the form before UEKD's labeled-data scheme
+# (CE only on labeled batches, global validation-accuracy weights), then the default (UEKD), then
+# the other selections
+SEMI = [("accuracy", {"labeled": "none"}), ("accuracy", {}), ("mean", {}),
+        ("accuracy", {"selection": "weight", "floor": 0.1}), ("accuracy", {"selection": "sample"}),
+        ("accuracy", {"selection": "uniform"}), ("accuracy", {"selection": "uniform", "unlabeled_batch_size": 300})]
 AGGREGATORS = ["mean", "accuracy", "best", "confidence", "entropy", "adaptive_temperature", "aekd", "meta"]
 CACHE = Path(__file__).parent / ".cache"
 
@@ -82,7 +86,7 @@ def train_teacher(job):
 def distill(job):
     args, seed, pool, aggregator, recipe, transfer, options = job
     data = _data(args)
-    names = list(GOOD) + (list(BAD) if pool == "mixed" else [])
+    names = list(args["good"]) + (list(BAD) if pool == "mixed" else [])
     x_all = data.transfer_set()
     teachers = {}
     for name in names:
@@ -111,7 +115,8 @@ def distill(job):
 
 
 def _describe(options):
-    return ", ".join(f"{k}: {v}" for k, v in options.items()) or "defaults (selection: weight, floor: 1.0)"
+    return ", ".join(f"{k}: {v}" for k, v in options.items()) or \
+        "defaults (labeled: uekd, selection: weight, floor: 1.0)"
 
 
 def _stats(values):
@@ -126,29 +131,35 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--unlabeled", type=int, default=25000)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    parser.add_argument("--parts", nargs="+", default=["aggregators", "semi"], choices=["aggregators", "semi"])
+    parser.add_argument("--semi-configs", type=int, default=len(SEMI), help="run the first N semi-supervised forms")
+    parser.add_argument("--good", nargs="+", default=list(GOOD), choices=list(GOOD), help="the good pool's teachers")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "aggregators.json")
     args = parser.parse_args(argv)
-    shared = {"steps": args.steps, "unlabeled": args.unlabeled}
+    shared = {"steps": args.steps, "unlabeled": args.unlabeled, "good": args.good}
+    semi = SEMI[:args.semi_configs] if "semi" in args.parts else []
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:
-        for name, seed, seconds in pool.map(train_teacher, [(shared, s, n) for s in args.seeds for n in {**GOOD, **BAD}]):
-            if seconds:
-                print(f"trained teacher {name} (seed {seed}) in {seconds:.0f} s", file=sys.stderr)
-        jobs = [(shared, s, p, a, "offline", "pool", {}) for p in ("good", "mixed") for a in AGGREGATORS
-                for s in args.seeds]
-        jobs += [(shared, s, "good", "mean", "offline", "labeled", {}) for s in args.seeds]
-        jobs += [(shared, s, "good", "accuracy", "semi_supervised", "labeled", opts) for opts in SEMI for s in args.seeds]
-        jobs += [(shared, s, "good", "-", "scratch", "labeled", {}) for s in args.seeds]
+        needed = args.good + (list(BAD) if "aggregators" in args.parts else [])
         results = []
-        for r in pool.map(distill, jobs):
-            results.append(r)
-            print(f"{r['recipe']:>15} {r['pool']:>5} {r['aggregator']:>20} seed {r['seed']}: "
-                  f"{100 * r['accuracy']:.1f} % ({r['seconds']} s)", file=sys.stderr)
+        for seed in args.seeds:  # seed by seed: an interrupted run still has whole comparisons
+            for name, _, seconds in pool.map(train_teacher, [(shared, seed, n) for n in needed]):
+                if seconds:
+                    print(f"trained teacher {name} (seed {seed}) in {seconds:.0f} s", file=sys.stderr)
+            jobs = [(shared, seed, p, a, "offline", "pool", {}) for p in ("good", "mixed") for a in AGGREGATORS] \
+                if "aggregators" in args.parts else [(shared, seed, "good", "mean", "offline", "pool", {})]
+            jobs = [(shared, seed, "good", a, "semi_supervised", "labeled", opts) for a, opts in semi] + jobs
+            jobs += [(shared, seed, "good", "mean", "offline", "labeled", {}),
+                     (shared, seed, "good", "-", "scratch", "labeled", {})]
+            for r in pool.map(distill, jobs):
+                results.append(r)
+                print(f"{r['recipe']:>15} {r['pool']:>5} {r['aggregator']:>20} seed {r['seed']} {r['options']}: "
+                      f"{100 * r['accuracy']:.1f} % ({r['seconds']} s)", file=sys.stderr, flush=True)
 
     # teacher accuracies, for the table's header
     data = _data(shared)
     teacher_acc = {}
-    for name in {**GOOD, **BAD}:
+    for name in needed:
         accs = [mtkd.accuracy(load_model_file(CACHE / f"u{args.unlabeled}" / f"seed{s}" / f"{name}.pt")[0], data.test)
                 for s in args.seeds]
         teacher_acc[name] = _stats(accs)
@@ -156,12 +167,13 @@ def main(argv=None):
     def pick(**kw):
         return [r for r in results if all(r[k] == v for k, v in kw.items())]
 
-    lines = [f"MNIST-1D, MLP 100-100 student, {args.steps} steps, {args.unlabeled:,} unlabeled, "
+    lines = [f"MNIST-1D, MLP 100-100 student, {args.steps} steps, {args.unlabeled:,} unlabeled, good pool "
+             f"{', '.join(args.good)}, "
              f"seeds {args.seeds} (mean ± std of test accuracy, %)", "",
              "teachers: " + ", ".join(f"{n} {m:.1f} ± {s:.1f}" for n, (m, s) in teacher_acc.items()), "",
-             "| aggregator | good pool | mixed pool | change | weight on linear + permuted (mixed) |",
-             "|---|---:|---:|---:|---:|"]
-    for a in AGGREGATORS:
+             *(["| aggregator | good pool | mixed pool | change | weight on linear + permuted (mixed) |",
+                "|---|---:|---:|---:|---:|"] if "aggregators" in args.parts else [])]
+    for a in AGGREGATORS if "aggregators" in args.parts else []:
         good = _stats([r["accuracy"] for r in pick(pool="good", aggregator=a, recipe="offline", transfer="pool")])
         mixed_runs = pick(pool="mixed", aggregator=a, recipe="offline", transfer="pool")
         mixed = _stats([r["accuracy"] for r in mixed_runs])
@@ -173,7 +185,8 @@ def main(argv=None):
             ("offline `mean`, labeled samples only", pick(recipe="offline", transfer="labeled")),
             ("offline `mean`, labeled + unlabeled pool", pick(recipe="offline", transfer="pool", pool="good",
                                                                aggregator="mean")),
-            *[(f"`semi_supervised` + `accuracy`, {_describe(o)}", pick(recipe="semi_supervised", options=o)) for o in SEMI]]
+            *[(f"`semi_supervised` + `{a}`, {_describe(o)}", pick(recipe="semi_supervised", aggregator=a, options=o))
+              for a, o in semi]]
     for label, runs in rows:
         m, s = _stats([r["accuracy"] for r in runs])
         lines.append(f"| {label} | {m:.1f} ± {s:.1f} |")

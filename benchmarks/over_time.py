@@ -4,6 +4,7 @@ each against the same architecture trained alone. 3 seeds, mean and standard dev
 
     python benchmarks/over_time.py                       # 3 seeds, about 6 minutes on one idle core
     python benchmarks/over_time.py --seeds 0 --steps 500 # a quick look
+    python benchmarks/over_time.py --methods "teacher_free virtual" --out /tmp/tf  # some methods only
 
 Per seed (teacher and student initialization, batch order; the data are the same):
 - a 1-D CNN teacher (25 channels) trained on the labels, keeping 10 checkpoints along the way
@@ -12,7 +13,7 @@ Per seed (teacher and student initialization, batch order; the data are the same
   samples plus an unlabeled pool; local_targets (ProKT): a fresh CNN trains alongside the MLP
   over the same data; offline KD from the trained CNN over the same data for reference;
 - teacher_free on the labeled samples only (the paper's setting): self (the scratch MLP is the
-  teacher of a fresh MLP), virtual (a = 0.9), reverse (the scratch MLP, a weak model, teaches a
+  teacher of a fresh MLP), virtual (the authors' settings), reverse (the scratch MLP, a weak model, teaches a
   CNN; compared with the CNN alone, which is the teacher above);
 - continual: classes [0-4] then [5-9]; the MLP fine-tuned on each task in turn (no
   distillation), with LwF only, and with LwF plus one CNN teacher per task (trained on that
@@ -40,7 +41,8 @@ CACHE = Path(__file__).parent / ".cache" / "over_time"
 TEACHER = {"arch": "cnn1d", "channels": 25}
 STUDENT = {"arch": "mlp", "hidden": [100, 100]}
 KD = {"temperature": 4.0, "alpha": 0.9}
-VIRTUAL = {"mode": "virtual", "correct_probability": 0.9, "temperature": 20.0, "alpha": 0.1, "multiplier": 100.0}
+# the authors' ResNet18 / CIFAR-100 settings for Tf-KD_reg (experiments/base_experiments/*/params.json); a = 0.99
+VIRTUAL = {"mode": "virtual", "temperature": 20.0, "alpha": 0.1, "multiplier": 100.0}
 TASKS = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
@@ -95,46 +97,58 @@ def one_seed(args, seed):
     val = (data.val.x, data.val.y)
     common = {"steps": args.steps, "progress": False, "seed": seed}
     rows = []
+    want = lambda method: not args.methods or method in args.methods  # noqa: E731
 
     def record(method, model, seconds, **extra):
         rows.append({"method": method, "seed": seed, "accuracy": mtkd.accuracy(model, data.test), "seconds": seconds,
                      **extra})
         print(f"{method:>28} seed {seed}: {100 * rows[-1]['accuracy']:.1f} % ({seconds} s)", file=sys.stderr)
 
-    cnn, trajectory, seconds = teacher(data, seed, args.teacher_steps)
-    record("teacher (cnn1d)", cnn, seconds, checkpoints=len(trajectory) + 1)
+    needs_cnn = [m for m in ("teacher (cnn1d)", "offline KD (pool)", "progressive (pool)", "teacher_free reverse (cnn)")
+                 if want(m)]
+    if needs_cnn:
+        cnn, trajectory, seconds = teacher(data, seed, args.teacher_steps)
+        record("teacher (cnn1d)", cnn, seconds, checkpoints=len(trajectory) + 1)
 
     scratch = _build(STUDENT, data, seed)
     _, seconds = _timed(lambda: mtkd.train(scratch, labeled(), **common))
     record("scratch (mlp)", scratch, seconds)
 
-    for method, recipe, extra in [("offline KD (pool)", "offline", {}),
-                                  ("progressive (pool)", "progressive", {"trajectories": {"cnn": trajectory}})]:
+    for method, recipe in [("offline KD (pool)", "offline"), ("progressive (pool)", "progressive")]:
+        if not want(method):
+            continue
+        extra = {"trajectories": {"cnn": trajectory}} if recipe == "progressive" else {}
         student = _build(STUDENT, data, seed)
         _, seconds = _timed(lambda: mtkd.distill(student, {"cnn": cnn}, pool(), recipe=recipe, val_data=val,
                                                  **KD, **extra, **common))
         record(method, student, seconds)
 
     # ProKT: a fresh CNN (the teacher's initialization) trains alongside the MLP, held near it
-    student, live = _build(STUDENT, data, seed), _build(TEACHER, data, 1000 + seed)
-    _, seconds = _timed(lambda: mtkd.distill(student, {"cnn": live}, pool(), recipe="local_targets", **KD,
-                                             **common))
-    record("local_targets (pool)", student, seconds, teacher_accuracy=mtkd.accuracy(live, data.test))
+    if want("local_targets (pool)"):
+        student, live = _build(STUDENT, data, seed), _build(TEACHER, data, 1000 + seed)
+        _, seconds = _timed(lambda: mtkd.distill(student, {"cnn": live}, pool(), recipe="local_targets", **KD,
+                                                 **common))
+        record("local_targets (pool)", student, seconds, teacher_accuracy=mtkd.accuracy(live, data.test))
 
-    student = _build(STUDENT, data, seed)
-    _, seconds = _timed(lambda: mtkd.distill(student, {"self": scratch}, labeled(), recipe="teacher_free", mode="self",
-                                             **KD, **common))
-    record("teacher_free self", student, seconds)
-    student = _build(STUDENT, data, seed)
-    _, seconds = _timed(lambda: mtkd.distill(student, {}, labeled(), recipe="teacher_free", **VIRTUAL, **common))
-    record("teacher_free virtual", student, seconds)
+    if want("teacher_free self"):
+        student = _build(STUDENT, data, seed)
+        _, seconds = _timed(lambda: mtkd.distill(student, {"self": scratch}, labeled(), recipe="teacher_free",
+                                                 mode="self", **KD, **common))
+        record("teacher_free self", student, seconds)
+    if want("teacher_free virtual"):
+        student = _build(STUDENT, data, seed)
+        _, seconds = _timed(lambda: mtkd.distill(student, {}, labeled(), recipe="teacher_free", **VIRTUAL, **common))
+        record("teacher_free virtual", student, seconds)
     # Re-KD: the weak MLP teaches a CNN that starts where the CNN teacher started (same seed)
-    strong = _build(TEACHER, data, 1000 + seed)
-    _, seconds = _timed(lambda: mtkd.distill(strong, {"mlp": scratch}, labeled(), recipe="teacher_free",
-                                             mode="reverse", **KD, **{**common, "steps": args.teacher_steps}))
-    record("teacher_free reverse (cnn)", strong, seconds)
+    if want("teacher_free reverse (cnn)"):
+        strong = _build(TEACHER, data, 1000 + seed)
+        _, seconds = _timed(lambda: mtkd.distill(strong, {"mlp": scratch}, labeled(), recipe="teacher_free",
+                                                 mode="reverse", **KD, **{**common, "steps": args.teacher_steps}))
+        record("teacher_free reverse (cnn)", strong, seconds)
 
     for mode in ("finetune", "lwf", "lwf+teachers"):
+        if not want(f"continual/{mode}"):
+            continue
         rows.append(continual_run(data_args, seed, args.steps, args.teacher_steps // 2, mode))
         r = rows[-1]
         print(f"{r['method']:>28} seed {seed}: after each task {r['average_after_task']} ({r['seconds']} s)",
@@ -170,12 +184,12 @@ def table(args, rows, seconds) -> str:
             ("teacher_free self", "MLP", scratch), ("teacher_free virtual", "MLP", scratch),
             ("teacher_free reverse (cnn)", "CNN", cnn)]:
         got = acc(method)
-        if len(got) != n_seeds:
+        if len(got) != n_seeds or not alone:
             continue
         change = _stats(got)[0] - _stats(alone)[0]
         lines.append(f"| `{method}` | {model} | {_cell(got)} | {_cell(alone)} | {change:+.1f} |")
     joint = [r["teacher_accuracy"] for r in rows if r["method"] == "local_targets (pool)"]
-    lines += ["", f"teacher CNN: {_cell(cnn)}; MLP alone: {_cell(scratch)}"
+    lines += ["", (f"teacher CNN: {_cell(cnn)}; " if cnn else "") + f"MLP alone: {_cell(scratch)}"
               + (f"; the CNN trained alongside the student by `local_targets`: {_cell(joint)}" if joint else "")
               + ".", "",
               f"Continual: classes {TASKS[0]} then {TASKS[1]}, {args.steps // 2} steps each (constant lr), "
@@ -203,6 +217,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3000, help="student steps")
     parser.add_argument("--teacher-steps", type=int, default=3000)
     parser.add_argument("--unlabeled", type=int, default=10000)
+    parser.add_argument("--methods", nargs="+", default=[], help="run only these methods (and the MLP alone); "
+                        "names as in the table, e.g. 'teacher_free virtual' 'continual/lwf'")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "over_time")
     args = parser.parse_args(argv)
     start = time.perf_counter()

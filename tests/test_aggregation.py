@@ -171,6 +171,15 @@ def test_entropy_weights_match_ebkd():
     assert torch.allclose(weights3, ((1 - h / h.sum()) / 2).unsqueeze(0), atol=1e-6)
 
 
+def test_entropy_weights_are_equal_when_every_teacher_is_certain():
+    # all entropies 0: H_k / sum_j H_j is 0 / 0; the limit of equal entropies gives 1/K each
+    # (the unguarded formula gave 1 / (K - 1) each, rows summing to K / (K - 1))
+    certain = torch.tensor([[[200.0, 0.0]], [[0.0, 200.0]], [[200.0, 0.0]]])
+    target, weights, _ = build_aggregator("entropy", ctx(3))(certain, torch.tensor([-1]), 1.0)
+    assert torch.allclose(weights, torch.full((1, 3), 1 / 3))
+    assert torch.allclose(target, torch.tensor([[2 / 3, 1 / 3]]))
+
+
 @pytest.mark.parametrize("vectors, cap, expected", [
     ([[1.0, 0.0], [-1.0, 0.0]], 1.0, [0.5, 0.5]),  # opposite gradients cancel
     ([[1.0, 0.0], [0.0, 2.0]], 1.0, [0.8, 0.2]),  # min of w^2 + 4 (1 - w)^2
@@ -227,3 +236,66 @@ def test_adaptive_temperature_weighs_a_confidently_wrong_teacher_down():
     wrong = torch.tensor([[[0.0, 8.0]]])  # more confident, but wrong
     _, weights, _ = build_aggregator("adaptive_temperature", ctx(2))(torch.cat([right, wrong]), LABELS, 4.0)
     assert weights[0, 0] > 0.99
+
+
+def test_meta_mmkd_hypergradient_matches_finite_differences_of_the_authors_procedure():
+    # MMKD (train_meta.py): two KD-only virtual SGD steps, one CE step, outer CE on the same batch.
+    # For a linear student s = W x the step gradients are analytic (no autograd below):
+    #   d/dW mean_b sum_k w_bk T^2 KL(p_kb || softmax(s_b / T)) = mean_b T (q_b - sum_k w_bk p_kb) x_b^T
+    #   d/dW CE = mean_b (softmax(s_b) - onehot(y_b)) x_b^T
+    from torch import nn
+
+    torch.manual_seed(0)
+    dtype, t, lr = torch.float64, 2.0, 0.5
+    x = torch.randn(4, 3, dtype=dtype)
+    y = torch.tensor([0, 1, 1, 0])
+    z = torch.randn(2, 4, 2, dtype=dtype) * 2  # K = 2 teachers, B = 4, C = 2
+    student = nn.Linear(3, 2, bias=False).double()
+    agg = build_aggregator("meta", AggregatorContext([None, None], 2, None, None, 3),
+                           {"meta_every": 1, "virtual_lr": lr})
+    agg.double()
+    agg.meta_optimizer = torch.optim.SGD(agg.net.parameters(), lr=1e-3)  # phi moves by -1e-3 * hypergradient
+
+    def outer(net_params, net_inputs):
+        """The outer loss as a function of phi; the network reads the student's logits detached
+        (as the authors' LogitsWeight(logit_t_list, logit_s.detach())), so they are given."""
+        w_mat, seen = student.weight.detach().clone(), []
+        p = torch.softmax(z / t, -1)  # [K, B, C]
+        for i in range(2):
+            s = x @ w_mat.t()
+            seen.append(s)
+            net_in = s if net_inputs is None else net_inputs[i]
+            weights = torch.func.functional_call(agg.net, net_params, (None, z, net_in))  # [B, K]
+            target = torch.einsum("bk,kbc->bc", weights, p)
+            w_mat = w_mat - lr * t * (torch.softmax(s / t, -1) - target).t() @ x / 4
+        s = x @ w_mat.t()
+        w_mat = w_mat - lr * (torch.softmax(s, -1) - nn.functional.one_hot(y, 2)).t() @ x / 4
+        return nn.functional.cross_entropy(x @ w_mat.t(), y), seen
+
+    base = {n: p.detach().clone() for n, p in agg.net.named_parameters()}
+    with torch.no_grad():
+        base_loss, inputs = outer(base, None)
+    expected = {}
+    for n, p in base.items():
+        g = torch.zeros_like(p)
+        for i in range(p.numel()):
+            up, down = dict(base), dict(base)
+            e = torch.zeros_like(p).view(-1)
+            e[i] = 1e-6
+            up[n], down[n] = p + e.view_as(p), p - e.view_as(p)
+            with torch.no_grad():
+                g.view(-1)[i] = (outer(up, inputs)[0] - outer(down, inputs)[0]) / 2e-6
+        expected[n] = g
+
+    class Holder(nn.Module):  # what before_step reads from a recipe
+        def __init__(self):
+            super().__init__()
+            self.student, self.temperature, self.alpha, self.features = student, t, 0.5, None
+
+    student_before = student.weight.detach().clone()
+    agg.before_step(Holder(), x, y, z, torch.tensor([True, True]))
+    for n, p in agg.net.named_parameters():
+        assert torch.allclose((base[n] - p.detach()) / 1e-3, expected[n], atol=1e-6), n
+    assert agg.logged()["meta_outer"].item() == pytest.approx(base_loss.item(), rel=1e-9)
+    assert torch.equal(student.weight, student_before)  # the virtual steps are discarded
+    assert agg.net.net[0].in_features == 2 * 3 and agg.net.net[0].out_features == 3  # LogitsWeight: width // 2

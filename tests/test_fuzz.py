@@ -18,7 +18,7 @@ KEYS = ["seed", "data", "data.name", "data.num_samples", "data.unlabeled", "data
         "distill.batch_size", "distill.lr", "distill.optimizer", "distill.form", "distill.weight_cap",
         "distill.selection", "distill.on_teacher_error", "output", "output.dir", "bogus", "distill.bogus"]
 NAMES = ["mnist1d", "digits", "npz", "csv", "mlp", "cnn1d", "gru", "transformer", "linear", "cnn2d", "mean",
-         "weighted", "accuracy", "meta", "aekd", "offline", "scratch", "semi_supervised", "bilevel", "joint"]
+         "weighted", "accuracy", "meta", "aekd", "offline", "scratch", "semi_supervised", "mmkd", "bilevel", "joint"]
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from(NAMES) | st.text(max_size=12),

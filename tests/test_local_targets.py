@@ -17,14 +17,14 @@ def _softmax(z):
     return e / e.sum()
 
 
-def test_proximal_teacher_loss_is_ce_plus_lambda_kl_to_the_student():
+def test_proximal_teacher_loss_is_one_minus_lambda_ce_plus_lambda_kl_to_the_student():
     t = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
     s = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
     loss, kl = proximal_teacher_loss(t, s, torch.tensor([0]), constraint=0.4)
     p, q = _softmax(np.array([2.0, 0.0, -1.0])), _softmax(np.array([0.0, 1.0, 0.0]))
     expected_kl = (p * np.log(p / q)).sum()
     assert kl.item() == pytest.approx(expected_kl, rel=1e-5)
-    assert loss.item() == pytest.approx(-np.log(p[0]) + 0.4 * expected_kl, rel=1e-5)
+    assert loss.item() == pytest.approx(0.6 * -np.log(p[0]) + 0.4 * expected_kl, rel=1e-5)
     loss.backward()
     assert s.grad is None and t.grad is not None  # the constraint moves the teacher, never the student
 
@@ -37,28 +37,35 @@ def test_a_saturated_teacher_still_gets_finite_gradients():
     assert torch.isfinite(t.grad).all()
 
 
-def test_each_term_trains_only_its_own_network():
+def test_the_teacher_steps_first_and_the_student_learns_the_updated_teacher():
     torch.manual_seed(0)
     student, teacher = nn.Linear(3, 4), nn.Linear(3, 4)
+    s0, t0 = nn.Linear(3, 4), nn.Linear(3, 4)
+    s0.load_state_dict(student.state_dict())
+    t0.load_state_dict(teacher.state_dict())
     recipe = LocalTargetsRecipe(student, live_teachers={"t": teacher}, temperature=2.0, alpha=0.5,
-                                options=LocalTargetsOptions(constraint=0.0))
+                                options=LocalTargetsOptions(constraint=0.3, teacher_lr=0.01))
     x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])
     out = recipe.step(x, y, None)
+    # 1. the teacher's own Adam step on 0.7 CE + 0.3 KL(teacher || student), the student's output fixed
+    opt = torch.optim.Adam(t0.parameters(), lr=0.01)
+    p_log, q_log = torch.log_softmax(t0(x), -1), torch.log_softmax(s0(x).detach(), -1)
+    (0.7 * nn.functional.cross_entropy(t0(x), y) + 0.3 * (p_log.exp() * (p_log - q_log)).sum(-1).mean()).backward()
+    opt.step()
+    assert torch.allclose(teacher.weight, t0.weight, atol=1e-6) and not torch.equal(teacher.weight, s0.weight)
+    assert all(p.grad is None for p in teacher.parameters())  # nothing left for the trainer's optimizer
+    # 2-3. the student's loss against the *updated* teacher: (1 - alpha) CE + alpha T^2 KL
     out["loss"].backward()
-    # with constraint 0 the teacher's gradient is its own CE's, whatever the student does
-    expected = nn.Linear(3, 4)
-    expected.load_state_dict(teacher.state_dict())
-    nn.functional.cross_entropy(expected(x), y).backward()
-    assert torch.allclose(teacher.weight.grad, expected.weight.grad, atol=1e-6)
-    # the student's gradient is its own loss's: (1 - alpha) CE + alpha T^2 KL(teacher target || student)
-    copy = nn.Linear(3, 4)
-    copy.load_state_dict(student.state_dict())
-    target = torch.softmax(teacher(x).detach() / 2.0, -1)
-    log_q = torch.log_softmax(copy(x) / 2.0, -1)
+    assert all(p.grad is None for p in teacher.parameters())
+    target = torch.softmax(t0(x).detach() / 2.0, -1)
+    log_q = torch.log_softmax(s0(x) / 2.0, -1)
     kd = 4.0 * (target * (target.log() - log_q)).sum(-1).mean()
-    (0.5 * nn.functional.cross_entropy(copy(x), y) + 0.5 * kd).backward()
-    assert torch.allclose(student.weight.grad, copy.weight.grad, atol=1e-6)
-    assert set(recipe.state_dict()) >= {"live.0.weight", "student.weight"}  # the teacher resumes with the run
+    (0.5 * nn.functional.cross_entropy(s0(x), y) + 0.5 * kd).backward()
+    assert out["kd"].item() == pytest.approx(kd.item(), rel=1e-5)
+    assert torch.allclose(student.weight.grad, s0.weight.grad, atol=1e-6)
+    state = recipe.state_dict()
+    assert set(state) >= {"live.0.weight", "student.weight"}  # the teacher resumes with the run
+    assert state["_extra_state"]["teacher_optimizer"]["state"]  # and so do its Adam moments
 
 
 def test_local_targets_runs_through_the_cli_and_reports_its_teachers(tmp_path, tiny_raw_config):

@@ -263,3 +263,34 @@ def test_bad_cohorts_are_one_line_errors_before_anything_is_written(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("mtkd: error:") and "\n" not in err and message in err, err
     assert not out.exists()
+
+
+def test_ffl_kd_terms_are_weighted_by_the_consistency_rampup():
+    # the authors' train_FFL.py: loss = CE + w(epoch) * KL terms, w the sigmoid ramp-up; here per step
+    from mtkd.recipes.ffl import FflOptions, FflRecipe
+
+    torch.manual_seed(0)
+    net = lambda: torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))  # noqa: E731
+    recipe = FflRecipe(net(), peers=[net()], num_classes=3, alpha=0.4, steps=10, options=FflOptions(rampup=0.5))
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    for step in range(7):
+        out = recipe.step(x, y, None)
+        w = np.exp(-5.0 * (1 - step / 5) ** 2) if step < 5 else 1.0  # ramp over 0.5 * 10 steps
+        ce = out["ce"] + out["ce/peer1"] + out["ce/fused"]
+        kd = out["kd"] + out["kd/peer1"] + out["kd/fused"]
+        assert out["loss"].item() == pytest.approx((0.6 * ce + 0.4 * w * kd).item(), rel=1e-5)
+
+
+def test_codistillation_burns_in_a_tenth_of_the_steps_by_default():
+    # Algorithm 1 of Anil et al. (2018): ordinary training for n_burn_in steps, then distillation
+    from mtkd.recipes.codistillation import CodistillationRecipe
+
+    torch.manual_seed(0)
+    recipe = CodistillationRecipe(torch.nn.Linear(6, 3), steps=30, alpha=0.5)
+    assert recipe.burn_in == 3
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    kds = [recipe.step(x, y, None)["kd"].item() for _ in range(5)]
+    assert kds[:3] == [0.0, 0.0, 0.0] and kds[3] > 0 and kds[4] > 0
+    out = recipe.step(x, y, None)  # after the burn-in: (1 - alpha) CE + alpha KD per copy, summed
+    assert out["loss"].item() > 0
+    assert CodistillationRecipe(torch.nn.Linear(6, 3), steps=30, options=type(recipe.options)(burn_in=0)).burn_in == 0

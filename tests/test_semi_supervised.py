@@ -59,3 +59,41 @@ def test_step_returns_named_losses_and_trains():
     assert {"loss", "ce", "kd", "disagreement", "weight/a", "weight/b"} <= set(out)
     out["loss"].backward()
     assert recipe.student.weight.grad is not None and int(recipe.steps_done) == 1
+
+
+def test_uekd_labeled_weights_and_loss_by_hand():
+    import math
+
+    import pytest
+
+    from mtkd.recipes.semi_supervised import uekd_labeled_kd, uekd_labeled_weights
+
+    ln3 = math.log(3.0)
+    # sample 0 (label 0): teacher a says [.75, .25], teacher b [.25, .75]; sample 1 is unlabeled
+    z = torch.tensor([[[ln3, 0.0], [0.0, 0.0]], [[0.0, ln3], [0.0, 0.0]]])  # [K=2, B=2, C=2]
+    w, u = uekd_labeled_weights(z[:, :1], torch.tensor([0]))
+    assert torch.allclose(w, torch.tensor([[0.75, 0.25]]))  # proportional to p_k(y)
+    assert u.item() == pytest.approx(0.75 * 0.75 + 0.25 * 0.25)  # the weighted ensemble's p(y) = 0.625
+    student = torch.tensor([[1.0, -1.0], [5.0, 5.0]])
+    t = 2.0
+    pa, pb = [3 ** 0.5 / (1 + 3 ** 0.5), 1 / (1 + 3 ** 0.5)], [1 / (1 + 3 ** 0.5), 3 ** 0.5 / (1 + 3 ** 0.5)]
+    target = [0.75 * a + 0.25 * b for a, b in zip(pa, pb)]  # softened at T = 2, mixed with w
+    q = [math.exp(0.5) / (math.exp(0.5) + math.exp(-0.5)), math.exp(-0.5) / (math.exp(0.5) + math.exp(-0.5))]
+    kl = sum(p * math.log(p / qq) for p, qq in zip(target, q))
+    got = uekd_labeled_kd(student, z, torch.tensor([0, -1]), t)
+    assert got.item() == pytest.approx(0.625 * 4 * kl, rel=1e-5)  # mean over the one labeled sample
+    # a dropped teacher counts for nothing; every teacher certain the label is wrong: equal weights
+    w, _ = uekd_labeled_weights(z[:, :1], torch.tensor([0]), alive=torch.tensor([False, True]))
+    assert torch.allclose(w, torch.tensor([[0.0, 1.0]]))
+    w, u = uekd_labeled_weights(torch.tensor([[[-200.0, 0.0]], [[-200.0, 0.0]]]), torch.tensor([0]))
+    assert torch.allclose(w, torch.tensor([[0.5, 0.5]])) and u.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_default_step_distils_on_labeled_and_unlabeled_batches():
+    recipe, _ = _recipe("weight")
+    x, y = torch.randn(16, 2), torch.randint(0, 3, (16,))
+    with_labeled = recipe.step(x, y, torch.arange(16))["kd"]
+    recipe.steps_done -= 1  # the same unlabeled batch again
+    recipe.options = SemiSupervisedOptions(selection="weight", unlabeled_batch_size=64, floor=0.05, labeled="none")
+    without = recipe.step(x, y, torch.arange(16))["kd"]
+    assert with_labeled.item() != without.item()

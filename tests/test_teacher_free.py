@@ -42,7 +42,33 @@ def test_virtual_kd_loss_matches_a_hand_computed_kl_and_skips_unlabeled_samples(
         target = np.exp(pd / t) / np.exp(pd / t).sum()
         q = np.exp(z / t) / np.exp(z / t).sum()
         total += float((target * np.log(target / q)).sum())
-    assert virtual_kd_loss(logits, labels, a, t).item() == pytest.approx(total / 2, rel=1e-5)
+    assert virtual_kd_loss(logits, labels, a, t, soften_student=True).item() == pytest.approx(total / 2, rel=1e-5)
+
+
+def test_virtual_mode_default_is_the_authors_loss_kd_regularization():
+    # authors' code: (1 - alpha) CE + alpha * multiplier * KLDivLoss()(log_softmax(z), softmax(p^d / T)),
+    # KLDivLoss() averaging over batch x classes; a = 0.99; the student is not softened
+    student = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]]))
+    recipe = TeacherFreeRecipe(student, [], None, temperature=20.0, alpha=0.1,
+                               options=TeacherFreeOptions(mode="virtual", multiplier=100.0))
+    x, y = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]), torch.tensor([1, 0])
+    out = recipe.step(x, y, None)
+    kl_elements, ce = [], []
+    for z, label in [(np.array([1.0, 2.0, -0.5]), 1), (np.array([-1.0, 0.5, -0.75]), 0)]:
+        pd = np.full(3, 0.01 / 2)
+        pd[label] = 0.99
+        target = np.exp(pd / 20) / np.exp(pd / 20).sum()
+        log_q = z - np.log(np.exp(z).sum())  # T = 1 for the student
+        kl_elements += list(target * (np.log(target) - log_q))
+        ce.append(-log_q[label])
+    kd = 100.0 * np.mean(kl_elements)  # mean over 2 samples x 3 classes
+    assert out["kd"].item() == pytest.approx(kd, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.9 * np.mean(ce) + 0.1 * kd, rel=1e-5)
+    samples = TeacherFreeRecipe(student, [], None, temperature=20.0, alpha=0.1,
+                                options=TeacherFreeOptions(mode="virtual", multiplier=100.0, kl_mean="samples"))
+    assert samples.step(x, y, None)["kd"].item() == pytest.approx(3 * kd, rel=1e-5)
 
 
 class Const(nn.Module):
@@ -68,7 +94,7 @@ def test_self_mode_loss_is_ce_plus_t2_kl_to_the_trained_copy():
     ce = -np.log(np.exp(z[1]) / np.exp(z).sum())
     p = np.exp(np.array([2.0, 0.0, 1.0]) / 2) / np.exp(np.array([2.0, 0.0, 1.0]) / 2).sum()
     q = np.exp(z / 2) / np.exp(z / 2).sum()
-    kd = 4 * (p * np.log(p / q)).sum()
+    kd = 4 * (p * np.log(p / q)).sum() / 3  # the authors' KLDivLoss(): mean over batch x classes (C = 3)
     assert out["ce"].item() == pytest.approx(ce, rel=1e-5)
     assert out["kd"].item() == pytest.approx(kd, rel=1e-5)
     assert out["loss"].item() == pytest.approx(0.4 * ce + 0.6 * kd, rel=1e-5)

@@ -144,7 +144,7 @@ def test_generic_data_loader_batches_are_accepted():
     assert trainer.step == 12
 
 
-@pytest.mark.parametrize("form", ["bilevel", "joint"])
+@pytest.mark.parametrize("form", ["mmkd", "bilevel", "joint"])
 def test_meta_weight_network_learns_during_training(form):
     """Teacher 'good' is right, 'bad' is confidently wrong: the meta-weights must move towards 'good'."""
     from mtkd.aggregation import build_aggregator as build

@@ -37,7 +37,7 @@ def validation_accuracy(teachers, val_data, device) -> torch.Tensor:
 
 
 class AccuracyAggregator(nn.Module):
-    description = "UEKD: fixed weights softmax(validation accuracy / tau) per teacher"
+    description = "fixed weights softmax(validation accuracy / tau) per teacher (global, not per sample)"
     Options = AccuracyOptions
 
     def __init__(self, ctx: AggregatorContext, options: AccuracyOptions | None = None):

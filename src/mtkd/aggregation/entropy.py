@@ -8,6 +8,9 @@ CA-MKD reference code uses for its EBKD baseline:
 so a more certain teacher (lower entropy) weighs more. Those weights sum to K - 1; here
 they are divided by K - 1 to sum to 1 like every aggregator's (the reference's scale is
 the same up to that constant factor, i.e. a rescaled alpha). Per sample, no labels needed.
+
+A sample on which every teacher is fully certain (all entropies 0, so the shares H_k / sum_j H_j
+are 0 / 0) gets equal weights 1/K: the limit of the formula when all entropies are equal.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
         return torch.ones(teacher_logits.shape[1], 1, dtype=teacher_logits.dtype, device=teacher_logits.device)
     logq = torch.log_softmax(teacher_logits, dim=-1)
     entropy = -(logq.exp() * logq).sum(-1).t()  # [B, K]
-    share = entropy / entropy.sum(1, keepdim=True).clamp_min(1e-12)
+    total = entropy.sum(1, keepdim=True)  # [B, 1]
+    # shares sum to 1 per sample; 0 / 0 (every teacher certain) -> equal shares 1/K
+    share = torch.where(total > 1e-12, entropy / total.clamp_min(1e-12), torch.full_like(entropy, 1.0 / k))
     return (1.0 - share) / (k - 1)
 
 

@@ -5,13 +5,16 @@ Kim, Hyun, Chung and Kwak, "Feature Fusion for Online Mutual Knowledge Distillat
 (arXiv:1904.09058). With sub-network logits z_i (i = 1..n), fused logits z_f = F([h_1, ..., h_n])
 from their concatenated features, and the ensemble logits z_e = mean_i z_i:
 
-    sub-networks:  sum_i (1 - alpha) * CE(z_i, y) + alpha * T^2 * KL(softmax(z_f / T) || softmax(z_i / T))
-    fusion:        (1 - alpha) * CE(z_f, y) + alpha * T^2 * KL(softmax(z_e / T) || softmax(z_f / T))
+    sub-networks:  sum_i (1 - alpha) * CE(z_i, y) + alpha * w(step) * T^2 * KL(softmax(z_f / T) || softmax(z_i / T))
+    fusion:        (1 - alpha) * CE(z_f, y) + alpha * w(step) * T^2 * KL(softmax(z_e / T) || softmax(z_f / T))
 
 (the fused classifier teaches each sub-network; the sub-networks' ensemble teaches the fused
 classifier). Targets are constants for their learner (detached), so one backward pass of the sum
-gives every part the gradient of its own loss. The paper's setting is CE + KD at T = 3:
-``alpha: 0.5, temperature: 3`` (same directions, half the scale).
+gives every part the gradient of its own loss. w(step) is the sigmoid consistency ramp-up
+exp(-5 (1 - t)^2) of the authors' ``train_FFL.py`` (Jangho-Kim/FFL-pytorch; from Laine and Aila,
+ICLR 2017) over the first ``rampup`` fraction of the steps: they ramp over 80 of 300 epochs
+(per epoch; here per step). Their loss is CE + w * KD at T = 3: ``alpha: 0.5, temperature: 3``
+here (same directions, half the scale).
 
 Deviation: the paper fuses the sub-networks' last feature *maps* with a depthwise-separable
 convolution before its classifier; architectures here differ in what they produce, so the fusion
@@ -32,7 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..models.features import PenultimateFeatures
-from .peers import PeerOptions, build_keys, build_peers
+from .peers import PeerOptions, build_keys, build_peers, rampup
 
 
 def ffl_kd_terms(sub_logits: torch.Tensor, fused_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +76,8 @@ class FusedClassifier(nn.Module):
 
 class FflOptions(PeerOptions):
     fusion_hidden: int = Field(64, gt=0, description="width of the fusion module's hidden layer")
+    rampup: float = Field(0.27, ge=0, le=1, description="fraction of the steps over which the KD weight ramps up "
+                          "(sigmoid; 80 of 300 epochs in the authors' code; 0 = no ramp-up)")
 
 
 class FflRecipe(nn.Module):
@@ -84,10 +89,12 @@ class FflRecipe(nn.Module):
 
     def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
                  temperature: float = 3.0, alpha: float = 0.5, options: FflOptions | None = None,
-                 seed: int = 0, peers: Sequence[nn.Module] | None = None, num_classes: int | None = None, **build):
+                 seed: int = 0, peers: Sequence[nn.Module] | None = None, num_classes: int | None = None,
+                 steps: int = 0, **build):
         super().__init__()
         self.options = o = options or FflOptions()
         self.temperature, self.alpha = temperature, alpha
+        self.rampup_steps = int(round(o.rampup * steps))
         self.student = student  # sub-network 1
         if peers is not None:
             named = [(f"peer{i + 1}", m, None) for i, m in enumerate(peers)]
@@ -103,6 +110,7 @@ class FflRecipe(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1009 + 7)
             self.fusion = FusionModule([f.dim for f in self.features], o.fusion_hidden, classes)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # position on the ramp-up
 
     def subnets(self) -> list[nn.Module]:
         return [self.student, *self.peers]
@@ -120,8 +128,9 @@ class FflRecipe(nn.Module):
         kd_sub, kd_fused = ffl_kd_terms(sub_logits, fused_logits, self.temperature)
         ce_sub = torch.stack([ce_loss(z, y) for z in sub_logits])  # [n]
         ce_fused = ce_loss(fused_logits, y)
-        a = self.alpha
-        loss = ((1 - a) * ce_sub + a * kd_sub).sum() + (1 - a) * ce_fused + a * kd_fused
+        a, w = self.alpha, rampup(int(self.steps_done), self.rampup_steps)  # w: the consistency ramp-up in [0, 1]
+        self.steps_done += 1
+        loss = ((1 - a) * ce_sub + a * w * kd_sub).sum() + (1 - a) * ce_fused + a * w * kd_fused
         losses = {"loss": loss, "ce": ce_sub[0], "kd": kd_sub[0], "ce/fused": ce_fused, "kd/fused": kd_fused}
         for name, c, d in zip(self.peer_names, ce_sub[1:], kd_sub[1:]):
             losses[f"ce/{name}"], losses[f"kd/{name}"] = c, d

@@ -1,27 +1,36 @@
-"""UEKD-style semi-supervised distillation: labeled batches get the supervised loss, unlabeled
-batches get the distillation loss against the aggregated teachers, and the unlabeled samples
-the teachers disagree on most weigh more (or are drawn more often).
+"""UEKD: semi-supervised ensemble distillation on labeled and unlabeled data.
 
-Follows Unified Ensemble Knowledge Distillation (UEKD: dynamic teacher weights from validation
-accuracy, see the ``accuracy`` aggregator, plus disagreement-based learning on unlabeled data),
-Wu, Wu, Qi and Huang, "Unified and
-Effective Ensemble Knowledge Distillation" (arXiv:2204.00548), whose abstract weighs the
-distillation loss of unlabeled samples by the teachers' disagreement (the default here,
-``selection: weight``; the exact weighting formula of the paper is not reproduced). Each step:
+Wu, Wu, Qi and Huang, "Unified and Effective Ensemble Knowledge Distillation" (arXiv:2204.00548).
+The paper's scheme, as its abstract states it: on labeled data the teachers'
+predictions are weighted per sample by their correctness, and the distillation loss of a labeled
+sample is weighted by the overall correctness of the weighted ensemble; on unlabeled data, where
+correctness cannot be measured, the distillation loss is weighted by the teachers' disagreement.
+Here (``labeled: uekd``, the default), with p_k = softmax(z_k) at T = 1 and y_b the label::
 
-    loss = (1 - alpha) * CE(student(x_labeled), y) + alpha * sum_i v_i KD_i(x_unlabeled_i) / sum_i v_i
+    c_kb = p_k(y_b)                            teacher k's correctness on labeled sample b
+    w_kb = c_kb / sum_j c_jb                   per-sample teacher weights (equal if every c is 0)
+    u_b  = sum_k w_kb c_kb                     the weighted ensemble's correctness, in [0, 1]
+    KD_labeled   = mean_b u_b * T^2 KL(sum_k w_kb softmax(z_kb / T) || softmax(s_b / T))
+    KD_unlabeled = sum_i v_i KD_i / sum_i v_i  (KD_i to the configured aggregator's target)
+    loss = (1 - alpha) * CE(s(x_labeled), y) + alpha * (KD_labeled + KD_unlabeled) / 2
 
-Disagreement d_i of every unlabeled sample is computed once (teachers are frozen) with
-``disagreement`` (``pairwise_kl`` or ``vote_entropy``); ``selection: sample`` draws unlabeled
-samples with probability proportional to d_i + ``floor`` * mean(d), ``selection: weight``
-draws uniformly and sets v_i = d_i + ``floor`` * mean(d), ``selection: uniform`` ignores d.
-Unlabeled batches are drawn from a generator seeded by the step, so a resumed run draws
+The paper's exact normalisation of w and u could not be read here (only its abstract was
+available): the formulas above are the plain reading (weights proportional to correctness, the
+ensemble's probability of the label as the loss weight). ``labeled: aggregator`` distils on the labeled
+batch from the configured aggregator's target, unweighted; ``labeled: none`` uses CE alone there.
+The ``accuracy`` aggregator (one global weight per teacher from validation accuracy) is a
+different, simpler scheme, not the paper's.
+
+Unlabeled batches: disagreement d_i of every unlabeled sample is computed once (teachers are
+frozen) with ``disagreement`` (``pairwise_kl`` or ``vote_entropy``); ``selection: weight`` (the
+default) draws uniformly and sets v_i = d_i + ``floor`` * mean(d); ``selection: sample`` draws
+samples with probability proportional to that instead (v_i = 1); ``selection: uniform`` ignores
+d. Unlabeled batches are drawn from a generator seeded by the step, so a resumed run draws
 exactly the same samples.
 
 On MNIST-1D (benchmarks/aggregators.py) emphasising contested samples costs accuracy: the
 samples the teachers agree on carry most of what the student learns, so the default floor
-(1.0) keeps every sample at no less than half the mean weight, and ``selection: uniform``
-(with a larger ``unlabeled_batch_size``) does best there.
+(1.0) keeps every sample at no less than half the mean weight.
 """
 from __future__ import annotations
 
@@ -33,9 +42,11 @@ from torch import nn
 
 from ..aggregation.disagreement import DISAGREEMENT
 from ..data import IndexedTensorDataset
+from ..data.base import UNLABELED
 from ..errors import ConfigError
-from ..aggregation.base import add_aggregator_terms, aggregated_kd
+from ..aggregation.base import add_aggregator_terms, aggregated_kd, mix, softened
 from ..losses import ce_loss
+from ..losses.kd import kd_loss_per_sample
 from ..models.features import PenultimateFeatures
 from ..teachers import FrozenTeacher, run_teachers
 
@@ -46,11 +57,44 @@ class SemiSupervisedOptions(BaseModel):
     disagreement: Literal["pairwise_kl", "vote_entropy"] = "pairwise_kl"
     selection: Literal["weight", "sample", "uniform"] = "weight"
     floor: float = Field(1.0, ge=0, description="added to every score, as a fraction of the mean score")
-    labeled_kd: bool = Field(False, description="also distill on the labeled batch")
+    labeled: Literal["uekd", "aggregator", "none"] = Field(
+        "uekd", description="distillation on the labeled batch: uekd (teacher weights from correctness, loss "
+                            "weighted by the ensemble's correctness), aggregator (the configured aggregator's "
+                            "target, unweighted) or none (CE only)")
+
+
+def uekd_labeled_weights(teacher_logits: torch.Tensor, labels: torch.Tensor,
+                         alive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """UEKD on labeled samples: teacher_logits [K, B, C], labels [B] -> (teacher weights w [B, K]
+    proportional to each teacher's probability of the label, rows summing to 1; the weighted
+    ensemble's probability of the label u [B]). Teachers dropped from the batch (alive [K] False)
+    count as giving the label probability 0."""
+    p = torch.softmax(teacher_logits, dim=-1)  # [K, B, C] at T = 1
+    c = p.gather(-1, labels.view(1, -1, 1).expand(p.shape[0], -1, 1)).squeeze(-1).t()  # [B, K]
+    live = torch.ones(c.shape[1], dtype=torch.bool, device=c.device) if alive is None else alive
+    c = c * live.to(c.dtype)
+    total = c.sum(1, keepdim=True)
+    uniform = live.to(c.dtype).expand_as(c) / live.sum()  # every live teacher gave the label probability 0
+    w = torch.where(total > 0, c / total.clamp_min(1e-12), uniform)
+    return w, (w * c).sum(1)
+
+
+def uekd_labeled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                    temperature: float, alive: torch.Tensor | None = None) -> torch.Tensor:
+    """KD_labeled of the module docstring over the labeled samples of a batch (label -1 skipped).
+    student_logits [B, C]; teacher_logits [K, B, C]; alive [K]."""
+    keep = labels != UNLABELED
+    if not keep.any():
+        return student_logits.sum() * 0.0
+    z, s = teacher_logits[:, keep], student_logits[keep]
+    w, u = uekd_labeled_weights(z, labels[keep], alive)  # [B', K], [B']
+    target = mix(softened(z, temperature), w)  # [B', C]
+    return (u * kd_loss_per_sample(s, target, temperature)).mean()
 
 
 class SemiSupervisedRecipe(nn.Module):
-    description = "UEKD: CE on labeled batches, KD on unlabeled ones picked by teacher disagreement"
+    description = ("UEKD: KD on labeled data weighted by teacher correctness, on unlabeled data by teacher "
+                   "disagreement")
     needs_teachers = True
     cacheable = True  # teachers only ever see transfer-set samples, unaugmented: outputs may be cached
     uses_unlabeled = False  # the trainer's loader gives labeled batches; the pool is drawn here
@@ -67,9 +111,9 @@ class SemiSupervisedRecipe(nn.Module):
             raise ConfigError("recipe 'semi_supervised' needs an unlabeled pool: set data.unlabeled (mnist1d) "
                               "or x_unlabeled (npz)")
         opts = getattr(aggregator, "options", None)
-        if getattr(opts, "form", None) == "joint" and not (options and options.labeled_kd):
+        if getattr(opts, "form", None) == "joint" and (options or SemiSupervisedOptions()).labeled != "aggregator":
             raise ConfigError("aggregator 'meta' with form: joint learns from labeled samples, which recipe "
-                              "'semi_supervised' only shows it with labeled_kd: true; set that or use form: bilevel")
+                              "'semi_supervised' only shows it with labeled: aggregator; set that or use form: bilevel")
         self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
         self.temperature, self.alpha = temperature, alpha
         self.options = options or SemiSupervisedOptions()
@@ -117,7 +161,7 @@ class SemiSupervisedRecipe(nn.Module):
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         labeled_out = None  # teachers on the labeled batch, only when something needs them
-        if hasattr(self.aggregator, "before_step") or self.options.labeled_kd:
+        if hasattr(self.aggregator, "before_step") or self.options.labeled != "none":
             labeled_out = self.teacher_logits(x, index)
         if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
             self.aggregator.before_step(self, x, y, *labeled_out)
@@ -125,9 +169,13 @@ class SemiSupervisedRecipe(nn.Module):
         xu, iu, scores = self._unlabeled_batch()
         xu = xu.to(device)
         v = scores.to(device) if self.options.selection == "weight" else None  # per-sample KD weights
-        yu = torch.full((len(xu),), -1, dtype=torch.long, device=device)
+        yu = torch.full((len(xu),), UNLABELED, dtype=torch.long, device=device)
         _, kd_unlabeled, weights = self._kd(xu, yu, iu, v)
-        if self.options.labeled_kd:
+        if self.options.labeled == "uekd":
+            logits = self.student(x)
+            kd_labeled = uekd_labeled_kd(logits, labeled_out[0], y, self.temperature, labeled_out[1])
+            kd = 0.5 * (kd_unlabeled + kd_labeled)
+        elif self.options.labeled == "aggregator":
             logits, kd_labeled, _ = self._kd(x, y, index, teachers_out=labeled_out)
             kd = 0.5 * (kd_unlabeled + kd_labeled)
         else:

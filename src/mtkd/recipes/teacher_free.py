@@ -7,21 +7,29 @@ label smoothing, so a student can improve without a stronger teacher:
 - ``mode: self`` (Tf-KD_self, their eq. 8): first train a copy of the student normally, then
   train the student with it as the teacher::
 
-      loss = (1 - alpha) * CE(q, y) + alpha * T^2 * KL(p^t_T || q_T)        (* multiplier)
+      loss = (1 - alpha) * CE(q, y) + alpha * multiplier * T^2 * KL(p^t_T || q_T) / C
 
   The pipeline trains the copy (teacher ``self``, the student's arch and the ``distill``
   training settings, another seed) before distilling; no configured teacher is used.
 - ``mode: virtual`` (Tf-KD_reg, eq. 9-10): a hand-made "virtual teacher" that puts probability
   ``a`` (``correct_probability``) on the true class and spreads the rest uniformly::
 
-      p^d(k) = a if k == y else (1 - a) / (K - 1)
-      loss   = (1 - alpha) * CE(q, y) + alpha * multiplier * KL(p^d_T || q_T)
+      p^d(k) = a if k == y else (1 - a) / (C - 1)
+      loss   = (1 - alpha) * CE(q, y) + alpha * multiplier * KL(p^d_T || q) / C
 
-  p^d_T, the virtual teacher softened at temperature T, is ``softmax(p^d / T)``: the paper
-  does not spell out how a distribution is softened; this is what the authors' code does
-  (it treats p^d as scores). The student is softened at T as in eq. 9 (the authors' code
-  leaves it at T = 1). No T^2 factor, as in the paper; ``multiplier`` scales the term as their
-  code's ``multiplier`` does (they use large T with a large multiplier). Needs no teacher.
+  By default this is the authors' ``loss_kd_regularization`` (my_loss_function.py in
+  yuanli2333/Teacher-free-Knowledge-Distillation): a = 0.99; p^d_T, the virtual teacher
+  softened at temperature T, is ``softmax(p^d / T)`` (the paper does not spell out how a
+  distribution is softened; their code treats p^d as scores); the student q is *not* softened
+  (T = 1); no T^2 factor. ``soften_student: true`` softens the student at T as eq. 9 reads
+  (q_T; mtkd's form before it followed the authors' code, then with a = 0.9 and
+  ``kl_mean: samples``). Needs no teacher.
+
+``/ C`` above: the authors' ``nn.KLDivLoss()`` averages over batch x classes, i.e. the
+per-sample KL summed over classes divided by the number of classes C, and their ``multiplier``
+(1 to 100 in their configs) scales that; ``kl_mean: elements`` (the default) does the same so
+their hyper-parameters carry over unchanged. ``kl_mean: samples`` drops the ``/ C`` (the KL of
+the paper's equations averaged over samples, as mtkd's other recipes do).
 - ``mode: reverse`` (Re-KD, section 3.1): a weaker model teaches a stronger one: the
   configured teachers (e.g. a small MLP) teach the ``student`` (e.g. a CNN) with the Tf-KD_self
   loss. The summary's "student" is then the stronger model being improved.
@@ -50,8 +58,14 @@ class TeacherFreeOptions(BaseModel):
     mode: Literal["self", "virtual", "reverse"] = Field(
         "self", description="self: a trained copy of the student teaches it; virtual: a hand-made distribution; "
                             "reverse: the (weaker) configured teachers teach the student")
-    correct_probability: float = Field(0.9, gt=0, lt=1, description="virtual teacher: probability a of the true class")
+    correct_probability: float = Field(0.99, gt=0, lt=1, description="virtual teacher: probability a of the true "
+                                       "class (0.99 in the authors' code)")
     multiplier: float = Field(1.0, gt=0, description="scales the distillation term (the authors' 'multiplier')")
+    kl_mean: Literal["elements", "samples"] = Field(
+        "elements", description="elements: KL averaged over batch x classes as the authors' nn.KLDivLoss() (so their "
+                                "multiplier carries over); samples: summed over classes, averaged over samples")
+    soften_student: bool = Field(False, description="virtual: soften the student at T as eq. 9 reads (the authors' "
+                                                    "code leaves it at T = 1)")
 
 
 def virtual_teacher(labels: torch.Tensor, num_classes: int, correct_probability: float) -> torch.Tensor:
@@ -69,15 +83,16 @@ def virtual_target(labels: torch.Tensor, num_classes: int, correct_probability: 
 
 
 def virtual_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, correct_probability: float,
-                    temperature: float) -> torch.Tensor:
-    """Tf-KD_reg's term KL(p^d_T || q_T), averaged over the labeled samples of the batch (label -1
-    has no virtual teacher); student_logits [B, C], labels [B]."""
+                    temperature: float, soften_student: bool = False) -> torch.Tensor:
+    """Tf-KD_reg's term KL(p^d_T || q), summed over classes and averaged over the labeled samples
+    of the batch (label -1 has no virtual teacher); q = softmax(student) as in the authors' code, or
+    softmax(student / T) with ``soften_student``. student_logits [B, C], labels [B]."""
     labeled = labels != UNLABELED
     if not labeled.any():
         return student_logits.sum() * 0.0
     logits, labels = student_logits[labeled], labels[labeled]
     target = virtual_target(labels, logits.shape[-1], correct_probability, temperature)  # [B', C]
-    log_q = F.log_softmax(logits / temperature, dim=-1)
+    log_q = F.log_softmax(logits / (temperature if soften_student else 1.0), dim=-1)
     return (target * (target.log() - log_q)).sum(-1).mean()
 
 
@@ -133,7 +148,8 @@ class TeacherFreeRecipe(nn.Module):
         weights = None
         if self.options.mode == "virtual":
             logits = self.student(x)  # [B, C]
-            kd = virtual_kd_loss(logits, y, self.options.correct_probability, self.temperature)
+            kd = virtual_kd_loss(logits, y, self.options.correct_probability, self.temperature,
+                                 self.options.soften_student)
         else:
             teacher_logits, alive = run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
             if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
@@ -143,6 +159,8 @@ class TeacherFreeRecipe(nn.Module):
             kd, weights = aggregated_kd(self.aggregator, logits, teacher_logits, y, self.temperature, features,
                                         alive=alive)
         ce = ce_loss(logits, y)
+        if self.options.kl_mean == "elements":  # the authors' nn.KLDivLoss(): mean over batch x classes
+            kd = kd / logits.shape[-1]
         kd = self.options.multiplier * kd
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
         return losses if weights is None else add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
