@@ -178,13 +178,14 @@ def run_bench(args) -> tuple[list[dict], dict]:
 
     import torch
 
-    from .aggregation import AggregatorContext, build_aggregator
     from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
-    from .config import DistillConfig, NoOptions, _model
+    from .config import DistillConfig, _model
     from .data import load_dataset
     from .models import build_model
     from .pipeline import resolve_device
-    from .recipes import OfflineRecipe, ScratchRecipe
+    from .options import NoOptions
+    from .recipes import ScratchRecipe
+    from .recipes.build import build_recipe
     from .teachers import FrozenTeacher, run_teachers
 
     torch.set_num_threads(args.threads)
@@ -206,10 +207,10 @@ def run_bench(args) -> tuple[list[dict], dict]:
     def student():
         return copy.deepcopy(student0).to(device)
 
-    def offline(teachers):
-        ctx = AggregatorContext(teachers, data.num_classes, None, None, None, device)
-        return OfflineRecipe(student(), teachers, build_aggregator("mean", ctx, NoOptions()),
-                             temperature=cfg.temperature, alpha=cfg.alpha)
+    def offline(teachers):  # the library's offline + mean recipe, built as `mtkd run` builds it
+        return build_recipe("offline", student(), teachers, cfg, recipe_options=NoOptions(),
+                            aggregator_options=NoOptions(), num_classes=data.num_classes,
+                            input_shape=data.input_shape, example=None, device=device, monitor=False).recipe
 
     info = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": args.threads, "samples": len(transfer), "batch_size": args.batch_size,

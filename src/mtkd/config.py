@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .options import NoOptions
 
 SECTIONS = ("seed", "data", "teachers", "student", "distill", "output")
 
@@ -82,12 +83,6 @@ class TeacherSpec:
     weight: float
     train: TrainConfig
     external: BaseModel | None = None  # options of a teacher with a 'kind:' (ONNX, scikit-learn, ...)
-
-
-class NoOptions(BaseModel):
-    """Options schema of a component that takes none."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -268,7 +263,7 @@ def parse_config(raw: Any) -> Config:
     student = _model(student_raw, "student")
 
     distill, aggregator_options, recipe_options = parse_distill(raw.get("distill") or {})
-    if RECIPES[distill.recipe].needs_teachers and not teachers:
+    if RECIPES[distill.recipe].traits.needs_teachers and not teachers:
         raise ConfigError(f"teachers: recipe {distill.recipe!r} needs at least one teacher; "
                           f"add teachers or use distill.recipe: scratch")
     for t in teachers:

@@ -22,9 +22,10 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
 
     out = Path(out)
     d = cfg.distill
-    if not RECIPES[d.recipe].needs_teachers:
+    traits = RECIPES[d.recipe].traits
+    if not traits.needs_teachers:
         raise ConfigError(f"distill.recipe: {d.recipe!r} uses no teachers; there is nothing to cache")
-    if not getattr(RECIPES[d.recipe], "cacheable", False):
+    if not traits.cacheable:
         raise ConfigError(f"distill.recipe: {d.recipe!r} cannot use cached teacher outputs (its teachers see "
                           "inputs other than the fixed transfer set)")
     if d.threads:

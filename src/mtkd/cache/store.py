@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..errors import MtkdError
 from ..io import update_sha256
 

@@ -109,11 +109,6 @@ def build_peers(student: nn.Module, options: PeerOptions, *, input_shape=None, n
     return out
 
 
-def build_keys(build: dict) -> dict:
-    """Of the keyword arguments the pipeline passes every recipe, those that build peers from specs."""
-    return {k: build[k] for k in ("input_shape", "num_classes", "student_config") if k in build}
-
-
 def rampup(step: int, length: int) -> float:
     """Sigmoid-shaped ramp from ~0 to 1 over ``length`` steps, exp(-5 (1 - t)^2) (Laine and Aila,
     ICLR 2017), as OKDDip uses for its distillation weight; 1 when ``length`` is 0."""
