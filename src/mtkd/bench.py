@@ -179,9 +179,9 @@ def run_bench(args) -> tuple[list[dict], dict]:
     import torch
 
     from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
-    from .config import DistillConfig, _model
+    from .options import DistillConfig
     from .data import load_dataset
-    from .models import build_model
+    from .models import build_model, parse_model
     from .pipeline import resolve_device
     from .options import NoOptions
     from .recipes import ScratchRecipe
@@ -196,8 +196,8 @@ def run_bench(args) -> tuple[list[dict], dict]:
     transfer = data.transfer_set()
     cfg = DistillConfig(steps=10**9, batch_size=args.batch_size, eval_every=10**9, checkpoint_every=10**9)
     hidden = [int(h) for h in args.student_hidden.split(",") if h.strip()]
-    student_cfg = _model({"arch": "mlp", "hidden": hidden}, "student")
-    teacher_cfg = _model({"arch": "cnn1d", "channels": args.teacher_channels}, "teacher")
+    student_cfg = parse_model({"arch": "mlp", "hidden": hidden}, "student")
+    teacher_cfg = parse_model({"arch": "cnn1d", "channels": args.teacher_channels}, "teacher")
     torch.manual_seed(0)
     teacher_models = [build_model(teacher_cfg, data.input_shape, data.num_classes).to(device).eval()
                       for _ in range(max(ks))]

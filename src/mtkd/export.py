@@ -164,7 +164,7 @@ def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.M
 
 
 def _run_data(config: dict):
-    from .config import _validate
+    from .schema import validate as _validate
     from .data import DATASETS, load_data
 
     raw = dict(config.get("data") or {})

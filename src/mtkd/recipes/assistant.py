@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
-from ..models import build_model
+from ..models import build_model, parse_model
 from ..models.files import load_model_file
 from ..seeding import seed_everything
 from .base import TeacherStage, TrainedTeacher
@@ -69,9 +69,7 @@ class AssistantOptions(BaseModel):
 
 
 def _arch(spec: dict, where: str) -> BaseModel:
-    from ..config import _model
-
-    return _model({k: v for k, v in spec.items() if k != "name"}, where)
+    return parse_model({k: v for k, v in spec.items() if k != "name"}, where)
 
 
 def chain(options: AssistantOptions, student_cfg: BaseModel) -> list[list[tuple[str, BaseModel]]]:

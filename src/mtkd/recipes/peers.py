@@ -26,12 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import parse_model
 
 
 def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
     """(name or None, validated model config) of ``peers[i]``; a ConfigError names the key."""
-    from ..config import _model
-
     where = f"distill.peers[{i}]"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a model spec such as {{arch: mlp, hidden: [32]}}, got {spec!r}")
@@ -39,7 +38,7 @@ def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
     name = spec.pop("name", None)
     if name is not None and (not isinstance(name, str) or not name or "/" in name or name == "student"):
         raise ConfigError(f"{where}.name: a non-empty string without '/', not 'student' (got {name!r})")
-    return name, _model(spec, where)
+    return name, parse_model(spec, where)
 
 
 class PeerOptions(BaseModel):

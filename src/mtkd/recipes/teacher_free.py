@@ -41,6 +41,7 @@ from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..data.base import UNLABELED
 from ..errors import ConfigError
 from ..losses import ce_loss
+from ..options import TeacherSpec, TrainConfig
 from ..teachers import FrozenTeacher, run_teachers
 from ..aggregation.targets import TeacherTargets
 from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
@@ -113,7 +114,6 @@ class TeacherFreeRecipe(nn.Module):
 
     @staticmethod
     def prepare_teachers(stage: TeacherStage) -> PreparedTeachers:
-        from ..config import TeacherSpec, TrainConfig
 
         cfg, mode = stage.cfg, stage.cfg.recipe_options.mode
         if mode == "reverse":
