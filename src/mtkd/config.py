@@ -209,6 +209,8 @@ def parse_distill(raw: Any) -> tuple[DistillConfig, BaseModel, BaseModel]:
         if key in COMPONENT_KEYS:
             continue
         owners = [i for i, schema in enumerate(schemas) if key in schema.model_fields]
+        if len(owners) > 1:  # a component that got this key nested cannot be what the flat key means
+            owners = [i for i in owners if key not in parts[i]] or owners
         if not owners:
             allowed = ", ".join(k for schema in schemas for k in schema.model_fields)
             raise ConfigError(f"distill.{key}: unknown key for distill (recipe {recipe!r}, aggregator "
