@@ -21,12 +21,12 @@ from .recipes.base import TrainedTeacher
 from .recipes.build import build_recipe
 from .teachers import FrozenTeacher
 from .trainer import MetricsLog, Trainer, unpack_batch
+from .config import parse_distill
 
 
 def _settings(**kwargs: Any):
     """(DistillConfig, aggregator options, recipe options) from keyword arguments, validated
     exactly as the config's distill section."""
-    from .config import parse_distill
 
     return parse_distill({k: v for k, v in kwargs.items() if v is not None})
 

@@ -21,6 +21,22 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
+from .options import DistillConfig
+from .data import load_dataset
+from .models import build_model, parse_model
+from .pipeline import resolve_device
+from .options import NoOptions
+from .recipes import ScratchRecipe
+from .recipes.build import build_recipe
+from .teachers import FrozenTeacher, run_teachers
+from .errors import ConfigError
+from .io import write_json
+from .precision import grad_scaler
+from .trainer import lr_factor
+from .precision import autocast
+from .data import BatchLoader
+from .trainer import Trainer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,8 +107,6 @@ class _HandLoop:
     def __init__(self, student, teachers, data, cfg, device, amp):
         import torch
 
-        from .precision import grad_scaler
-        from .trainer import lr_factor
 
         self.scaler = grad_scaler(device, amp)
         self.student, self.teachers, self.cfg, self.device, self.amp = student, teachers, cfg, device, amp
@@ -107,7 +121,6 @@ class _HandLoop:
         import torch
         import torch.nn.functional as F
 
-        from .precision import autocast
 
         T, a, b = self.cfg.temperature, self.cfg.alpha, self.cfg.batch_size
         for _ in range(steps):
@@ -142,8 +155,6 @@ class _LibraryRun:
     """A recipe driven by the library's Trainer, run ``steps`` more steps at a time."""
 
     def __init__(self, recipe, data, cfg, device, amp):
-        from .data import BatchLoader
-        from .trainer import Trainer
 
         self.trainer = Trainer(recipe, BatchLoader(data, cfg.batch_size, shuffle=True, seed=0), cfg,
                                stage="bench", device=device, progress=False, amp=amp)
@@ -178,15 +189,6 @@ def run_bench(args) -> tuple[list[dict], dict]:
 
     import torch
 
-    from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
-    from .options import DistillConfig
-    from .data import load_dataset
-    from .models import build_model, parse_model
-    from .pipeline import resolve_device
-    from .options import NoOptions
-    from .recipes import ScratchRecipe
-    from .recipes.build import build_recipe
-    from .teachers import FrozenTeacher, run_teachers
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -317,8 +319,6 @@ def format_table(records: list[dict], info: dict) -> str:
 
 
 def main(args) -> None:
-    from .errors import ConfigError
-    from .io import write_json
 
     for name in ("steps", "repeats", "batch_size", "samples", "threads"):
         if getattr(args, name) <= 0:

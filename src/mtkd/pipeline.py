@@ -35,6 +35,8 @@ from .teachers import FrozenTeacher
 from .teachers.kinds import load_external
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer, predict_logits
+from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
+from .recipes.assistant import train_chain
 
 
 @dataclass
@@ -377,7 +379,6 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callable[[str], None],
             force: bool) -> dict:
     """Teachers, baseline, distillation, evaluation and report of a run directory that is open."""
-    from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
 
     run = Run(prep, out, progress, log, force)
     d = cfg.distill
@@ -386,7 +387,6 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
     student_teachers, assistants = named, []
     if RECIPES[d.recipe].traits.trains_assistants:  # TAKD: the chain's stages come first
-        from .recipes.assistant import train_chain
 
         models, names, assistants = train_chain(run, teachers)
         arch_of = {a["name"]: a["arch"] for a in assistants}

@@ -25,6 +25,7 @@ from .errors import MtkdError
 from .io import load_torch, save_torch
 from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
+from .io import write_text
 
 CHECKPOINT_FORMAT = "mtkd.train/1"
 
@@ -122,7 +123,6 @@ class MetricsLog:
             tracker.truncate(stage, after_step)
         if self.path is None or not self.path.exists():
             return
-        from .io import write_text
 
         kept = []
         for line in self.path.read_text().splitlines():

@@ -24,7 +24,7 @@ class ParquetConfig(BaseModel):
 
 
 def _read(path: Path, cfg: ParquetConfig):
-    from ..teachers.external import require
+    from ..optional import require
 
     pq = require("pyarrow.parquet", "parquet", "data set 'parquet'")
     if not path.is_file():

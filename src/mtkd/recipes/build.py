@@ -22,6 +22,8 @@ from ..models.features import head_layer
 from ..teachers import FrozenTeacher
 from . import RECIPES
 from .base import BUILD_INPUTS, Built, TrainedTeacher
+from ..cache.build import cached_pool
+from ..monitoring import TeacherMonitor
 
 
 def freeze(teachers: Sequence[TrainedTeacher | FrozenTeacher], device: torch.device, example: torch.Tensor | None,
@@ -61,7 +63,6 @@ def build_recipe(name: str, student: nn.Module, teachers: Sequence[TrainedTeache
         if transfer is None or cache_dir is None:
             raise ConfigError("distill.cache: caching teacher outputs needs a fixed transfer set (an mtkd.BatchLoader "
                               "over an IndexedTensorDataset) and a cache_dir; set cache='off' or pass both")
-        from ..cache.build import cached_pool
 
         frozen = cached_pool(frozen, transfer, cache_dir, settings, device, log)
     aggregator = None
@@ -81,7 +82,6 @@ def build_recipe(name: str, student: nn.Module, teachers: Sequence[TrainedTeache
     watch = None
     # only rank 0 logs, so only rank 0 monitors (the teachers' pass over the validation split)
     if monitor and settings.monitor_every and frozen and val is not None and distributed.is_main():
-        from ..monitoring import TeacherMonitor
 
         watch = TeacherMonitor(student, frozen, val, device)
     return Built(recipe, watch)

@@ -33,6 +33,8 @@ from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..trainer import accuracy
 from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from ..models import build_model
+from ..seeding import seed_everything
 
 
 class LocalTargetsOptions(BaseModel):
@@ -84,8 +86,6 @@ class LocalTargetsRecipe(nn.Module):
 
     @staticmethod
     def prepare_teachers(stage: TeacherStage) -> PreparedTeachers:
-        from ..models import build_model
-        from ..seeding import seed_everything
 
         live = {}
         for i, plan in enumerate(stage.plans):

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import parse_model
+from ..models import build_model
 
 
 def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
@@ -82,7 +83,6 @@ def build_peers(student: nn.Module, options: PeerOptions, *, input_shape=None, n
     ``count`` (default ``options.num_peers``) fresh copies of the student. Each peer is
     initialized from its own seed, without touching the global random state.
     """
-    from ..models import build_model
 
     out = []
     if options.peers:
