@@ -215,3 +215,23 @@ def test_a_flat_key_two_schemas_declare_is_refused_and_works_nested(monkeypatch,
     assert cfg.aggregator_options.temperature == 2.0 and cfg.distill.temperature == 3.0
     with pytest.raises(ConfigError, match=r"distill.form: given twice"):
         parse_config(dict(tiny_raw_config, distill={"aggregator": {"name": "meta", "form": "joint"}, "form": "joint"}))
+
+
+# ---------------------------------------------------------------- the Python API honours a setting or refuses it
+
+def test_the_api_refuses_settings_it_cannot_honour_and_caches_when_asked(tmp_path):
+    import mtkd
+    from mtkd import BatchLoader, IndexedTensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    data = IndexedTensorDataset(x, (x[:, 0] > 0).long())
+    teacher, student = nn.Linear(6, 2), nn.Linear(6, 2)
+    for settings, message in [({"cache": "auto"}, "distill.cache: caching teacher outputs needs"),
+                              ({"batch_size": 16}, r"batch_size=16: the batches come from train_loader \(batch size 8\)"),
+                              ({"baseline": True}, "baseline: not a setting of mtkd.distill")]:
+        with pytest.raises(ConfigError, match=message):
+            mtkd.distill(student, [teacher], BatchLoader(data, 8), steps=2, progress=False, **settings)
+    mtkd.distill(student, [teacher], BatchLoader(data, 8), steps=2, progress=False, cache="always",
+                 cache_dir=tmp_path / "cache", batch_size=8)
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()] == ["teacher0"]
