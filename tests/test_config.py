@@ -19,7 +19,7 @@ def test_there_are_shipped_configs_for_mnist1d_and_digits():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(path, ["data.unlabeled=100"] if "mnist1d" in path.name else [])  # a small pool: fast
-    assert (cfg.teachers or not RECIPES[cfg.distill.recipe].needs_teachers) and cfg.student.arch
+    assert (cfg.teachers or not RECIPES[cfg.distill.recipe].traits.needs_teachers) and cfg.student.arch
     if cfg.data.name == "digits":
         pytest.importorskip("sklearn")
     prepare(cfg)  # data loads, shapes and class counts agree

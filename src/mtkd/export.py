@@ -20,6 +20,15 @@ import torch
 from torch import nn
 
 from .errors import MtkdError
+from .io import _atomic
+from .config import parse_config
+from .models.files import load_model_file
+from .teachers.kinds import load_external
+from .schema import validate as _validate
+from .data import DATASETS, load_data
+from .evaluation import ms_per_1000, ms_per_1000_of
+from .models import count_params
+from .io import write_json
 
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -99,7 +108,6 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
     x: inputs [N, ...] to check on (e.g. the test split). The exported model must reproduce
     PyTorch's logits within ``tolerance`` * max(1, max |logit|); otherwise MtkdError and no file.
     Returns {"path", "format", "bytes", "max_abs_diff", "checked_inputs", "tolerance"}."""
-    from .io import _atomic
 
     if fmt not in FORMATS:
         raise MtkdError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
@@ -131,9 +139,6 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
 def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.Module], list[str]]:
     """The student and the teachers a finished run used (teachers/ in the run, their checkpoints,
     or, for a teacher with a ``kind:``, its ONNX / scikit-learn / TorchScript / ... file)."""
-    from .config import parse_config
-    from .models.files import load_model_file
-    from .teachers.kinds import load_external
 
     student, _ = load_model_file(run_dir / "student.pt")
     teachers, missing = [], []
@@ -164,8 +169,6 @@ def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.M
 
 
 def _run_data(config: dict):
-    from .config import _validate
-    from .data import DATASETS, load_data
 
     raw = dict(config.get("data") or {})
     name = raw.get("name", "mnist1d")
@@ -187,9 +190,6 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
     and the result dict as JSON beside it (``<out>.json``); returns the dict."""
     import yaml
 
-    from .evaluation import ms_per_1000, ms_per_1000_of
-    from .models import count_params
-    from .io import write_json
 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 import yaml
+from . import distributed
 
 
 @functools.cache
@@ -25,7 +26,6 @@ def _umask() -> int:
 
 
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str, every_rank: bool = False) -> None:
-    from . import distributed
 
     # under torchrun only rank 0 writes shared files (the others hold the same state), except a
     # file that is each rank's own (every_rank: a per-process checkpoint)

@@ -12,15 +12,14 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from torch import nn
 
-from . import __version__, distributed
-from .aggregation import AggregatorContext, build_aggregator
-from .models.features import head_layer
-from .config import Config, TeacherSpec
+from . import distributed
+from .version import __version__
+from .config import Config
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
 from .aggregation.coverage import class_masks, coverage_mix, ensemble_mean
@@ -29,28 +28,15 @@ from .io import write_json, write_yaml
 from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
+from .recipes.base import PreparedTeachers, TeacherPlan, TrainedTeacher
+from .recipes.build import build_recipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
 from .teachers.kinds import load_external
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer, predict_logits
-
-
-@dataclass
-class TeacherPlan:
-    spec: TeacherSpec
-    arch: object  # the model config (from the YAML, or read from the checkpoint)
-    num_classes: int
-    model: nn.Module | None = None  # loaded from the checkpoint; None until trained
-
-
-class TrainedTeacher(NamedTuple):
-    """A teacher ready for distillation: what the summary calls it, and its weight."""
-
-    name: str
-    arch: str
-    model: nn.Module
-    weight: float = 1.0
+from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
+from .recipes.assistant import train_chain
 
 
 @dataclass
@@ -86,16 +72,18 @@ def prepare(cfg: Config) -> Prepared:
     params = count_params(student_model)  # shape errors surface now
     built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
     recipe_cls = RECIPES[cfg.distill.recipe]
-    if hasattr(recipe_cls, "extra_models"):  # online recipes: build the cohort once, so its errors come now
-        recipe_cls(build_model(cfg.student, data.input_shape, num_classes), options=cfg.recipe_options,
-                   input_shape=data.input_shape, num_classes=num_classes, student_config=cfg.student,
-                   steps=cfg.distill.steps)
-    if getattr(recipe_cls, "needs_unlabeled", False) and data.unlabeled is None:
+    traits = recipe_cls.traits
+    if traits.online:  # online recipes: build the cohort once, so its errors come now
+        build_recipe(cfg.distill.recipe, build_model(cfg.student, data.input_shape, num_classes), [], cfg.distill,
+                     recipe_options=cfg.recipe_options, aggregator_options=cfg.aggregator_options,
+                     num_classes=num_classes, input_shape=data.input_shape, example=None,
+                     device=torch.device("cpu"), student_config=cfg.student, monitor=False)
+    if traits.needs_unlabeled and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
     plans, notes = [], []
     d = cfg.distill
-    if d.cache == "always" and not getattr(recipe_cls, "cacheable", False):
+    if d.cache == "always" and not traits.cacheable:
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
                           "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
     if d.cache_storage == "topk" and d.cache_topk <= 0:
@@ -136,7 +124,7 @@ def prepare(cfg: Config) -> Prepared:
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
-    if hasattr(recipe_cls, "check_models"):  # e.g. hint layer names, before any training
+    if traits.checks_models:  # e.g. hint layer names, before any training
         recipe_cls.check_models(cfg, student_model, built, data.input_shape, num_classes)
     unknown = [p.spec.name for p in plans if p.model is not None]  # loaded from files: trained on what?
     if unknown and d.aggregator in VALIDATION_AGGREGATORS and data.val is not None:
@@ -144,7 +132,7 @@ def prepare(cfg: Config) -> Prepared:
                      f"'{d.aggregator}' aggregator weighs them by their accuracy on mtkd's validation split, which "
                      "overstates a teacher that saw those rows in its training (e.g. trained on the whole train file)")
     prep = Prepared(cfg, data, num_classes, plans, device, params, notes)
-    if hasattr(recipe_cls, "check_config"):  # recipe-specific checks of the prepared run, before any work
+    if traits.checks_config:  # recipe-specific checks of the prepared run, before any work
         recipe_cls.check_config(prep)
     return prep
 
@@ -217,6 +205,10 @@ def fingerprint(*parts) -> str:
 # ---------------------------------------------------------------- stages
 
 class Run:
+    """The stages of one run directory; also the ``TeacherStage`` a recipe's ``prepare_teachers``
+    sees (``cfg``, ``data``, ``num_classes``, ``plans``, ``out``, ``log``, ``teacher``,
+    ``train_stage``, ``build``)."""
+
     def __init__(self, prep: Prepared, out: Path, progress: bool = True, log: Callable[[str], None] = print,
                  force: bool = False):
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
@@ -227,6 +219,8 @@ class Run:
         trackers = make_trackers(self.cfg.output.tracking, out, self.cfg.to_dict(),
                                  self.cfg.output.mlflow_uri) if self.main else []
         self.metrics = MetricsLog(out / "metrics.jsonl" if self.main else None, trackers)
+        self.num_classes, self.plans = prep.num_classes, prep.teachers
+        self._transfer = None
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
@@ -249,6 +243,32 @@ class Run:
         self._record(stage, trainer, settings.batch_size)
         return trainer
 
+    def train_stage(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, path: Path,
+                    model: nn.Module, arch, monitor: Callable[[], dict] | None = None) -> None:
+        """Train ``recipe`` (checkpoint checkpoints/<stage with - for />.pt, resumable), then save ``model``."""
+        trainer = self._train(stage, recipe, dataset, settings, seed, f"{stage.replace('/', '-')}.pt", None,
+                              monitor=monitor)
+        self.save_stage(trainer, path, model, arch, self.num_classes)
+
+    def build(self, recipe_name: str, student: nn.Module, teachers: list[TrainedTeacher], inputs: dict | None = None):
+        """``recipe_name`` over ``teachers`` for ``student``, wired as every stage of this run is."""
+        d = self.cfg.distill
+        traits = RECIPES[recipe_name].traits
+        cached = traits.cacheable and d.cache != "off" and bool(teachers)
+        return build_recipe(recipe_name, student, teachers, d, recipe_options=self.cfg.recipe_options,
+                            aggregator_options=self.cfg.aggregator_options, num_classes=self.num_classes,
+                            input_shape=self.data.input_shape, example=self.data.train.x[:2], device=self.prep.device,
+                            seed=self.cfg.seed, val=self.data.val, unlabeled=self.data.unlabeled,
+                            transfer=self.transfer() if cached else None,
+                            cache_dir=d.cache_dir or self.out / "teacher_cache", student_config=self.cfg.student,
+                            inputs=inputs, log=self.log, monitor=self.main)
+
+    def transfer(self):
+        """The labeled split plus the unlabeled pool, built once per run."""
+        if self._transfer is None:
+            self._transfer = self.data.transfer_set()
+        return self._transfer
+
     def teacher(self, i: int, plan: TeacherPlan, dataset=None) -> nn.Module:
         """Load or train teacher ``plan`` (on ``dataset``, default the labeled train split); with
         ``train.save_every`` its weights every N steps are kept in teachers/<name>/step-NNNNNN.pt."""
@@ -269,20 +289,20 @@ class Run:
         self.save_stage(trainer, path, model, plan.arch, plan.num_classes)
         return model
 
-    def teachers(self) -> tuple[list[TrainedTeacher], dict]:
-        """The teachers the chosen recipe distills from, and extra arguments for the recipe.
+    def teachers(self) -> PreparedTeachers:
+        """The teachers the chosen recipe distills from, and extra inputs for the recipe.
 
         A recipe that needs something else than the configured teachers trained on the labeled
         split (a trained copy of the student, per-task teachers, the teachers' checkpoints)
-        provides ``pipeline_teachers(run)``; the others get the configured teachers."""
+        declares ``prepares_teachers`` and gets this run as its ``TeacherStage``; the others
+        get the configured teachers."""
         recipe_cls = RECIPES[self.cfg.distill.recipe]
-        hook = getattr(recipe_cls, "pipeline_teachers", None)
-        if hook is not None:
-            return hook(self)
-        if not recipe_cls.needs_teachers:
-            return [], {}
-        return [TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight)
-                for i, p in enumerate(self.prep.teachers)], {}
+        if recipe_cls.traits.prepares_teachers:
+            return recipe_cls.prepare_teachers(self)
+        if not recipe_cls.traits.needs_teachers:
+            return PreparedTeachers([])
+        return PreparedTeachers([TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight)
+                                 for i, p in enumerate(self.prep.teachers)])
 
     def student(self, recipe_name: str, teachers: list[TrainedTeacher], extra: dict | None = None) -> nn.Module:
         """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student."""
@@ -294,50 +314,20 @@ class Run:
         self.log(f"training student ({cfg.student.arch}) with recipe '{recipe_name}', {d.steps} steps")
         seed_everything(cfg.seed)
         student = build_model(cfg.student, self.data.input_shape, self.prep.num_classes)
-        recipe_cls = RECIPES[recipe_name]
-        frozen = []
-        for teacher in teachers:
-            t = FrozenTeacher(teacher.model.to(self.prep.device), teacher.name)
-            t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
-            frozen.append(t)
-        cached = recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False)
-        # train + unlabeled pool: built once, for the cache and the training data
-        transfer = self.data.transfer_set() if cached or recipe_cls.uses_unlabeled else None
-        if cached:
-            from .cache.build import cached_pool
-
-            frozen = cached_pool(frozen, transfer, d.cache_dir or self.out / "teacher_cache", d,
-                                 self.prep.device, self.log)
-        aggregator = None
-        if frozen:
-            ctx = AggregatorContext(frozen, self.prep.num_classes, [t.weight for t in teachers],
-                                    self.data.val, head_layer(student).in_features, self.prep.device)
-            aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
-        recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
-                            options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
-                            on_teacher_error=d.on_teacher_error, steps=d.steps, example=self.data.train.x[:2],
-                            input_shape=self.data.input_shape, num_classes=self.prep.num_classes,
-                            student_config=cfg.student, **(extra or {}))
-        dataset = transfer if recipe_cls.uses_unlabeled else self.data.train
-        if getattr(recipe_cls, "shards_data", False) and distributed.world_size() > 1:
-            # codistillation: process r trains on shard r, the samples whose index % world_size == r
-            dataset = dataset.subset(torch.nonzero(dataset.index % distributed.world_size() == distributed.rank())
-                                     .squeeze(1))
+        traits = RECIPES[recipe_name].traits
+        recipe, monitor = self.build(recipe_name, student, teachers, extra)
+        dataset = self.transfer() if traits.uses_unlabeled else self.data.train
+        if traits.shards_data:  # codistillation: process r trains on its own shard
+            dataset = distributed.shard(dataset)
         stem = file_name.removesuffix(".pt")
-        monitor = None
-        # only rank 0 logs, so only rank 0 monitors (the teachers' pass over the validation split)
-        if d.monitor_every and frozen and self.data.val is not None and self.main:
-            from .monitoring import TeacherMonitor
-
-            monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)
         trainer = self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
                               f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
                               snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
-        if hasattr(recipe, "finish"):  # e.g. codistillation's last exchange of copies (every process)
+        if traits.finishes:  # e.g. codistillation's last exchange of copies (every process)
             recipe.finish()
-        if hasattr(recipe, "results") and self.main:  # e.g. continual: accuracy on every task after each task
+        if traits.reports_results and self.main:  # e.g. continual: accuracy on every task after each task
             write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
-        if hasattr(recipe, "extra_models") and self.main:  # online recipes: peers, leader, fused model
+        if traits.online and self.main:  # online recipes: peers, leader, fused model
             self._save_extra_models(recipe.extra_models())
         self.save_stage(trainer, path, student, cfg.student, self.prep.num_classes)
         return student
@@ -406,7 +396,6 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callable[[str], None],
             force: bool) -> dict:
     """Teachers, baseline, distillation, evaluation and report of a run directory that is open."""
-    from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
 
     run = Run(prep, out, progress, log, force)
     d = cfg.distill
@@ -414,8 +403,7 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     teachers = [t.model for t in named]
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
     student_teachers, assistants = named, []
-    if getattr(RECIPES[d.recipe], "trains_assistants", False):  # TAKD: the chain's stages come first
-        from .recipes.assistant import train_chain
+    if RECIPES[d.recipe].traits.trains_assistants:  # TAKD: the chain's stages come first
 
         models, names, assistants = train_chain(run, teachers)
         arch_of = {a["name"]: a["arch"] for a in assistants}

@@ -36,6 +36,13 @@ from typing import Sequence
 import torch
 
 from .aggregation.coverage import ensemble_mean
+from .aggregation.coverage import class_masks
+from .config import apply_overrides, load_yaml, parse_config, resolve_paths
+from .errors import ConfigError
+from .io import write_yaml
+from .pipeline import prepare
+from .teachers.kinds import allow_pickles
+from .trainer import predict_logits
 
 
 @dataclass
@@ -139,13 +146,6 @@ def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max
     kept or dropped, and write a config that uses the chosen subset. Returns (names, path)."""
     from pathlib import Path
 
-    from .aggregation.coverage import class_masks
-    from .config import apply_overrides, load_yaml, parse_config, resolve_paths
-    from .errors import ConfigError
-    from .io import write_yaml
-    from .pipeline import prepare
-    from .teachers.kinds import allow_pickles
-    from .trainer import predict_logits
 
     raw = apply_overrides(load_yaml(config_path), list(overrides))  # written back with its relative paths
     # input paths in the file are taken from its folder, --set values from the current directory

@@ -22,12 +22,11 @@ from torch import nn
 from ..data import IndexedTensorDataset
 from ..errors import ConfigError
 from ..precision import autocast
-from .store import CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, open_entry, \
+from .store import STACK_LIMIT, CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, open_entry, \
     teacher_fingerprint
 from .topk import compress_topk, expand_topk, topk_error
 
 TeacherLoader = Callable[[], nn.Module]
-STACK_LIMIT = 256 * 2**20  # bytes of stored outputs up to which a pool is stacked in memory
 
 
 @dataclass

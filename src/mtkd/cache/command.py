@@ -8,6 +8,10 @@ from typing import Callable
 
 from ..config import Config
 from ..errors import ConfigError
+from ..models.files import load_model_file
+from ..pipeline import Run, check_free_space, open_run_dir, prepare
+from ..recipes import RECIPES
+from .build import build_cache, options_from
 
 
 def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
@@ -15,16 +19,13 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
     """Build (or verify and reuse) the cache entries of ``cfg``'s teachers; one row per teacher."""
     import torch
 
-    from ..models.files import load_model_file
-    from ..pipeline import Run, check_free_space, open_run_dir, prepare
-    from ..recipes import RECIPES
-    from .build import build_cache, options_from
 
     out = Path(out)
     d = cfg.distill
-    if not RECIPES[d.recipe].needs_teachers:
+    traits = RECIPES[d.recipe].traits
+    if not traits.needs_teachers:
         raise ConfigError(f"distill.recipe: {d.recipe!r} uses no teachers; there is nothing to cache")
-    if not getattr(RECIPES[d.recipe], "cacheable", False):
+    if not traits.cacheable:
         raise ConfigError(f"distill.recipe: {d.recipe!r} cannot use cached teacher outputs (its teachers see "
                           "inputs other than the fixed transfer set)")
     if d.threads:

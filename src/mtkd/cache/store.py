@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..errors import MtkdError
 from ..io import update_sha256
+
+STACK_LIMIT = 256 * 2**20  # bytes of stored outputs up to which a pool is stacked in memory
 
 FORMAT = "mtkd.cache/1"
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from . import arrays, csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file
 from .base import UNLABELED, BatchLoader, DataSplits, IndexedTensorDataset
+from ..schema import pick, validate
 
 
 class DataEntry(NamedTuple):
@@ -41,10 +42,8 @@ def load_dataset(name: str, **options) -> DataSplits:
 
         data = load_dataset("mnist1d", num_samples=5000, unlabeled=20000)
     """
-    from ..config import _pick, _validate
-
-    _pick(DATASETS, {"name": name}, "name", "data", "data set")
-    return load_data(_validate(DATASETS[name].config, {"name": name, **options}, "data", f"data set '{name}'"))
+    pick(DATASETS, {"name": name}, "name", "data", "data set")
+    return load_data(validate(DATASETS[name].config, {"name": name, **options}, "data", f"data set '{name}'"))
 
 
 __all__ = ["DATASETS", "UNLABELED", "BatchLoader", "DataSplits", "IndexedTensorDataset", "load_data", "load_dataset"]

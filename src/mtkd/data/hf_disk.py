@@ -36,7 +36,7 @@ class HfDiskConfig(BaseModel):
 
 
 def _read_split(cfg: HfDiskConfig, split: str):
-    from ..teachers.external import require
+    from ..optional import require
 
     pa = require("pyarrow", "parquet", "data set 'hf_disk'")
     folder = cfg.path / split
@@ -57,7 +57,7 @@ def _read_split(cfg: HfDiskConfig, split: str):
     if cfg.label not in table.column_names:
         raise MtkdError(f"data.label: column {cfg.label!r} not in {folder}; columns are {table.column_names}")
     if cfg.text is not None:  # token ids [N, max_length] from the tokenizer of the Hugging Face teachers
-        from ..teachers.hf_model import encode, load_tokenizer
+        from .tokens import encode, load_tokenizer
 
         if cfg.text not in table.column_names or cfg.tokenizer is None:
             raise MtkdError(f"data.text: needs a text column of {folder} (columns: {table.column_names}) "

@@ -27,7 +27,7 @@ class ImageFolderConfig(BaseModel):
 
 
 def _read(folder: Path, cfg: ImageFolderConfig, size):
-    from ..teachers.external import require
+    from ..optional import require
 
     image = require("PIL.Image", "images", "data set 'images'")
     if not folder.is_dir():

@@ -12,6 +12,8 @@ from torch import nn
 
 from ..errors import MtkdError
 from ..io import load_torch, save_torch
+from . import MODELS
+from . import build_model
 
 MODEL_FORMAT = "mtkd.model/1"
 
@@ -46,7 +48,6 @@ def read_model_file(path: str | Path) -> dict:
 
 
 def arch_config(blob: dict, where: str) -> BaseModel:
-    from . import MODELS
 
     arch = blob["arch"].get("arch")
     if arch not in MODELS:
@@ -59,7 +60,6 @@ def arch_config(blob: dict, where: str) -> BaseModel:
 
 def load_model_file(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the network stored in ``path``; returns (model, file contents without weights)."""
-    from . import build_model
 
     blob = read_model_file(path)
     cfg = arch_config(blob, str(path))
