@@ -16,7 +16,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     echo "mtkd install: no torch found, installing ${TORCH_PAIR[*]}" >&2
     "$PY" -m pip install --quiet "${TORCH_PAIR[@]}"
 fi
-TORCH_VERSION="$("$PY" -c "import torch; print(torch.__version__)")"
+TORCH_VERSION="$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))")"  # the installed distribution, as pip names it
 CONSTRAINTS="$(mktemp)"
 SCRATCH="$(mktemp -d)"
 trap 'rm -rf "$CONSTRAINTS" "$SCRATCH"' EXIT

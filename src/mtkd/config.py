@@ -168,7 +168,10 @@ def _pick(table: dict, raw: dict, key: str, where: str, kind: str, default: str 
 
 def _model(raw: dict, where: str) -> BaseModel:
     from .models import MODELS
+    from .models.sources import is_library_arch, parse
 
+    if is_library_arch(raw.get("arch")):  # timm:NAME, torchvision:NAME, hf:PATH
+        return parse(raw, where, "teacher" if where.startswith("teachers[") else "model")
     arch = _pick(MODELS, raw, "arch", where, "model")
     return _validate(MODELS[arch].config, raw, where, f"model '{arch}'")
 

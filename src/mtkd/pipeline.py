@@ -119,6 +119,8 @@ def prepare(cfg: Config) -> Prepared:
             classes = arch.num_classes or data.num_classes
             built.append((spec.name, build_model(arch, data.input_shape, classes)))
             params += count_params(built[-1][1])
+            if getattr(arch, "weights", None) is not None or str(arch.arch).startswith("hf:"):
+                model = built[-1][1]  # a library model with its weights: used as it is, never trained
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
         if model is not None:  # a stored teacher must give finite outputs before any run starts

@@ -49,7 +49,8 @@ class CacheError(MtkdError):
 def _hash_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    # reshape(-1) first: viewing a 0-d tensor (BatchNorm's num_batches_tracked) as bytes fails
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def data_fingerprint(x: torch.Tensor, index: torch.Tensor) -> str:
@@ -61,7 +62,8 @@ def data_fingerprint(x: torch.Tensor, index: torch.Tensor) -> str:
 
 
 def teacher_fingerprint(model: nn.Module) -> str:
-    """sha256 of a teacher's architecture (its repr) and every tensor of its state_dict."""
+    """sha256 of a teacher's architecture (its repr) and every tensor of its state_dict,
+    buffers included (0-d ones such as BatchNorm's ``num_batches_tracked`` too)."""
     h = hashlib.sha256(type(model).__qualname__.encode() + repr(model).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())

@@ -37,6 +37,10 @@ def build_model(cfg: BaseModel | str, input_shape: tuple[int, ...], num_classes:
         from ..config import _model
 
         cfg = _model({"arch": cfg, **size}, "model")
+    if ":" in cfg.arch:  # a library model: timm:NAME, torchvision:NAME, hf:PATH (see models/sources.py)
+        from .sources import build
+
+        return build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
     return MODELS[cfg.arch].build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
 
 
