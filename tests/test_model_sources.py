@@ -170,7 +170,7 @@ def test_student_from_a_backbone_gets_a_fresh_head_teacher_refuses(tmp_path):
     ({"arch": "torchvision:no_such_net"}, "torchvision has no model 'no_such_net'"),
     ({"arch": "keras:resnet"}, "unknown model source 'keras'"),
     ({"arch": "timm:resnet10t", "pretrained": True}, "mtkd downloads nothing"),
-    ({"arch": "timm:test_vit"}, "cannot take inputs \\[3, 16, 16\\]"),  # a ViT built for 160 px, no input.size
+    ({"arch": "timm:vit_tiny_patch16_224"}, "cannot take inputs \\[3, 16, 16\\]"),  # a ViT for 224 px, no input.size
     ({"arch": "timm:resnet10t", "weights": "WRONG"}, "does not fit the model"),
     ({"arch": "timm:resnet10t", "input": {"size": [0, 3]}}, "sizes must be positive"),
 ])
