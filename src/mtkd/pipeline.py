@@ -93,6 +93,11 @@ def prepare(cfg: Config) -> Prepared:
     if d.cache == "always" and not getattr(recipe_cls, "cacheable", False):
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
                           "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
+    if d.cache == "always" and data.augment is not None and d.cache_views == 0:
+        raise ConfigError("distill.cache: 'always' with data.augment: a per-sample cache would serve the outputs of "
+                          "another view; set distill.cache_views (views recorded per sample) or cache: off")
+    if d.cache_views and data.augment is None:
+        raise ConfigError("distill.cache_views: recorded views need data.augment (random transforms to record)")
     if d.cache_storage == "topk" and d.cache_topk <= 0:
         raise ConfigError("distill.cache_topk: cache_storage 'topk' needs cache_topk > 0 (classes kept per sample)")
     for i, spec in enumerate(cfg.teachers):
@@ -225,8 +230,10 @@ class Run:
             write_json(self.state_path, self.stages)
 
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
-               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None):
-        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
+               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None, views=None):
+        # training batches are augmented (data.augment); with a view cache, by one of the recorded views
+        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed,
+                             augment=views.draw if views is not None else self.data.augment)
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best and self.main else None, metrics=self.metrics,
@@ -289,9 +296,18 @@ class Run:
             t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
             frozen.append(t)
         cached = recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False)
+        views = None  # with data.augment, only a cache of recorded views (distill.cache_views) may serve
+        cached = cached and (self.data.augment is None or d.cache_views > 0)
         # train + unlabeled pool: built once, for the cache and the training data
         transfer = self.data.transfer_set() if cached or recipe_cls.uses_unlabeled else None
-        if cached:
+        if cached and self.data.augment is not None:
+            from .cache.build import options_from
+            from .cache.views import ViewSource, view_cache
+
+            views = ViewSource(transfer.x, transfer.index, self.data.augment, cfg.seed, d.cache_views)
+            frozen = view_cache(frozen, views, d.cache_dir or self.out / "teacher_cache", options_from(d),
+                                self.prep.device, self.log)
+        elif cached:
             from .cache.build import cached_pool
 
             frozen = cached_pool(frozen, transfer, d.cache_dir or self.out / "teacher_cache", d,
@@ -319,7 +335,7 @@ class Run:
 
             monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)
         trainer = self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
-                              f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
+                              f"{stem}.pt", f"{stem}_best.pt", monitor=monitor, views=views,
                               snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
         if hasattr(recipe, "finish"):  # e.g. codistillation's last exchange of copies (every process)
             recipe.finish()

@@ -56,6 +56,7 @@ class DataSplits:
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
     class_names: list[str] = field(default_factory=list)
+    augment: object | None = None  # data.augment (mtkd.data.augment.Augment): training batches only
 
     def transfer_set(self) -> IndexedTensorDataset:
         """Samples the student is distilled on: labeled train plus the unlabeled pool."""
@@ -72,10 +73,12 @@ class BatchLoader:
     """
 
     def __init__(self, dataset: IndexedTensorDataset, batch_size: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, augment=None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        # augment(x, index, seed, epoch): each sample's view from (seed, epoch, index) alone, so resumable
+        self.augment = augment
         self.drop_last = drop_last and len(dataset) >= batch_size
         self.epoch, self.batch = 0, 0
 
@@ -96,7 +99,10 @@ class BatchLoader:
             rows = order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
             self.batch += 1
             d = self.dataset
-            yield d.x[rows], d.y[rows], d.index[rows]
+            if self.augment is None:
+                yield d.x[rows], d.y[rows], d.index[rows]
+            else:
+                yield self.augment(d.x[rows], d.index[rows], self.seed, self.epoch), d.y[rows], d.index[rows]
         self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:

@@ -23,6 +23,8 @@ class ImageFolderConfig(BaseModel):
     size: tuple[int, int] | None = Field(None, description="[height, width] to resize to (default: the first image's)")
     mode: Literal["L", "RGB"] = Field("L", description="L: grayscale, 1 channel; RGB: 3 channels")
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    augment: list[dict] | None = Field(None, description="torchvision.transforms.v2 transforms for training batches, "
+                                       "e.g. [{RandomHorizontalFlip: {}}] (extra: vision)")
     seed: int = 0
 
 
