@@ -131,15 +131,18 @@ class InputAdapter(nn.Module):
     """The pipeline's tensor [B, C, H, W] -> the wrapped model's input: resized to ``size``,
     normalised with ``mean`` / ``std`` (shape [C] each, kept as buffers so they follow .to())."""
 
-    def __init__(self, model: nn.Module, size, mean, std, interpolation: str = "bilinear"):
+    def __init__(self, model: nn.Module, size, mean, std, interpolation: str = "bilinear", channels: int = 0):
         super().__init__()
         self.model = model
+        self.channels = channels  # > 0: a 1-channel image repeated to this many channels (grayscale -> RGB)
         self.size = tuple(size) if size is not None else None
         self.interpolation = interpolation
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) if mean is not None else None)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) if std is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels and x.shape[1] == 1:
+            x = x.expand(-1, self.channels, -1, -1)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode=self.interpolation,
                               **({} if self.interpolation == "nearest" else {"align_corners": False, "antialias": True}))
@@ -248,6 +251,7 @@ def build(cfg: LibraryModelConfig, input_shape: tuple[int, ...], num_classes: in
     image = len(input_shape) == 3
     in_chans = input_shape[0] if image else 1
     mean = std = size = None
+    model_chans = in_chans  # what the network's first layer takes
     if source == "timm":
         timm = library("timm", where)
         try:
@@ -264,10 +268,12 @@ def build(cfg: LibraryModelConfig, input_shape: tuple[int, ...], num_classes: in
             model = tv.get_model(name, weights=None, num_classes=num_classes, **cfg.options)
         except Exception as exc:  # noqa: BLE001
             raise _factory_error(where, cfg, exc) from None
+        model_chans = 3  # torchvision's classification models take RGB
         if cfg.weights is not None:  # every torchvision classification weight uses ImageNet's statistics
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     else:
         model, mean, std, size = _build_hf(name, cfg, num_classes, image, where)
+        model_chans = getattr(model.model.config, "num_channels", in_chans)
     if load and cfg.weights is not None:
         load_weights(model, read_weights(cfg.weights, where), _classifier_prefix(model, source),
                      cfg.head or "reset", where, cfg.weights)
@@ -275,10 +281,14 @@ def build(cfg: LibraryModelConfig, input_shape: tuple[int, ...], num_classes: in
     size = given.size or size
     mean = given.mean if given.mean is not None else mean
     std = given.std if given.std is not None else std
+    repeat = model_chans if image and in_chans == 1 and model_chans > 1 else 0
+    if image and in_chans not in (1, model_chans):
+        raise ConfigError(f"{where}: {cfg.arch} takes {model_chans}-channel images, the data has {in_chans} channels")
     if image:
-        mean, std = (_per_channel(v, in_chans, f"{where}.input.{k}") for k, v in (("mean", mean), ("std", std)))
-    if image and (size is not None and tuple(size) != tuple(input_shape[1:]) or mean is not None or std is not None):
-        model = InputAdapter(model, size, mean, std, given.interpolation)
+        mean, std = (_per_channel(v, model_chans, f"{where}.input.{k}") for k, v in (("mean", mean), ("std", std)))
+    if image and (size is not None and tuple(size) != tuple(input_shape[1:]) or mean is not None or std is not None
+                  or repeat):
+        model = InputAdapter(model, size, mean, std, given.interpolation, repeat)
     _check_forward(model, input_shape, num_classes, where, cfg)
     return model
 
