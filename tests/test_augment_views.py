@@ -136,3 +136,27 @@ def test_bad_augmentation_exits_2_before_writing(tmp_path, capsys, augment, dist
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err
     assert not out.exists()
+
+
+def test_hf_dataset_on_disk_with_an_image_column(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from mtkd.data import load_dataset
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        images = [Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)) for _ in range(n)]
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+        return datasets.Dataset.from_dict({"img": images, "label": [i % 2 for i in range(n)]}, features=features)
+
+    datasets.DatasetDict({"train": split(8), "test": split(4)}).save_to_disk(str(tmp_path / "ds"))
+    data = load_dataset("hf_disk", path=str(tmp_path / "ds"), image="img", size=[8, 8], val_fraction=0.25,
+                        augment=[{"RandomHorizontalFlip": {}}])
+    assert data.input_shape == (3, 8, 8) and data.class_names == ["a", "b"]
+    assert len(data.train) == 6 and len(data.test) == 4
+    assert 0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1
+    flipped = data.augment(data.train.x, data.train.index, seed=0, stream=0)
+    assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(flipped, data.train.x))
