@@ -57,6 +57,8 @@ class DataSplits:
     input_shape: tuple[int, ...] = ()
     class_names: list[str] = field(default_factory=list)
     augment: object | None = None  # data.augment (mtkd.data.augment.Augment): training batches only
+    # tables: feature columns, missing-value filling and normalisation (mtkd.data.preprocess), as a dict
+    preprocess: dict | None = None
 
     def transfer_set(self) -> IndexedTensorDataset:
         """Samples the student is distilled on: labeled train plus the unlabeled pool."""
@@ -81,6 +83,9 @@ class BatchLoader:
         self.augment = augment
         self.drop_last = drop_last and len(dataset) >= batch_size
         self.epoch, self.batch = 0, 0
+        # (rank, world_size) under data parallelism: each process reads only its contiguous share
+        # of every global batch (DistributedSampler's semantics, with the one-process batch order)
+        self.share: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -98,6 +103,9 @@ class BatchLoader:
         while self.batch < len(self):
             rows = order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
             self.batch += 1
+            if self.share is not None and len(rows) >= self.share[1]:
+                r, world = self.share
+                rows = rows[len(rows) * r // world:len(rows) * (r + 1) // world]
             d = self.dataset
             if self.augment is None:
                 yield d.x[rows], d.y[rows], d.index[rows]
