@@ -1,6 +1,7 @@
 """The structure contracts: no import cycles, no import side effects, every recipe keeps the
 recipe protocol, and a new aggregator is one class plus one table entry."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -235,3 +236,51 @@ def test_the_api_refuses_settings_it_cannot_honour_and_caches_when_asked(tmp_pat
     mtkd.distill(student, [teacher], BatchLoader(data, 8), steps=2, progress=False, cache="always",
                  cache_dir=tmp_path / "cache", batch_size=8)
     assert [p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()] == ["teacher0"]
+
+
+# ---------------------------------------------------------------- docs/extending.md stays true
+
+def _extending_blocks() -> list[str]:
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "extending.md").read_text()
+    return re.findall(r"```python\n(.*?)```", page, re.S)
+
+
+def test_the_aggregator_written_in_the_extending_page_runs(monkeypatch):
+    """The page's example aggregator, as written (its relative import made absolute), added with
+    its one table entry: it distils, and its weights are a distribution per sample."""
+    import mtkd
+
+    source = next(b for b in _extending_blocks() if b.startswith("# src/mtkd/aggregation/sharpest.py"))
+    namespace: dict = {}
+    exec(compile(source.replace("from .base import", "from mtkd.aggregation.base import"), "sharpest.py", "exec"),
+         namespace)
+    entry = next(b for b in _extending_blocks() if b.strip().startswith('"sharpest":'))
+    assert entry.strip() == '"sharpest": SharpestAggregator,'
+    monkeypatch.setitem(AGGREGATORS, "sharpest", namespace["SharpestAggregator"])
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    teachers = [nn.Linear(8, 3), nn.Linear(8, 3)]
+    weights = namespace["SharpestAggregator"](None)(torch.stack([t(x) for t in teachers]).detach(), y, 4.0).weights
+    assert weights.shape == (64, 2) and torch.allclose(weights.sum(1), torch.ones(64))
+    student = nn.Linear(8, 3)
+    before = student.weight.detach().clone()
+    mtkd.distill(student, teachers, mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, y), batch_size=16), steps=3,
+                 aggregator={"name": "sharpest", "sharpness": 3.0}, progress=False)
+    assert not torch.equal(before, student.weight)
+
+
+def test_the_code_quoted_in_the_extending_page_is_the_code():
+    """The page quotes the Recipe protocol and the offline step: each quoted line is in the source."""
+    root = Path(__file__).parent.parent / "src" / "mtkd"
+    quoted = {"class Recipe(Protocol):": root / "recipes" / "base.py", "def step(self, x, y, index):": root /
+              "recipes" / "offline.py"}
+    for block in _extending_blocks():
+        head = block.strip().splitlines()[0]
+        if head not in quoted:
+            continue
+        source = " ".join(quoted[head].read_text().split())
+        for line in block.strip().splitlines()[1:]:
+            code = " ".join(line.split("#")[0].split()).removesuffix(" ...")  # a stub's body
+            assert code in source, f"{quoted[head].name} has no line {code!r}"

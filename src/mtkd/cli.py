@@ -69,7 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
 
-    sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
+    lst = sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
+    lst.add_argument("--models", choices=["timm", "torchvision"], metavar="SOURCE",
+                     help="instead, list the models an installed library offers (timm or torchvision)")
 
     report = sub.add_parser("report", help="compare finished runs side by side (mean ± std over seeds)")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished run directories")
@@ -131,6 +133,7 @@ def cmd_list() -> None:
     from .data import DATASETS
     from .losses import LOSSES
     from .models import MODELS
+    from .models.sources import SOURCES
     from .recipes import RECIPES
     from .teachers.kinds import TEACHER_KINDS
 
@@ -141,6 +144,8 @@ def cmd_list() -> None:
     groups = [
         ("data sets", {k: v.description + keys(v.config) for k, v in DATASETS.items()}),
         ("models", {k: v.description + keys(v.config) for k, v in MODELS.items()}),
+        ("model sources (arch: SOURCE:NAME; keys: weights, options, pretrained, input, head)",
+         {f"{k}:": v for k, v in SOURCES.items()}),
         ("aggregators", {k: v.description + keys(v.Options) for k, v in AGGREGATORS.items()}),
         ("losses", {k: v[1] for k, v in LOSSES.items()}),
         ("recipes", {k: v.description + keys(v.Options) for k, v in RECIPES.items()}),
@@ -160,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
-        if args.command == "list":
+        if args.command == "list" and args.models:
+            from .models.sources import list_library
+
+            print("\n".join(list_library(args.models)))
+        elif args.command == "list":
             cmd_list()
         elif args.command == "demo":
             from .config import parse_config

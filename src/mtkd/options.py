@@ -54,6 +54,8 @@ class DistillConfig(TrainConfig):
     cache_storage: Literal["float32", "float16", "topk"] = Field(
         "float32", description="stored teacher logits: all in float32/float16, or top-k log-probs + tail mass")
     cache_topk: int = Field(0, ge=0, description="classes kept per sample with cache_storage: topk")
+    cache_views: int = Field(0, ge=0, description="with data.augment: augmented views recorded per sample, each with "
+                             "every teacher's output; training reads one of them per sample (0 = no view cache)")
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
     monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "

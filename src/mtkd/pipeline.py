@@ -23,6 +23,7 @@ from .config import Config
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
 from .aggregation.coverage import class_masks, coverage_mix, ensemble_mean
+from .cache.views import ViewSource
 from .evaluation import describe, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
@@ -86,6 +87,11 @@ def prepare(cfg: Config) -> Prepared:
     if d.cache == "always" and not traits.cacheable:
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
                           "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
+    if d.cache == "always" and data.augment is not None and d.cache_views == 0:
+        raise ConfigError("distill.cache: 'always' with data.augment: a per-sample cache would serve the outputs of "
+                          "another view; set distill.cache_views (views recorded per sample) or cache: off")
+    if d.cache_views and data.augment is None:
+        raise ConfigError("distill.cache_views: recorded views need data.augment (random transforms to record)")
     if d.cache_storage == "topk" and d.cache_topk <= 0:
         raise ConfigError("distill.cache_topk: cache_storage 'topk' needs cache_topk > 0 (classes kept per sample)")
     for i, spec in enumerate(cfg.teachers):
@@ -112,6 +118,8 @@ def prepare(cfg: Config) -> Prepared:
             classes = arch.num_classes or data.num_classes
             built.append((spec.name, build_model(arch, data.input_shape, classes)))
             params += count_params(built[-1][1])
+            if getattr(arch, "weights", None) is not None or str(arch.arch).startswith("hf:"):
+                model = built[-1][1]  # a library model with its weights: used as it is, never trained
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
         if spec.external is not None and getattr(model, "drops_columns", False):
@@ -221,6 +229,7 @@ class Run:
         self.metrics = MetricsLog(out / "metrics.jsonl" if self.main else None, trackers)
         self.num_classes, self.plans = prep.num_classes, prep.teachers
         self._transfer = None
+        self._views = None  # the recorded views of the transfer set (view cache), built once
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
@@ -231,8 +240,10 @@ class Run:
             write_json(self.state_path, self.stages)
 
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
-               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None):
-        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
+               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None, views=None):
+        # training batches are augmented (data.augment); with a view cache, by one of the recorded views
+        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed,
+                             augment=views.draw if views is not None else self.data.augment)
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best and self.main else None, metrics=self.metrics,
@@ -255,13 +266,31 @@ class Run:
         d = self.cfg.distill
         traits = RECIPES[recipe_name].traits
         cached = traits.cacheable and d.cache != "off" and bool(teachers)
+        views = self.views(recipe_name, teachers)
+        if cached and self.data.augment is not None and views is None:
+            # augmented batches and no recorded views: a per-sample cache would serve another view's
+            # outputs, so the teachers run live (cache: always was refused in prepare)
+            cached, d = False, d.model_copy(update={"cache": "off"})
         return build_recipe(recipe_name, student, teachers, d, recipe_options=self.cfg.recipe_options,
                             aggregator_options=self.cfg.aggregator_options, num_classes=self.num_classes,
                             input_shape=self.data.input_shape, example=self.data.train.x[:2], device=self.prep.device,
                             seed=self.cfg.seed, val=self.data.val, unlabeled=self.data.unlabeled,
-                            transfer=self.transfer() if cached else None,
+                            transfer=self.transfer() if cached else None, views=views,
                             cache_dir=d.cache_dir or self.out / "teacher_cache", student_config=self.cfg.student,
                             inputs=inputs, log=self.log, monitor=self.main)
+
+    def views(self, recipe_name: str, teachers: list) -> "ViewSource | None":
+        """With data.augment and distill.cache_views, for a recipe whose teacher outputs may be
+        cached: the recorded views of the transfer set (built once per run), which the cache
+        stores the teachers' outputs on and the training loader regenerates; else None."""
+        d = self.cfg.distill
+        if (self.data.augment is None or not d.cache_views or d.cache == "off" or not teachers
+                or not RECIPES[recipe_name].traits.cacheable):
+            return None
+        if self._views is None:
+            transfer = self.transfer()
+            self._views = ViewSource(transfer.x, transfer.index, self.data.augment, self.cfg.seed, d.cache_views)
+        return self._views
 
     def transfer(self):
         """The labeled split plus the unlabeled pool, built once per run."""
@@ -322,6 +351,7 @@ class Run:
         stem = file_name.removesuffix(".pt")
         trainer = self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
                               f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
+                              views=self.views(recipe_name, teachers),
                               snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
         if traits.finishes:  # e.g. codistillation's last exchange of copies (every process)
             recipe.finish()

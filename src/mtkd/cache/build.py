@@ -114,14 +114,17 @@ def _fill(model: nn.Module, name: str, data: IndexedTensorDataset, tmp: Path, op
 def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTensorDataset, root: str | Path,
                 options: CacheOptions | None = None, device: torch.device | str = "cpu", preprocessing: str = "",
                 augmentation: str | None = None, num_classes: int | None = None,
-                log: Callable[[str], None] = lambda m: None) -> BuildReport:
+                log: Callable[[str], None] = lambda m: None, fingerprint_data: Callable | None = None,
+                extra_manifest: dict | None = None) -> BuildReport:
     """Make sure every teacher has a valid cache entry for ``data``; return them, in order.
 
     teachers: (name, loader) pairs; each loader returns the teacher's model and is called once.
     preprocessing: a description of whatever transforms inputs before the teachers see them
     (part of the key). augmentation: a description of random augmentation in the data
     pipeline, or None; a cache of one fixed view would serve outputs of another view, so
-    this is refused.
+    this is refused (``mtkd.cache.views`` records views instead). fingerprint_data: how to
+    fingerprint ``data`` when it is not held in memory (recorded views); extra_manifest: more
+    manifest keys.
     """
     opts = options or CacheOptions()
     if augmentation:
@@ -131,7 +134,8 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
     if opts.storage == "topk" and opts.topk <= 0:
         raise ConfigError("cache: storage 'topk' needs topk > 0 (classes kept per sample)")
     root, device = Path(root), torch.device(device)
-    report = BuildReport(data_fingerprint=data_fingerprint(data.x, data.index))
+    report = BuildReport(data_fingerprint=fingerprint_data(data) if fingerprint_data
+                         else data_fingerprint(data.x, data.index))
     for name, load in teachers:
         model = load()
         key = entry_key(report.data_fingerprint, teacher_fingerprint(model), preprocessing, opts.storage_key())
@@ -158,7 +162,7 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
             _release(model, device)
             model = None
         meta.update({"data_fingerprint": report.data_fingerprint, "preprocessing": preprocessing,
-                     "options": opts.storage_key()})
+                     "options": opts.storage_key(), **(extra_manifest or {})})
         commit_entry(tmp, root, name, key, meta)
         report.entries.append(open_entry(path, "size"))  # just written and checksummed
         report.seconds[name] = time.perf_counter() - started

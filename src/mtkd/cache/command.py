@@ -28,6 +28,9 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
     if not traits.cacheable:
         raise ConfigError(f"distill.recipe: {d.recipe!r} cannot use cached teacher outputs (its teachers see "
                           "inputs other than the fixed transfer set)")
+    if getattr(cfg.data, "augment", None) and not d.cache_views:
+        raise ConfigError("distill.cache_views: data.augment makes every view random; set cache_views "
+                          "(views recorded per sample) to cache the teachers' outputs on recorded views")
     if d.threads:
         torch.set_num_threads(d.threads)
     prep = prepare(cfg)
@@ -45,8 +48,16 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
         return lambda: run.teacher(i, plan)
 
     loaders = [(plan.spec.name, loader(i, plan)) for i, plan in enumerate(prep.teachers)]
-    report = build_cache(loaders, prep.data.transfer_set(), d.cache_dir or out / "teacher_cache", options_from(d),
-                         prep.device, preprocessing="inputs as stored", log=log)
+    root = d.cache_dir or out / "teacher_cache"
+    if prep.data.augment is not None:  # random views: only recorded views can be cached (mtkd.cache.views)
+        from .views import ViewSource, build_view_entries
+
+        transfer = prep.data.transfer_set()
+        source = ViewSource(transfer.x, transfer.index, prep.data.augment, cfg.seed, d.cache_views)
+        report = build_view_entries(loaders, source, root, options_from(d), prep.device, log)
+    else:
+        report = build_cache(loaders, prep.data.transfer_set(), root, options_from(d), prep.device,
+                             preprocessing="inputs as stored", log=log)
     rows = []
     for e in report.entries:
         rows.append({"teacher": e.teacher, "entry": str(e.path), "samples": e.manifest["num_samples"],

@@ -71,7 +71,8 @@ def data_fingerprint(x: torch.Tensor, index: torch.Tensor) -> str:
 
 
 def teacher_fingerprint(model: nn.Module) -> str:
-    """sha256 of a teacher's architecture (its repr) and every tensor of its state_dict."""
+    """sha256 of a teacher's architecture (its repr) and every tensor of its state_dict,
+    buffers included (0-d ones such as BatchNorm's ``num_batches_tracked`` too)."""
     h = hashlib.sha256(type(model).__qualname__.encode() + repr(model).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())

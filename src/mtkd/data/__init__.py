@@ -34,7 +34,12 @@ DATASETS: dict[str, DataEntry] = {
 
 
 def load_data(cfg: BaseModel) -> DataSplits:
-    return DATASETS[cfg.name].load(cfg)
+    splits = DATASETS[cfg.name].load(cfg)
+    if getattr(cfg, "augment", None):  # image data sets: random views of training batches
+        from .augment import Augment
+
+        splits.augment = Augment(cfg.augment, splits.input_shape)
+    return splits
 
 
 def load_dataset(name: str, **options) -> DataSplits:

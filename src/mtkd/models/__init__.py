@@ -6,7 +6,7 @@ from typing import Callable, NamedTuple
 from pydantic import BaseModel
 from torch import nn
 
-from . import cnn1d, cnn2d, gru, linear, mlp, transformer
+from . import cnn1d, cnn2d, gru, linear, mlp, sources, transformer
 from ..schema import pick, validate
 
 
@@ -28,7 +28,10 @@ MODELS: dict[str, ModelEntry] = {
 
 
 def parse_model(raw: dict, where: str) -> BaseModel:
-    """A model section (``arch`` and its size keys) -> that model's validated config."""
+    """A model section (``arch`` and its size keys, or a library model ``SOURCE:NAME`` with its
+    keys) -> that model's validated config."""
+    if sources.is_library_arch(raw.get("arch")):  # timm:NAME, torchvision:NAME, hf:PATH
+        return sources.parse(raw, where, "teacher" if where.startswith("teachers[") else "model")
     arch = pick(MODELS, raw, "arch", where, "model")
     return validate(MODELS[arch].config, raw, where, f"model '{arch}'")
 
@@ -42,6 +45,8 @@ def build_model(cfg: BaseModel | str, input_shape: tuple[int, ...], num_classes:
     """
     if isinstance(cfg, str):
         cfg = parse_model({"arch": cfg, **size}, "model")
+    if sources.is_library_arch(cfg.arch):  # timm:NAME, torchvision:NAME, hf:PATH (see models/sources.py)
+        return sources.build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
     return MODELS[cfg.arch].build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
 
 

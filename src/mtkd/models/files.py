@@ -50,6 +50,10 @@ def read_model_file(path: str | Path) -> dict:
 def arch_config(blob: dict, where: str) -> BaseModel:
 
     arch = blob["arch"].get("arch")
+    if isinstance(arch, str) and ":" in arch:  # a library model (models/sources.py)
+        from .sources import LibraryModelConfig
+
+        return LibraryModelConfig.model_validate(blob["arch"])
     if arch not in MODELS:
         raise MtkdError(f"{where}: the file's arch {arch!r} is not a built-in model ({', '.join(MODELS)})")
     try:
@@ -63,7 +67,12 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict]:
 
     blob = read_model_file(path)
     cfg = arch_config(blob, str(path))
-    model = build_model(cfg, tuple(blob["input_shape"]), blob["num_classes"])
+    if ":" in cfg.arch:  # a library model: the file holds every weight, its 'weights' file is not read
+        from .sources import build
+
+        model = build(cfg, tuple(blob["input_shape"]), blob["num_classes"], load=False, where=str(path))
+    else:
+        model = build_model(cfg, tuple(blob["input_shape"]), blob["num_classes"])
     model.load_state_dict(blob["state_dict"])
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return model, meta

@@ -22,7 +22,8 @@ from ..models.features import head_layer
 from ..teachers import FrozenTeacher
 from . import RECIPES
 from .base import BUILD_INPUTS, Built, TrainedTeacher
-from ..cache.build import cached_pool
+from ..cache.build import cached_pool, options_from
+from ..cache.views import ViewSource, view_cache
 from ..monitoring import TeacherMonitor
 
 
@@ -43,14 +44,17 @@ def build_recipe(name: str, student: nn.Module, teachers: Sequence[TrainedTeache
                  settings: Any, *, recipe_options: BaseModel, aggregator_options: BaseModel, num_classes: int,
                  input_shape: tuple, example: torch.Tensor | None, device: torch.device, seed: int = 0,
                  val: IndexedTensorDataset | None = None, unlabeled: IndexedTensorDataset | None = None,
-                 transfer: IndexedTensorDataset | None = None, cache_dir: str | Path | None = None,
+                 transfer: IndexedTensorDataset | None = None, views: "ViewSource | None" = None,
+                 cache_dir: str | Path | None = None,
                  teacher_weights: Sequence[float] | None = None, student_config: BaseModel | None = None, inputs: dict | None = None,
                  log: Callable[[str], None] = print, monitor: bool = True) -> Built:
     """Build recipe ``name`` (a key of ``RECIPES``) around ``student`` and ``teachers``.
 
     settings: the ``distill`` section (a ``DistillConfig``): temperature, alpha, aggregator,
     cache, on_teacher_error, steps, monitor_every. transfer: the data the teachers see when
-    their outputs are cached (``settings.cache`` not 'off'); cache_dir: where the cache lives.
+    their outputs are cached (``settings.cache`` not 'off'); views: with augmented batches, the
+    recorded views (``mtkd.cache.views.ViewSource``) the cache stores the teachers' outputs on
+    instead; cache_dir: where the cache lives.
     teacher_weights: per-teacher weights for the ``weighted`` aggregator (default: each TrainedTeacher's).
     inputs: extra constructor inputs (``prepare_teachers``' ``trajectories`` / ``live_teachers``).
     example: a few training inputs [n, ...] (class-count checks, shape probes); None skips the checks.
@@ -64,7 +68,10 @@ def build_recipe(name: str, student: nn.Module, teachers: Sequence[TrainedTeache
             raise ConfigError("distill.cache: caching teacher outputs needs a fixed transfer set (an mtkd.BatchLoader "
                               "over an IndexedTensorDataset) and a cache_dir; set cache='off' or pass both")
 
-        frozen = cached_pool(frozen, transfer, cache_dir, settings, device, log)
+        if views is not None:  # augmented batches: the teachers' outputs on the recorded views
+            frozen = view_cache(frozen, views, cache_dir, options_from(settings), device, log)
+        else:
+            frozen = cached_pool(frozen, transfer, cache_dir, settings, device, log)
     aggregator = None
     if frozen:
         ctx = AggregatorContext(frozen, num_classes, teacher_weights, val, head_layer(student).in_features, device)
