@@ -112,7 +112,11 @@ def test_teacher_with_no_shared_class_is_refused(torch_model, tmp_path):
 def test_torchscript_teacher(torch_model, x, tmp_path):
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.trace(torch_model, torch.zeros(1, 4)), str(path))
-    teacher = TorchScriptTeacher(path, CLASSES, (4,))
+    with pytest.raises(MtkdError, match="allow_code: true"):  # a TorchScript file is a program: opt-in only
+        TorchScriptTeacher(path, CLASSES, (4,))
+    with pytest.raises(MtkdError, match=r"does not accept the data's inputs \[batch, 5\]"):
+        TorchScriptTeacher(path, CLASSES, (5,), allow_code=True)
+    teacher = TorchScriptTeacher(path, CLASSES, (4,), allow_code=True)
     assert torch.allclose(teacher(x), torch_model(x).detach(), atol=1e-6)
     assert sum(p.numel() for p in teacher.parameters()) == 4 * 8 + 8 + 8 * 3 + 3
 

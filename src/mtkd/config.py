@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
@@ -50,7 +49,7 @@ class DistillConfig(TrainConfig):
     on_teacher_error: Literal["stop", "drop"] = Field(
         "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
+    threads: int = Field(1, ge=0, le=1024, description="torch CPU threads (0 = torch's default)")
     # performance (see README "Fast at any scale"); none of these change what is computed beyond
     # float rounding, except cache_storage float16/topk, whose error the cache build reports
     cache: Literal["off", "auto", "always"] = Field(
@@ -311,14 +310,16 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    from .safe_yaml import MAX_BYTES, load_yaml_text
+
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, more than a config needs (at most {MAX_BYTES:,})")
+        return load_yaml_text(path.read_text(), str(path))  # safe_load with limits on size, depth, aliases
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text (YAML) file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> dict:
@@ -336,10 +337,9 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
         parts = [p for p in key.replace("[", ".").replace("]", "").split(".") if p]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+        from .safe_yaml import load_yaml_text
+
+        value = load_yaml_text(text, f"--set {key}", invalid=text) if text else ""
         node: Any = raw
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1

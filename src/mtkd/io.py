@@ -23,6 +23,9 @@ def _atomic(path: str | Path, write: Callable[[Any], None], mode: str, every_ran
     if not every_rank and not distributed.is_main():
         return
     path = Path(path)
+    from .rundir import note_written
+
+    note_written(path)  # listed in its run directory's marker before it exists there
     path.parent.mkdir(parents=True, exist_ok=True)
     # a writer killed mid-write (SIGKILL) leaves its temporary file; the next write clears it
     # (each file has one writer at a time: in a distributed run only one rank writes)

@@ -105,9 +105,22 @@ class Entry:
         return sum(f["bytes"] for f in self.manifest["files"].values())
 
 
+def new_entry_root(root: Path, name: str) -> None:
+    """Create the cache folder ``root`` (listed in the marker of the run directory holding it, if any);
+    a read-only place gives one line."""
+    from ..rundir import note_written
+
+    note_written(root / name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"teacher cache {root}: cannot create it ({exc.strerror or exc}); set distill.cache_dir "
+                         "to a writable folder or distill.cache: off") from None
+
+
 def new_entry_dir(root: Path, name: str, key: str) -> Path:
     """A fresh temporary directory beside the entry ``root/name-key``, to be filled and committed."""
-    root.mkdir(parents=True, exist_ok=True)
+    new_entry_root(root, name)
     return Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-{key}.", suffix=".tmp"))
 
 

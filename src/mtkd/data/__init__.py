@@ -31,7 +31,22 @@ DATASETS: dict[str, DataEntry] = {
 
 
 def load_data(cfg: BaseModel) -> DataSplits:
-    return DATASETS[cfg.name].load(cfg)
+    """Load the data set ``cfg`` names and check it (finite inputs, labels in range). A file that
+    cannot be read -- random bytes, a truncated archive, a ragged table -- is one line, never a traceback."""
+    from ..errors import MtkdError
+    from .checks import check_splits
+
+    what = f"data set '{cfg.name}'"
+    try:
+        data = DATASETS[cfg.name].load(cfg)
+    except (MtkdError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - readers of many formats raise many types on bad bytes
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise MtkdError(f"{what}: cannot read its files ({type(exc).__name__}: {(lines[0] if lines else '')[:160]})"
+                        "; check that they are the format the data set expects") from None
+    check_splits(data, what)
+    return data
 
 
 def load_dataset(name: str, **options) -> DataSplits:
