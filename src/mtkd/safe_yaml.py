@@ -95,8 +95,10 @@ def load_yaml_text(text: str, where: str = "config", invalid: Any = _RAISE) -> A
             return invalid
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where} is not valid YAML{at}: {' '.join(str(problem).split())[:200]}") from None
     except (ValueError, TypeError, RecursionError) as exc:  # e.g. a timestamp or number YAML cannot convert
-        raise ConfigError(f"{where}: a value YAML cannot read ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise ConfigError(f"{where}: a value YAML cannot read ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]})") from None
     finally:
         loader.dispose()
