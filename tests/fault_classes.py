@@ -227,6 +227,12 @@ def model_files_damaged_or_mismatched(tmp: Path):
     good = (tmp / "good.pt").read_bytes()
     torch.jit.save(torch.jit.script(torch.nn.Linear(7, 10)), str(tmp / "ts_other.pt"))
     torch.save({"0.weight": torch.zeros(3, 3)}, tmp / "sd.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Linear(7, 10), (torch.zeros(2, 7),), str(tmp / "other.onnx"), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
     cases = []
     for _ in range(4):
         cases.append(("mtkd", {"checkpoint": str(tmp / "bad.pt")},
@@ -241,7 +247,8 @@ def model_files_damaged_or_mismatched(tmp: Path):
               ("torchscript", {"kind": "torchscript", "path": str(tmp / "ts_other.pt"), "allow_code": True},
                lambda: None),
               ("state_dict", {"kind": "state_dict", "path": str(tmp / "sd.pt"), "arch": "mlp", "hidden": [8]},
-               lambda: None)]
+               lambda: None),
+              ("onnx", {"kind": "onnx", "path": str(tmp / "other.onnx")}, lambda: None)]
     for what, entry, make in cases:
         make()
         raw = tiny()
@@ -447,7 +454,50 @@ def sigterm_during_training(tmp: Path):
     return 1, int(ok), 0, f"exit {proc.returncode}, {len(partial)} partial files, resumed equals unbroken: {same}"
 
 
+def cache_entries_damaged(tmp: Path):
+    """Hand-edited, truncated or damaged cache manifests and files: rebuilt, never a traceback."""
+    from mtkd.cache.build import build_cache
+    from mtkd.data import IndexedTensorDataset
+
+    rng = random.Random(SEED)
+    torch.manual_seed(0)
+    data = IndexedTensorDataset(torch.randn(64, 5), torch.randint(0, 3, (64,)))
+    teacher = torch.nn.Linear(5, 3)
+    build = lambda: build_cache([("t", lambda: teacher)], data, tmp / "cache", log=lambda m: None)  # noqa: E731
+    entry = build().entries[0].path
+    reference = entry.joinpath("logits.npy").read_bytes()
+    edits = [
+        lambda m: "not json",
+        lambda m: json.dumps([m]),
+        lambda m: json.dumps(dict(m, files={"../../escape.npy": m["files"]["logits.npy"]})),
+        lambda m: json.dumps(dict(m, files={"logits.npy": dict(m["files"]["logits.npy"], bytes="many")})),
+        lambda m: json.dumps(dict(m, num_classes=None)),
+        lambda m: json.dumps({k: v for k, v in m.items() if k != "files"}),
+        lambda m: json.dumps(m)[: rng.randint(1, 200)],
+        lambda m: json.dumps(dict(m, format="mtkd.cache/999")),
+    ]
+    tried = held = 0
+    for i in range(24):
+        manifest = json.loads((entry / "manifest.json").read_text())
+        if i % 3 == 2:  # damage a data file instead
+            f = entry / "logits.npy"
+            raw = bytearray(f.read_bytes())
+            raw[rng.randrange(len(raw))] ^= 0xFF
+            f.write_bytes(bytes(raw[: rng.choice([len(raw), len(raw) // 2])]))
+        else:
+            (entry / "manifest.json").write_text(edits[i % len(edits)](manifest))
+        try:
+            report = build()
+            ok = report.built == ["t"] and entry.joinpath("logits.npy").read_bytes() == reference
+        except Exception:  # noqa: BLE001 - any escape is a failed case
+            ok = False
+        tried += 1
+        held += ok
+    return tried, held, 0, "manifests: garbage, wrong types, keys missing, files outside the entry, truncated, " \
+                           "other format; data files flipped or cut: each rebuilt, identical"
+
+
 CLASSES = [yaml_bombs_depth_and_huge_values, set_values_out_of_range, data_files_of_random_bytes,
            csv_files_with_bad_rows, model_files_damaged_or_mismatched, code_in_files_without_opt_in,
            user_files_in_out_directory, out_paths_refused, second_process_and_stale_lock, damaged_markers,
-           resume_with_changed_inputs, sigterm_during_training]
+           resume_with_changed_inputs, cache_entries_damaged, sigterm_during_training]

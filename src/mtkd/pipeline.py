@@ -129,8 +129,16 @@ def prepare(cfg: Config) -> Prepared:
             params += count_params(built[-1][1])
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
-        if model is not None:  # a stored teacher must give finite outputs before any run starts
-            FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
+        if model is not None:  # a stored teacher must take the data's inputs and give finite outputs, now
+            probe = data.train.x[:256]
+            try:
+                FrozenTeacher(model, spec.name, classes)(probe, data.train.index[:256])
+            except MtkdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime, TorchScript, transformers: their own types
+                detail = " ".join(str(exc).split())[:240]
+                raise MtkdError(f"{where}: the teacher does not accept the data's inputs {list(probe.shape)} "
+                                f"{str(probe.dtype).removeprefix('torch.')} ({type(exc).__name__}: {detail})") from None
         plans.append(TeacherPlan(spec, arch, classes, model))
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
