@@ -288,6 +288,10 @@ def note_written(path: Path) -> None:
     directory that holds it, if this process holds one (cheap: a dict lookup per parent)."""
     if not _OPEN:
         return
+    from . import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 keeps the marker
+        return
     path = Path(_key(path))
     for parent in path.parents:
         rd = _OPEN.get(parent)
