@@ -264,10 +264,13 @@ def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):
     # export finds the file teachers again, so the ensemble it times is the run's whole pool
     from mtkd.export import export_student
 
-    result = export_student(tmp_path / "run", "onnx")
+    # the run's config opted in to the pickle, but a run directory may come from someone else:
+    # export loads it only with its own allow_code (--allow-code)
+    assert export_student(tmp_path / "run", "onnx")["ms_per_1000"]["ensemble_missing"] == ["lr04"]
+    result = export_student(tmp_path / "run", "onnx", allow_code=True)
     assert result["ms_per_1000"]["teachers"] == 3 and "ensemble_missing" not in result["ms_per_1000"]
     (tmp_path / "lin.onnx").rename(tmp_path / "moved.onnx")  # a teacher file gone: export still works
-    assert export_student(tmp_path / "run", "onnx")["ms_per_1000"]["ensemble_missing"] == ["onnx"]
+    assert export_student(tmp_path / "run", "onnx", allow_code=True)["ms_per_1000"]["ensemble_missing"] == ["onnx"]
 
 
 # ---------------------------------------------------------------- Hugging Face
