@@ -36,7 +36,8 @@ def read_model_file(path: str | Path) -> dict:
         import pickle
 
         if isinstance(exc, pickle.UnpicklingError):  # weights_only refused a Python object: it would run code
-            raise MtkdError(f"{path} holds Python objects besides tensors, and loading them could run code; "
+            raise MtkdError(f"{path} is not a readable mtkd model file: it holds Python objects besides tensors, "
+                            "and loading them could run code; "
                             "mtkd model files hold only tensors and plain values (save with mtkd.save_model_file)") \
                 from None
         raise MtkdError(f"{path} is not a readable mtkd model file ({one_line(exc)})") from None
