@@ -36,10 +36,10 @@ def _fails_cleanly(capsys, argv, message, out_dir):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.name=imagenet", "data.name: unknown data set 'imagenet'; choose one of: csv, digits, hf_disk, images, mnist1d, npz, parquet"),
+    ("data.name=imagenet", "data.name: unknown data set 'imagenet' (did you mean 'images'?); choose one of: arrays, csv, digits, hf_disk, images, mnist1d, npz, parquet"),
     ("student.arch=resnet", "student.arch: unknown model 'resnet'; choose one of:"),
     ("teachers.0.arch=vit", "teachers[0].arch: unknown model 'vit'; choose one of:"),
-    ("distill.aggregator=median", "distill.aggregator: unknown aggregator 'median'; choose one of: "
+    ("distill.aggregator=median", "distill.aggregator: unknown aggregator 'median' (did you mean 'mean'?); choose one of: "
      + ", ".join(sorted(AGGREGATORS))),
     ("distill.recipe=magic", "distill.recipe: unknown recipe 'magic'; choose one of: " + ", ".join(sorted(RECIPES))),
     ("distill.temperature=-1", "distill.temperature: Input should be greater than 0"),
@@ -49,7 +49,8 @@ def _fails_cleanly(capsys, argv, message, out_dir):
     ("teachers.0.train.steps=-5", "teachers[0].train.steps: Input should be greater than 0"),
     ("teachers.1.num_classes=3", "teachers[1] (mlp): the teacher has 3 classes but the student has 10"),
     ("teachers.0.checkpoint=/no/such/teacher.pt", "teachers[0].checkpoint: file not found: /no/such/teacher.pt"),
-    ("distill.stepz=3", "distill.stepz: unknown key for distill (recipe 'offline', aggregator 'mean'); allowed keys: steps"),
+    ("distill.stepz=3", "distill.stepz: unknown key for distill (recipe 'offline', aggregator 'mean') (did you mean 'steps'?); "
+     "allowed keys: steps"),
 ])
 def test_config_errors_exit_2_with_one_line_and_no_run_dir(tmp_path, capsys, tiny_raw_config, override, message):
     cfg = _write(tmp_path, tiny_raw_config)

@@ -53,10 +53,10 @@ def test_overrides_set_nested_values_and_list_items():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"data": {"name": "imagenet"}}, r"data.name: unknown data set 'imagenet'; choose one of: csv, digits, hf_disk, images, mnist1d, npz, parquet"),
+    ({"data": {"name": "imagenet"}}, r"data.name: unknown data set 'imagenet' \(did you mean 'images'\?\); choose one of: arrays, csv, digits, hf_disk, images, mnist1d, npz, parquet"),
     ({"student": {"arch": "resnet"}}, r"student.arch: unknown model 'resnet'; choose one of: cnn1d, cnn2d, gru"),
     ({"distill": {"aggregator": "median"}},
-     r"distill.aggregator: unknown aggregator 'median'; choose one of: " + ", ".join(sorted(AGGREGATORS))),
+     r"distill.aggregator: unknown aggregator 'median' \(did you mean 'mean'\?\); choose one of: " + ", ".join(sorted(AGGREGATORS))),
     ({"distill": {"recipe": "magic"}}, r"distill.recipe: unknown recipe 'magic'; choose one of: "
      + ", ".join(sorted(RECIPES))),
     ({"distill": {"temperature": 0}}, r"distill.temperature: Input should be greater than 0"),
@@ -64,7 +64,7 @@ def test_overrides_set_nested_values_and_list_items():
     ({"distill": {"batch_size": 0}}, r"distill.batch_size: Input should be greater than 0"),
     ({"distill": {"steps": -3}}, r"distill.steps: Input should be greater than 0"),
     ({"distill": {"steps": "many"}}, r"distill.steps: Input should be a valid integer"),
-    ({"distill": {"temprature": 2}}, r"distill.temprature: unknown key for distill \(recipe 'offline', aggregator 'mean'\); allowed keys: steps"),
+    ({"distill": {"temprature": 2}}, r"distill.temprature: unknown key for distill \(recipe 'offline', aggregator 'mean'\) \(did you mean 'temperature'\?\); allowed keys: steps"),
     ({"student": {"arch": "mlp", "channels": 3}}, r"student.channels: unknown key for model 'mlp'; allowed keys: num_classes, arch, hidden"),
     ({"teachers": [{"name": "t", "arch": "cnn1d", "train": {"steps": 0}}]}, r"teachers\[0\].train.steps: Input should be greater than 0"),
     ({"teachers": [{"arch": "cnn1d"}]}, r"teachers\[0\].name: required"),
@@ -74,7 +74,7 @@ def test_overrides_set_nested_values_and_list_items():
     ({"teachers": [{"name": "t", "arch": "mlp", "num_classes": 5}], "student": {"arch": "mlp", "num_classes": 10}},
      r"teacher 't' has 5 classes but the student has 10"),
     ({"teachers": []}, r"recipe 'offline' needs at least one teacher"),
-    ({"seeds": 1}, r"unknown section 'seeds'; allowed sections: seed, data"),
+    ({"seeds": 1}, r"unknown section 'seeds' \(did you mean 'seed'\?\); allowed sections: seed, data"),
 ])
 def test_bad_configs_name_the_key_and_what_is_allowed(raw, message):
     raw.setdefault("teachers", [{"name": "t", "arch": "mlp"}])

@@ -63,7 +63,7 @@ def test_csv_reader_maps_string_labels(tmp_path):
     (tmp_path / "train.csv").write_text("a,b,label\n1,2,cat\n3,4,dog\n5,6,cat\n7,8,dog\n")
     (tmp_path / "test.csv").write_text("a,b,label\n1,1,dog\n")
     d = _load({"name": "csv", "train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"),
-               "val_fraction": 0})
+               "val_fraction": 0, "normalize": "none"})
     assert d.class_names == ["cat", "dog"] and d.num_classes == 2
     assert d.train.y.tolist() == [0, 1, 0, 1] and d.test.y.tolist() == [1]
     assert d.train.x[1].tolist() == [3.0, 4.0]

@@ -23,7 +23,7 @@ def test_parquet_reads_numbers_lists_and_string_labels(tmp_path):
     write_parquet(tmp_path / "train.parquet", [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 1, 2]], ["dog", "cat", "dog", "cat"])
     write_parquet(tmp_path / "test.parquet", [[9, 9, 9]], ["cat"])
     d = load_dataset("parquet", train=str(tmp_path / "train.parquet"), test=str(tmp_path / "test.parquet"),
-                     label="y", val_fraction=0)
+                     label="y", val_fraction=0, normalize="none")
     assert d.class_names == ["cat", "dog"] and d.input_shape == (3,)
     assert torch.equal(d.train.x[0], torch.tensor([1.0, 2.0, 3.0]))  # the list column is flattened
     assert d.train.y.tolist() == [1, 0, 1, 0] and d.test.y.tolist() == [0]

@@ -24,9 +24,14 @@ __all__ = [
     "load_data", "load_dataset", "load_model_file", "parse_config", "predict_logits", "run_pipeline", "save_model_file", "train",
 ]
 
-# issue 7: reports, export (kept apart from the list above so branches merge cleanly)
+# reports, export (kept apart from the list above so branches merge cleanly)
 from .export import export_model, export_student  # noqa: E402
 from .report.calibration import expected_calibration_error  # noqa: E402
 from .report.compare import compare_runs  # noqa: E402
 
 __all__ += ["compare_runs", "expected_calibration_error", "export_model", "export_student"]
+
+# everyday use: a trained student with its class names and preprocessing
+from .student import Student, load_student  # noqa: E402
+
+__all__ += ["Student", "load_student"]

@@ -7,6 +7,7 @@ Defaults are the CLI's (``mtkd.config.DistillConfig``), so the same settings giv
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -62,9 +63,49 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     trackers: experiment trackers that receive every metrics record, e.g.
     ``[mtkd.tracking.TensorBoardTracker("runs/tb")]`` (the caller closes them).
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
-    schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device.
+    schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device, amp,
+    threads (torch CPU threads while this call runs; default 1, as the CLI; 0 = leave torch's
+    setting), ... Keys that only the pipeline can honour (batch_size: the loader's decides;
+    baseline; the teacher-output cache) are refused rather than ignored.
     """
+    refused = sorted(k for k in settings if k in API_REFUSED and settings[k] is not None)
+    if refused:
+        raise ConfigError(f"distill.{refused[0]}: {API_REFUSED[refused[0]]}")
     cfg, aggregator_options, recipe_options = _settings(recipe=recipe, aggregator=aggregator, **settings)
+    with torch_threads(cfg.threads):
+        return _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_options,
+                        teacher_weights=teacher_weights, val_data=val_data, unlabeled=unlabeled,
+                        checkpoint=checkpoint, metrics_path=metrics_path, progress=progress, seed=seed,
+                        trajectories=trajectories, snapshot_dir=snapshot_dir, trackers=trackers)
+
+
+# settings of the config's distill section that only `mtkd run` can honour: the API refuses them
+API_REFUSED = {
+    "batch_size": "the Python API takes the batch size from your data loader; set it there",
+    "baseline": "the from-scratch baseline is a pipeline stage; call mtkd.train(copy_of_student, loader) for it",
+    "cache": "the teacher-output cache is built by `mtkd run` / `mtkd cache`; pass teachers as modules instead",
+    "cache_dir": "the teacher-output cache is built by `mtkd run` / `mtkd cache`",
+    "cache_storage": "the teacher-output cache is built by `mtkd run` / `mtkd cache`",
+    "cache_topk": "the teacher-output cache is built by `mtkd run` / `mtkd cache`",
+}
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """Run with ``threads`` torch CPU threads (0: leave torch's setting), then restore the caller's."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_options, *, teacher_weights,
+             val_data, unlabeled, checkpoint, metrics_path, progress, seed, trajectories, snapshot_dir,
+             trackers) -> nn.Module:
     named = dict(teachers) if isinstance(teachers, Mapping) else {f"teacher{i}": t for i, t in enumerate(teachers)}
     recipe_cls = RECIPES[cfg.recipe]
     if recipe_cls.needs_teachers and not named:
@@ -73,7 +114,11 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
         raise ConfigError(f"recipe {cfg.recipe!r} trains a chain of stages; use `mtkd run` / run_pipeline, or call "
                           "distill once per stage (teachers -> assistant, then assistant -> student)")
     val = _as_dataset(val_data)
+    from . import distributed
+
     device = resolve_device(cfg.device)
+    distributed.init(device)  # under torchrun: join its process group, so the processes train one model
+    device = distributed.local_device(device)
     student.to(device)
     live = {}  # recipe local_targets trains its teachers with the student: they are not frozen
     if getattr(recipe_cls, "trains_teachers", False):

@@ -1,4 +1,4 @@
-"""Command line: ``mtkd demo | run | select | cache | bench | list | report | export``. Thin: parse, validate, call the pipeline.
+"""Command line: ``mtkd demo | run | select | cache | bench | list | report | export | predict``. Thin: parse, validate, call the pipeline.
 
 Errors in the config or on the command line print one line and exit with status 2,
 before anything is written.
@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, status 2
-        self.exit(EXIT_USAGE, f"mtkd: error: {message} (see mtkd {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_USAGE, f"mtkd: error: {message} (see {self.prog} --help)\n")
 
 
 def _config_arguments(parser: argparse.ArgumentParser, help: str = "YAML config file") -> None:
@@ -96,7 +96,27 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threads", type=int, default=1, help="torch and onnxruntime CPU threads for the timing (default 1)")
     export.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     _allow_code(export)
+
+    predict = sub.add_parser("predict", help="predict with a run's student: one row per input row, class names "
+                                             "and probabilities")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory (or a student.pt)")
+    predict.add_argument("input", type=Path, metavar="INPUT", help="a .csv file with a header (the training "
+                         "file's feature columns, by name) or an .npz file (array x)")
+    predict.add_argument("--out", type=Path, required=True, help="CSV file to write: prediction, p_<class> ...")
+    predict.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     return parser
+
+
+def cmd_predict(run_dir: Path, input_path: Path, out: Path, force: bool) -> None:
+    from .student import load_student, read_inputs, write_predictions
+
+    if out.exists() and not force:
+        raise MtkdError(f"--out {out} exists; choose another file, or add --force to overwrite it")
+    if out.is_dir():
+        raise MtkdError(f"--out {out} is a directory; give a file name such as predictions.csv")
+    student = load_student(run_dir)
+    n = write_predictions(student, read_inputs(input_path, student), out)
+    print(f"wrote {n} prediction(s) of {len(student.classes)} classes to {out}")
 
 
 def _run(cfg, out: Path, restart: bool, progress: bool, force: bool = False) -> None:
@@ -155,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `mtkd`: what it can do, not an error line
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
@@ -175,6 +199,8 @@ def _main(args) -> int:
 
             cfg = parse_config(demo_config(args.fast))
             _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
+        elif args.command == "predict":
+            cmd_predict(args.run_dir, args.input, args.out, args.force)
         elif args.command == "report":
             from .report.compare import compare_runs
 
@@ -201,8 +227,12 @@ def _main(args) -> int:
                 from .teachers.kinds import allow_code
 
                 allow_code(cfg)
-            rows = cache_command(cfg, args.out or cfg.output.dir, not args.no_progress,
-                                 lambda m: print(m, file=sys.stderr), args.force)
+
+            def log(message: str) -> None:  # each entry's built/reused line is printed once, below
+                if not message.startswith(("teacher cache: built", "teacher cache: reusing")):
+                    print(message, file=sys.stderr)
+
+            rows = cache_command(cfg, args.out or cfg.output.dir, not args.no_progress, log, args.force)
             for r in rows:
                 err = r.get("topk_error")
                 extra = f", top-k KL {err['kl_mean']:.2e}, top-1 agreement {err['top1_agreement']:.4f}" if err else ""

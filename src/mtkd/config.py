@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +51,7 @@ class DistillConfig(TrainConfig):
         "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=0, le=1024, description="torch CPU threads (0 = torch's default)")
-    # performance (see README "Fast at any scale"); none of these change what is computed beyond
+    # performance (see docs/methods/caching.md); none of these change what is computed beyond
     # float rounding, except cache_storage float16/topk, whose error the cache build reports
     cache: Literal["off", "auto", "always"] = Field(
         "off", description="teacher-output cache: auto = for recipes that allow it, always = or fail")
@@ -62,6 +63,11 @@ class DistillConfig(TrainConfig):
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
     monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
                                "split (agreement with each teacher and the ensemble); 0 = off")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
+        "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
+    sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
+                                 "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
 
 
 class OutputConfig(BaseModel):
@@ -133,6 +139,16 @@ class Config:
 
 # ---------------------------------------------------------------- validation helpers
 
+def did_you_mean(name: Any, choices) -> str:
+    """" (did you mean 'temperature'?)" for the closest of ``choices`` to a mistyped ``name``, else ""."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _choices(table) -> str:
     return ", ".join(sorted(table))
 
@@ -149,7 +165,8 @@ def _validate(schema: type[BaseModel], raw: Any, where: str, what: str) -> BaseM
         path = f"{where}.{key}" if key else where
         allowed = ", ".join(k for k in schema.model_fields)
         if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{path}: unknown key for {what}; allowed keys: {allowed}") from None
+            hint = did_you_mean(str(err["loc"][-1]) if err["loc"] else key, schema.model_fields)
+            raise ConfigError(f"{path}: unknown key for {what}{hint}; allowed keys: {allowed}") from None
         if err["type"] == "missing":
             raise ConfigError(f"{path}: required key for {what} is missing") from None
         got = err.get("input")
@@ -161,7 +178,8 @@ def _pick(table: dict, raw: dict, key: str, where: str, kind: str, default: str 
     if name is None:
         raise ConfigError(f"{where}.{key}: required; choose a {kind}: {_choices(table)}")
     if not isinstance(name, str) or name not in table:
-        raise ConfigError(f"{where}.{key}: unknown {kind} {name!r}; choose one of: {_choices(table)}")
+        raise ConfigError(f"{where}.{key}: unknown {kind} {name!r}{did_you_mean(name, table)}; "
+                          f"choose one of: {_choices(table)}")
     return name
 
 
@@ -222,7 +240,8 @@ def _external_teacher(raw: dict, where: str, name: str) -> TeacherSpec:
             raise ConfigError(f"{where}: kind {kind!r} needs 'arch' (a built-in model) and its size keys")
         model = _model(rest, where)
     elif rest:
-        raise ConfigError(f"{where}.{sorted(rest)[0]}: unknown key for a teacher of kind {kind!r}; "
+        raise ConfigError(f"{where}.{sorted(rest)[0]}: unknown key for a teacher of kind {kind!r}"
+                          f"{did_you_mean(sorted(rest)[0], [*fields, 'name', 'weight'])}; "
                           f"allowed keys: name, weight, {', '.join(fields)}")
     opts = _validate(entry.Options, {k: v for k, v in raw.items() if k in fields}, where, f"teacher kind '{kind}'")
     if not opts.path.exists():
@@ -241,7 +260,8 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(f"config: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
-        raise ConfigError(f"config: unknown section {unknown[0]!r}; allowed sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"config: unknown section {unknown[0]!r}{did_you_mean(unknown[0], SECTIONS)}; "
+                          f"allowed sections: {', '.join(SECTIONS)}")
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed: an integer (got {seed!r})")
@@ -295,8 +315,9 @@ def parse_distill(raw: Any) -> tuple[DistillConfig, BaseModel, BaseModel]:
         owner = next((i for i, schema in enumerate(schemas) if key in schema.model_fields), None)
         if owner is None:
             allowed = ", ".join(k for schema in schemas for k in schema.model_fields)
+            hint = did_you_mean(key, [k for schema in schemas for k in schema.model_fields])
             raise ConfigError(f"distill.{key}: unknown key for distill (recipe {recipe!r}, aggregator "
-                              f"{aggregator!r}); allowed keys: {allowed}")
+                              f"{aggregator!r}){hint}; allowed keys: {allowed}")
         parts[owner][key] = value
     what = [("distill", "distill"), ("distill", f"recipe '{recipe}'"), ("distill", f"aggregator '{aggregator}'")]
     base, recipe_options, aggregator_options = (_validate(schema, part, where, label)
@@ -361,8 +382,38 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
     return raw
 
 
+# keys whose values are input files or folders: in a config file, relative to the file's folder
+PATH_KEYS = {"data": ("train", "test", "unlabeled", "path", "root", "tokenizer"),
+             "model": ("checkpoint", "path", "weights")}
+
+
+def resolve_paths(raw: Any, base: str | Path) -> Any:
+    """A copy of ``raw`` whose relative input paths (data files, teacher and student files) are
+    taken from ``base``, the config file's folder, and made absolute. Output paths (output.dir,
+    distill.cache_dir) and ``--set`` values stay relative to the current directory."""
+    if not isinstance(raw, dict):
+        return raw
+    base = Path(base).resolve()
+    raw = copy.deepcopy(raw)
+
+    def fix(section: Any, keys) -> None:
+        if isinstance(section, dict):
+            for key in keys:
+                value = section.get(key)
+                if isinstance(value, str) and value and not Path(value).is_absolute():
+                    section[key] = os.path.normpath(base / value)  # no "dir/../" left in messages
+
+    fix(raw.get("data"), PATH_KEYS["data"])
+    fix(raw.get("student"), PATH_KEYS["model"])
+    for teacher in raw.get("teachers") or [] if isinstance(raw.get("teachers"), list) else []:
+        fix(teacher, PATH_KEYS["model"])
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    raw = load_yaml(path) if path is not None else {}
+    """The config in file ``path`` (relative input paths in it are taken from its folder; see
+    :func:`resolve_paths`), with ``--set`` overrides applied."""
+    raw = resolve_paths(load_yaml(path), Path(path).parent) if path is not None else {}
     return parse_config(apply_overrides(raw, overrides or []))
 
 

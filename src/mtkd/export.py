@@ -218,20 +218,38 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
         config = config if isinstance(config, dict) else {}
         data = _run_data(config)
         student, teachers, missing = _run_models(run_dir, config, data, allow_code)
-        result = _export_and_time(student, teachers, missing, data.test.x, out, fmt, tolerance, latency)
+        x = data.test.x
+        from .student import load_student
+
+        usable = load_student(run_dir)  # class names and the run's preprocessing
+        if usable.prep is not None:
+            from .data.preprocess import RawInputs
+
+            # the exported model takes raw columns and applies the missing-value filling and the
+            # normalisation itself; it is checked end to end on the test rows as raw columns
+            student = usable
+            with torch.no_grad():
+                x = RawInputs(usable.preprocessing)(x)
+        result = _export_and_time(student, usable, teachers, missing, x, out, fmt, tolerance, latency)
     finally:
         if held is not None:
             held.release()
     return result
 
 
-def _export_and_time(student, teachers, missing, x, out: Path, fmt: str, tolerance: float, latency: bool) -> dict:
+def _export_and_time(student, usable, teachers, missing, x, out: Path, fmt: str, tolerance: float,
+                     latency: bool) -> dict:
     from .evaluation import ms_per_1000, ms_per_1000_of
     from .io import write_json
     from .models import count_params
 
     result = export_model(student, x, out, fmt, tolerance)
-    result["params"] = count_params(student)
+    result["params"] = count_params(usable.model)
+    result["classes"] = usable.classes
+    if usable.preprocessing is not None:
+        result["inputs"] = {"columns": usable.columns,
+                            "preprocess": usable.preprocessing.to_dict(),
+                            "included_in_model": usable.prep is not None}
     if latency:
         run = load_exported(out.read_bytes(), fmt)
         timing = {"exported": ms_per_1000_of(run, x, repeats=20),

@@ -5,6 +5,7 @@ the target; ``os.replace`` is atomic on POSIX and Windows.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -13,6 +14,14 @@ from typing import Any, Callable
 
 import torch
 import yaml
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (reading it means setting it; once, then restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str, every_rank: bool = False) -> None:
@@ -36,6 +45,8 @@ def _atomic(path: str | Path, write: Callable[[Any], None], mode: str, every_ran
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; files get the user's umask, as open() would
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

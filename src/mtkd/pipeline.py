@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -23,7 +23,7 @@ from .models.features import head_layer
 from .config import Config, TeacherSpec
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
-from .aggregation.coverage import class_masks, ensemble_mean
+from .aggregation.coverage import class_masks, coverage_mix, ensemble_mean
 from .evaluation import describe, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
@@ -61,6 +61,11 @@ class Prepared:
     teachers: list[TeacherPlan]
     device: torch.device
     params: int = 0  # parameters of the student and every teacher, for the disk-space check
+    notes: list[str] = field(default_factory=list)  # lines the run prints before it starts (silent surprises)
+
+
+# aggregators that learn teacher weights from accuracy on the validation split
+VALIDATION_AGGREGATORS = ("accuracy", "meta")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,7 +101,7 @@ def prepare(cfg: Config) -> Prepared:
     if getattr(recipe_cls, "needs_unlabeled", False) and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
-    plans = []
+    plans, notes = [], []
     d = cfg.distill
     if d.cache == "always" and not getattr(recipe_cls, "cacheable", False):
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
@@ -129,6 +134,10 @@ def prepare(cfg: Config) -> Prepared:
             params += count_params(built[-1][1])
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
+        if spec.external is not None and getattr(model, "drops_columns", False):
+            known = [c for c, d in zip(model.teacher_classes, model.dropped.tolist()) if d]
+            notes.append(f"teacher {spec.name}: classes {known[:10]} are not in the data set; they are left out "
+                         "and its probabilities renormalised over the rest")
         if model is not None:  # a stored teacher must take the data's inputs and give finite outputs, now
             probe = data.train.x[:256]
             try:
@@ -145,7 +154,12 @@ def prepare(cfg: Config) -> Prepared:
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
     if hasattr(recipe_cls, "check_models"):  # e.g. hint layer names, before any training
         recipe_cls.check_models(cfg, student_model, built, data.input_shape, num_classes)
-    prep = Prepared(cfg, data, num_classes, plans, device, params)
+    unknown = [p.spec.name for p in plans if p.model is not None]  # loaded from files: trained on what?
+    if unknown and d.aggregator in VALIDATION_AGGREGATORS and data.val is not None:
+        notes.append(f"note: teachers {unknown} were trained outside this run on data mtkd does not know; the "
+                     f"'{d.aggregator}' aggregator weighs them by their accuracy on mtkd's validation split, which "
+                     "overstates a teacher that saw those rows in its training (e.g. trained on the whole train file)")
+    prep = Prepared(cfg, data, num_classes, plans, device, params, notes)
     if hasattr(recipe_cls, "check_config"):  # recipe-specific checks of the prepared run, before any work
         recipe_cls.check_config(prep)
     return prep
@@ -374,7 +388,8 @@ class Run:
         """A finished stage: its model file (rank 0 writes it), then every process drops its stage
         checkpoint (its own: student.rank1.pt under codistillation) once the file exists, so a crash
         in between never loses the stage."""
-        save_model_file(path, model, arch, self.data.input_shape, num_classes)
+        save_model_file(path, model, arch, self.data.input_shape, num_classes, self.data.class_names or None,
+                        self.data.preprocess)
         distributed.barrier()
         trainer.checkpoint.unlink(missing_ok=True)
 
@@ -431,6 +446,8 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
             return json.loads((out / "summary.json").read_text())
         if status == "resume":
             log(f"resuming the run in {out}")
+        for note in prep.notes:
+            log(note)
         return _stages(prep, cfg, out, progress, log, force)
     finally:
         release(out)
@@ -464,12 +481,19 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     masks = class_masks(teachers, prep.num_classes)
     probs_t = [ensemble_mean(torch.stack(raw), [k], masks) for k in range(len(teachers))]
     probs_e = ensemble_mean(torch.stack(raw), range(len(teachers)), masks) if len(teachers) > 1 else None
+    ensemble_rule = f"mean of {len(teachers)}"
+    if d.aggregator == "weighted" and len(teachers) > 1 and len({t.weight for t in named}) > 1:
+        # the ensemble the 'weighted' aggregator defines (Fukuda et al., 2017): weights normalised to sum to 1
+        w = torch.tensor([t.weight for t in named], dtype=raw[0].dtype)
+        w = (w / w.sum()).expand(len(test), -1)  # [N, K]
+        probs_e = coverage_mix(torch.stack(raw), w, masks if masks is not None else torch.ones(len(raw), raw[0].shape[1]))
+        ensemble_rule = f"weighted mean of {len(teachers)}"
     probs_s = predict_probs([student], test, device)
     probs_b = predict_probs([scratch], test, device) if scratch else None
     results = {
         "teachers": [{"name": t.name, "arch": t.arch, **describe([t.model], test, device, pr)}
                      for t, pr in zip(named, probs_t)],
-        "ensemble": describe(teachers, test, device, probs_e) if len(teachers) > 1 else None,
+        "ensemble": {"rule": ensemble_rule, **describe(teachers, test, device, probs_e)} if len(teachers) > 1 else None,
         "student": {"arch": cfg.student.arch, **describe([student], test, device, probs_s)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], test, device, probs_b)} if scratch else None,
         "assistants": [{"name": a["name"], "arch": a["arch"], "level": a["level"],
@@ -492,6 +516,10 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     recipe_results = out / "student_results.json"  # what a recipe reports beyond the contract (continual)
     if recipe_results.exists():
         summary.update(json.loads(recipe_results.read_text()))
+    # what a user of the student needs: the output order's class names and the input steps
+    summary["classes"] = list(prep.data.class_names)
+    if prep.data.preprocess:
+        summary["preprocess"] = prep.data.preprocess
     write_report(out, summary, records, plots=cfg.output.plots)
     write_json(out / "summary.json", summary)  # last: its presence marks the run finished
     for tracker in run.metrics.trackers:

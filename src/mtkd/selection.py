@@ -140,7 +140,7 @@ def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max
     from pathlib import Path
 
     from .aggregation.coverage import class_masks
-    from .config import apply_overrides, load_yaml, parse_config
+    from .config import apply_overrides, load_yaml, parse_config, resolve_paths
     from .errors import ConfigError
     from .io import write_yaml
     from .pipeline import prepare
@@ -148,8 +148,10 @@ def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max
     from .teachers.kinds import allow_code
     from .trainer import predict_logits
 
-    raw = apply_overrides(load_yaml(config_path), list(overrides))
-    cfg = parse_config(raw)
+    raw = apply_overrides(load_yaml(config_path), list(overrides))  # written back with its relative paths
+    # input paths in the file are taken from its folder, --set values from the current directory
+    cfg = parse_config(apply_overrides(resolve_paths(load_yaml(config_path), Path(config_path).parent),
+                                       list(overrides)))
     if len(cfg.teachers) < 2:
         raise ConfigError("teachers: mtkd select needs at least two teachers to choose from")
     untrained = [t.name for t in cfg.teachers if t.checkpoint is None and t.external is None]

@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
+from .parallel import FullyShardedStudent, data_parallel, split_loader
 from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
 
@@ -63,12 +64,19 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
 
 def _endless(loader: Iterable, skip: int) -> Iterator:
     """Batches forever. A BatchLoader resumes from its own state; any other loader is
-    fast-forwarded by ``skip`` batches (exact only if its order repeats per epoch)."""
+    fast-forwarded by ``skip`` batches (exact only if its order repeats per epoch). A
+    ``DistributedSampler`` is told each pass's epoch, so every pass is a new shuffle."""
     if isinstance(loader, BatchLoader):
         while True:
             yield from loader
-    first = True
+    from .parallel import distributed_sampler
+
+    sampler = distributed_sampler(loader)
+    first, epoch = True, 0
     while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        epoch += 1
         got_any = False
         for i, batch in enumerate(loader):
             got_any = True
@@ -153,8 +161,9 @@ class MetricsLog:
 
 
 def shard(batch_size: int) -> slice | None:
-    """This process's rows of a global batch under torchrun: a contiguous, near-equal share
-    (None: the whole batch, outside torchrun or when the batch has fewer rows than processes)."""
+    """This process's rows of a global batch under torchrun, for a loader that yields whole global
+    batches to every process: a contiguous, near-equal share (None: the whole batch, outside
+    torchrun or when the batch has fewer rows than processes)."""
     from . import distributed
 
     world = distributed.world_size()
@@ -162,36 +171,6 @@ def shard(batch_size: int) -> slice | None:
         return None
     bounds = [batch_size * r // world for r in range(world + 1)]
     return slice(bounds[distributed.rank()], bounds[distributed.rank() + 1])
-
-
-def average_gradients(params: list[nn.Parameter]) -> None:
-    """Data-parallel gradient sync (what DDP's reducer does, in one flat all-reduce per step):
-    every process ends the step with the mean of all processes' gradients. A parameter with no
-    gradient on any process keeps none, so optimizers skip it exactly as in one process."""
-    import torch.distributed as dist
-
-    if not params:
-        return
-    # [sum of numel + len(params)]: every gradient, then one has-a-gradient flag per parameter
-    flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
-                      for p in params] + [torch.tensor([float(p.grad is not None) for p in params],
-                                                       device=params[0].device)])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    flags = flat[-len(params):].tolist()
-    offset = 0
-    for p, flag in zip(params, flags):
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone() if flag > 0 else None
-        offset += n
-
-
-def broadcast_parameters(module: nn.Module) -> None:
-    """Start every process from rank 0's parameters and buffers."""
-    import torch.distributed as dist
-
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
 
 
 class Trainer:
@@ -241,13 +220,17 @@ class Trainer:
         self.elapsed = 0.0  # seconds spent in training steps, summed over resumes
         self.best_accuracy = -1.0
         self.last_val_accuracy: float | None = None
+        # None: read the loss's finiteness every step on one CPU process, else at host reads (see fit)
+        self.check_every_step: bool | None = None
+        self.fsdp: FullyShardedStudent | None = None  # while fit() trains a sharded student
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT, "stage": self.stage, "fingerprint": self.fingerprint,
             "step": self.step, "elapsed": self.elapsed, "best_accuracy": self.best_accuracy,
-            "recipe": self.recipe.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "recipe": self.fsdp.model_state() if self.fsdp else self.recipe.state_dict(),
+            "optimizer": self.fsdp.optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
             "loader": self.loader.state_dict() if isinstance(self.loader, BatchLoader) else None,
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
@@ -259,7 +242,13 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the checkpoint if there is one; True if training continues from it."""
-        if self.checkpoint is None or not self.checkpoint.exists():
+        if self.checkpoint is None:
+            return False
+        if not self.checkpoint.exists():
+            # a run stopped before this stage's first checkpoint starts the stage over: drop the
+            # records it logged, or metrics.jsonl would hold those steps twice
+            if any(r.get("stage") == self.stage for r in self.metrics.read()):
+                self.metrics.truncate(self.stage, 0)
             return False
         try:
             state = load_torch(self.checkpoint)
@@ -284,6 +273,18 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------ loop
+    def _reads_host(self, step: int) -> bool:
+        """Whether the trainer reads values on the host after ``step`` (logs, evaluates, saves)."""
+        cfg = self.cfg
+        return (step == cfg.steps or step % cfg.log_every == 0 or step % cfg.eval_every == 0
+                or step % cfg.checkpoint_every == 0 or bool(cfg.save_every and step % cfg.save_every == 0)
+                or bool(self.monitor is not None and self.monitor_every and step % self.monitor_every == 0))
+
+    def _diverged(self, losses: dict[str, torch.Tensor], what: str) -> None:
+        terms = {k: round(float(v.detach()), 6) for k, v in losses.items()}
+        last = self.checkpoint if self.checkpoint and self.checkpoint.exists() else "none written yet"
+        raise TrainingDiverged(f"{self.stage}: loss became {what} (terms {terms}); last good checkpoint: {last}")
+
     def _evaluate(self) -> None:
         if self.val_data is None:
             return
@@ -293,7 +294,7 @@ class Trainer:
         if acc > self.best_accuracy:
             self.best_accuracy = acc
             if self.best_path is not None:
-                save_torch(self.best_path, {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
+                save_torch(self.best_path, self._student_state())
 
     def fit(self) -> "Trainer":
         from . import distributed
@@ -303,12 +304,23 @@ class Trainer:
         self.resume()
         if self.step >= cfg.steps:
             return self
-        # torchrun: each process trains on its share of every batch (data parallel), unless the
-        # recipe trains an independent copy per process on its own shard (codistillation)
+        # torchrun: each process trains on its share of every batch (data parallel, torch's
+        # DistributedDataParallel), unless the recipe trains an independent copy per process on its
+        # own shard (codistillation: no gradient averaging)
         parallel = distributed.world_size() > 1 and not self.independent
-        if parallel:
-            broadcast_parameters(self.recipe)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        cut = split_loader(self.loader, parallel)  # True: this loader gives every process whole batches
+        step_fn = self.recipe.step
+        if parallel and getattr(cfg, "parallel", "ddp") == "fsdp":
+            self._shard(cfg)
+        elif parallel:
+            step_fn = data_parallel(self.recipe, self.device, sync_batchnorm=getattr(cfg, "sync_batchnorm", False))
+        # finiteness of the loss: read on the host every step on one CPU process (free there, and the
+        # error names the exact step); otherwise kept on the device and read at the next step that
+        # logs, evaluates or saves (a host read is a device sync on a GPU), and agreed by all processes
+        every_step = self.device.type == "cpu" and not parallel if self.check_every_step is None \
+            else self.check_every_step
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite loss since the last read
+        checked = self.step  # the last step known to be finite
         batches = _endless(self.loader, self.step if not isinstance(self.loader, BatchLoader) else 0)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage,
                    disable=None if self.progress and distributed.is_main() else True,
@@ -318,29 +330,27 @@ class Trainer:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 x, y, index = unpack_batch(next(batches))
-                rows = shard(len(x)) if parallel else None
+                rows = shard(len(x)) if cut else None
                 if rows is not None:
                     x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with autocast(self.device, self.amp):
-                    losses = self.recipe.step(x, y, index)
+                    losses = step_fn(x, y, index)
                 events = getattr(self.recipe, "events", [])  # e.g. a teacher dropped from this batch
                 for event in events:
                     self.metrics.write({"stage": self.stage, "step": self.step + 1, **event})
                 events.clear()
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    terms = {k: round(float(v.detach()), 6) for k, v in losses.items()}
-                    last = self.checkpoint if self.checkpoint and self.checkpoint.exists() else "none written yet"
-                    raise TrainingDiverged(f"{self.stage}: loss became {float(loss.detach())} at step {self.step + 1} "
-                                           f"(terms {terms}); last good checkpoint: {last}")
+                if every_step:
+                    if not torch.isfinite(loss):
+                        self._diverged(losses, f"{float(loss.detach())} at step {self.step + 1}")
+                else:
+                    bad |= ~torch.isfinite(loss.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
                     self.scaler.scale(loss).backward()
                 else:
-                    loss.backward()
-                if parallel:
-                    average_gradients(params)
+                    loss.backward()  # under DDP: gradients averaged over processes, bucket by bucket
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)  # skipped when a gradient overflowed (on any process)
                     self.scaler.update()
@@ -350,6 +360,17 @@ class Trainer:
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
                 bar.update(1)
+                if not every_step and self._reads_host(self.step):
+                    if parallel:
+                        import torch.distributed as dist
+
+                        flag = bad.to(torch.int32)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        bad = flag.bool()
+                    if bool(bad):
+                        self._diverged(losses, f"non-finite between step {checked + 1} and step {self.step} "
+                                               "(checked on the device, read when the trainer logs or saves)")
+                    checked = self.step
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"stage": self.stage, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
                     values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])  # [terms]
@@ -368,10 +389,33 @@ class Trainer:
                     self.metrics.write({"stage": self.stage, "step": self.step, **self.monitor()})
                     self.recipe.train()
                 if self.snapshot_dir is not None and cfg.save_every and self.step % cfg.save_every == 0:
-                    save_torch(self.snapshot_dir / f"step-{self.step:06d}.pt",
-                               {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()})
+                    save_torch(self.snapshot_dir / f"step-{self.step:06d}.pt", self._student_state())
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
         finally:
             bar.close()
+        if self.fsdp is not None:  # the caller's student module, trained, whole, on every process
+            self.fsdp.finish()
+            self.fsdp = None
         return self
+
+    def _shard(self, cfg: TrainConfig) -> None:
+        """FSDP2: shard the student and rebuild the optimizer and schedule over the shards, keeping
+        their (possibly resumed) state."""
+        if self.monitor is not None or getattr(cfg, "monitor_every", 0):
+            raise MtkdError("distill.parallel: 'fsdp' runs the student on every process together; "
+                            "distill.monitor_every (rank 0 alone) cannot be used with it; set it to 0")
+        self.fsdp = FullyShardedStudent(self.recipe, self.device, self.amp)
+        optimizer_state, scheduler_state = self.optimizer.state_dict(), self.scheduler.state_dict()
+        self.optimizer = make_optimizer(self.recipe.parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        if optimizer_state["state"]:  # resumed (a fresh optimizer has no state to carry over)
+            self.fsdp.load_optimizer_state(self.optimizer, optimizer_state)
+        self.scheduler.load_state_dict(scheduler_state)
+
+    def _student_state(self) -> dict:
+        """The student's weights on the CPU, whole (gathered from the shards under FSDP)."""
+        if self.fsdp is not None:
+            return {k.removeprefix("student."): v.detach().cpu() for k, v in self.fsdp.model_state().items()
+                    if k.startswith("student.")}
+        return {k: v.detach().cpu() for k, v in self.recipe.student.state_dict().items()}

@@ -3,9 +3,8 @@ split (split off the training data, never the test split), sharpened by a temper
 
     w_k = exp(acc_k / tau) / sum_j exp(acc_j / tau)
 
-as described for Unified Ensemble Knowledge Distillation in our seed document ("UEKD assigns
-weights to each teacher model's predictions based on their accuracy on a labeled validation
-set"). tau -> infinity gives the plain mean; small tau approaches the single best teacher,
+after Unified Ensemble Knowledge Distillation (UEKD; Wu, Wu, Qi and Huang, arXiv:2204.00548),
+which weighs each teacher by its accuracy on labeled validation data. tau -> infinity gives the plain mean; small tau approaches the single best teacher,
 which loses the ensemble's diversity (on MNIST-1D near one-hot weights cost 2.5 points
 against ``mean``), so the default keeps it soft. The weights are the same for every sample.
 """

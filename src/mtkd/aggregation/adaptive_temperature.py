@@ -1,8 +1,7 @@
-"""ATMKD: adaptive temperature-guided multi-teacher distillation, after the method named in
-our seed document ("Adaptive Temperature-Guided Multi-Teacher Distillation"; Multimedia
-Systems 2024, doi:10.1007/s00530-024-01483-w).
+"""ATMKD: adaptive temperature-guided multi-teacher distillation, after "Adaptive Temperature-Guided
+Multi-Teacher Knowledge Distillation" (ATMKD; Multimedia Systems 2024, doi:10.1007/s00530-024-01483-w).
 
-The seed describes three parts; the authors' repository (JSJ515-Group/ATMKD) holds no code
+The method has three parts; the authors' repository (JSJ515-Group/ATMKD) holds no code
 for them, so the formulas below are ours, written to match that description:
 
 1. A temperature per teacher and per sample from the teacher's confidence: with

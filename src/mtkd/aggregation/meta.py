@@ -16,14 +16,14 @@ it from a buffer of hard training samples). The virtual step is discarded; the s
 takes its real step with the updated, detached weights. One virtual step is used where
 MMKD unrolls three.
 
-``form: joint`` is the end-to-end form our seed document describes ("trained jointly with
-the student in an end-to-end manner"): the network is a gate, as in a mixture of experts
+``form: joint`` is an end-to-end form (the weighting network trained jointly with the student,
+no virtual step): the network is a gate, as in a mixture of experts
 (Jacobs et al., 1991), trained on the labeled samples of each batch to make the weighted
 mixture of teacher predictions match the label, -log sum_k w_k p_k(y), alongside the
 student's loss; the student distills from the mixture with the weights detached.
 
-Network (after MMKD's LogitsWeight, with the student's penultimate features added as the
-seed asks): concat(features [F], teacher logits [K*C], student logits [C]), all detached ->
+Network (after MMKD's LogitsWeight, with the student's penultimate features added, so the
+weights can depend on the input): concat(features [F], teacher logits [K*C], student logits [C]), all detached ->
 LayerNorm -> Linear(hidden) -> ReLU -> Linear(K) -> softmax over teachers. The last layer
 starts at zero, so training starts from the plain mean.
 """

@@ -28,6 +28,7 @@ from .store import CacheError, Entry, commit_entry, data_fingerprint, entry_key,
 from .topk import compress_topk, expand_topk, topk_error
 
 TeacherLoader = Callable[[], nn.Module]
+STACK_LIMIT = 256 * 2**20  # bytes of stored outputs up to which a pool is stacked in memory
 
 
 @dataclass
@@ -181,7 +182,8 @@ def open_cached_teachers(report: BuildReport, data: IndexedTensorDataset,
 
     models: optional live models, one per entry, used for inputs outside the cache.
     stacked: also keep every teacher's logits in one [K, N, C] tensor (full storage only), so
-    a step reads the whole pool with one gather; costs one in-memory copy of the entries."""
+    a step reads the whole pool with one gather; costs one in-memory copy of the entries, so it is
+    done only up to ``STACK_LIMIT`` bytes: larger pools are read through their memory maps."""
     from ..teachers.cached import CachedPool, CachedTeacher, TransferSet
 
     for e in report.entries:
@@ -191,7 +193,8 @@ def open_cached_teachers(report: BuildReport, data: IndexedTensorDataset,
     models = list(models) if models is not None else [None] * len(report.entries)
     teachers = [CachedTeacher(e, transfer, m) for e, m in zip(report.entries, models)]
     dtypes = {str(t.arrays["logits"].dtype) if "logits" in t.arrays else "topk" for t in teachers}
-    if stacked and len(teachers) > 1 and len(dtypes) == 1 and "topk" not in dtypes:
+    small = sum(e.bytes for e in report.entries) <= STACK_LIMIT
+    if stacked and small and len(teachers) > 1 and len(dtypes) == 1 and "topk" not in dtypes:
         CachedPool(teachers)  # the pool's lookups become one gather
     return teachers
 

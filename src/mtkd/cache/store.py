@@ -46,10 +46,18 @@ class CacheError(MtkdError):
 
 # ---------------------------------------------------------------- fingerprints
 
-def _hash_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
+def _hash_tensor(h: "hashlib._Hash", t: torch.Tensor, chunk_bytes: int = 1 << 24) -> None:
+    """Feed shape, dtype and bytes of ``t`` to ``h``, 16 MiB of rows at a time: a memory-mapped
+    tensor is read page by page and never copied whole (the digest is that of all bytes in order)."""
+    t = t.detach().cpu().contiguous()  # no copy for a contiguous CPU tensor (a memory map)
     h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if not t.numel():
+        return
+    if t.dim() == 0:
+        t = t.reshape(1)
+    rows = max(1, chunk_bytes // max(1, t[0].numel() * t.element_size()))
+    for start in range(0, len(t), rows):
+        h.update(t[start:start + rows].view(torch.uint8).numpy())  # a buffer view: no bytes copy
 
 
 def data_fingerprint(x: torch.Tensor, index: torch.Tensor) -> str:

@@ -5,7 +5,7 @@ from typing import Callable, NamedTuple
 
 from pydantic import BaseModel
 
-from . import csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file
+from . import arrays, csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file
 from .base import UNLABELED, BatchLoader, DataSplits, IndexedTensorDataset
 
 
@@ -20,6 +20,8 @@ DATASETS: dict[str, DataEntry] = {
                          "MNIST-1D signals (length 40, 10 classes), generated offline; optional unlabeled pool"),
     "digits": DataEntry(digits.DigitsConfig, digits.load, "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)"),
     "npz": DataEntry(npz_file.NpzConfig, npz_file.load, "arrays x_train/y_train/x_test/y_test (+x_unlabeled) from a .npz file"),
+    "arrays": DataEntry(arrays.ArraysConfig, arrays.load,
+                        "a directory of .npy files (x_train, y_train, x_test, y_test), memory-mapped: data larger than memory"),
     "csv": DataEntry(csv_files.CsvConfig, csv_files.load, "train/test CSV files with a header and one label column"),
     "parquet": DataEntry(parquet_file.ParquetConfig, parquet_file.load,
                          "train/test Parquet files with one label column (extra: parquet)"),

@@ -56,6 +56,8 @@ class DataSplits:
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
     class_names: list[str] = field(default_factory=list)
+    # tables: feature columns, missing-value filling and normalisation (mtkd.data.preprocess), as a dict
+    preprocess: dict | None = None
 
     def transfer_set(self) -> IndexedTensorDataset:
         """Samples the student is distilled on: labeled train plus the unlabeled pool."""
@@ -78,6 +80,9 @@ class BatchLoader:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.drop_last = drop_last and len(dataset) >= batch_size
         self.epoch, self.batch = 0, 0
+        # (rank, world_size) under data parallelism: each process reads only its contiguous share
+        # of every global batch (DistributedSampler's semantics, with the one-process batch order)
+        self.share: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -95,6 +100,9 @@ class BatchLoader:
         while self.batch < len(self):
             rows = order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
             self.batch += 1
+            if self.share is not None and len(rows) >= self.share[1]:
+                r, world = self.share
+                rows = rows[len(rows) * r // world:len(rows) * (r + 1) // world]
             d = self.dataset
             yield d.x[rows], d.y[rows], d.index[rows]
         self.epoch, self.batch = self.epoch + 1, 0

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import MtkdError
-from .base import DataSplits, IndexedTensorDataset, split_off
+from .base import UNLABELED, DataSplits, IndexedTensorDataset, split_off
 
 
 def label_names(values: Sequence[str]) -> list[str]:
@@ -21,8 +21,13 @@ def label_names(values: Sequence[str]) -> list[str]:
 
 
 def make_splits(name: str, x_tr: np.ndarray, lab_tr: list[str], x_te: np.ndarray, lab_te: list[str],
-                val_fraction: float, seed: int, names: list[str] | None = None) -> DataSplits:
-    """Arrays [N, ...] and label strings -> splits; ``names`` fixes the class order (else sorted)."""
+                val_fraction: float, seed: int, names: list[str] | None = None, x_unl: np.ndarray | None = None,
+                prep: tuple[list[str], str, str] | None = None) -> DataSplits:
+    """Arrays [N, ...] and label strings -> splits; ``names`` fixes the class order (else sorted).
+
+    x_unl: an unlabeled pool [M, ...]. prep: (feature columns, normalize, missing) of a table: the
+    statistics are fitted on the training split (after the validation rows are split off) and
+    applied to every split; missing cells are NaN until then."""
     if not names:  # the classes are the training labels: only test labels can be unknown
         names = label_names(lab_tr)
         unknown = sorted(set(lab_te) - set(names))
@@ -37,16 +42,30 @@ def make_splits(name: str, x_tr: np.ndarray, lab_tr: list[str], x_te: np.ndarray
     test = IndexedTensorDataset(torch.as_tensor(np.asarray(x_te, dtype=np.float32)),
                                 torch.tensor([lookup[v] for v in lab_te], dtype=torch.long))
     train, val = split_off(train, val_fraction, seed)
-    return DataSplits(name, train, test, val, None, num_classes=len(names), input_shape=tuple(train.x.shape[1:]),
-                      class_names=list(names))
+    unlabeled = None
+    if x_unl is not None:
+        xu = torch.as_tensor(np.asarray(x_unl, dtype=np.float32))
+        unlabeled = IndexedTensorDataset(xu, torch.full((len(xu),), UNLABELED),
+                                         torch.arange(len(train), len(train) + len(xu)))
+    stored = None
+    if prep is not None:  # statistics from the training split only; then the same steps everywhere
+        from .preprocess import fit
+
+        p = fit(train.x.numpy(), *prep)
+        for part in (train, val, test, unlabeled):
+            if part is not None:
+                part.x = torch.as_tensor(p.transform(part.x.numpy(), f"data ({name})"))
+        stored = p.to_dict()
+    return DataSplits(name, train, test, val, unlabeled, num_classes=len(names), input_shape=tuple(train.x.shape[1:]),
+                      class_names=list(names), preprocess=stored)
 
 
 def columns_to_array(columns: dict, names: list[str], where: str) -> np.ndarray:
     """Numeric columns (numbers, or fixed-length lists of numbers, flattened) -> [N, features]."""
     parts = []
     for name in names:
-        try:
-            col = np.asarray(columns[name], dtype=np.float32)
+        try:  # a null cell (None) is a missing value, NaN until the missing-value policy
+            col = np.asarray([np.nan if v is None else v for v in columns[name]], dtype=np.float32)
         except (ValueError, TypeError):
             raise MtkdError(f"{where}: column {name!r} is not numeric (or its lists differ in length); "
                             "choose numeric feature columns") from None
@@ -54,3 +73,24 @@ def columns_to_array(columns: dict, names: list[str], where: str) -> np.ndarray:
     if not parts:
         raise MtkdError(f"{where}: no feature columns")
     return np.concatenate(parts, axis=1)
+
+
+def select_columns(header: list[str], label: str | None, features: list[str] | None, drop: list[str],
+                   where: str) -> list[str]:
+    """The feature columns of a table: ``features`` (in that order), else every column but the
+    label and ``drop``. Unknown names are errors with the closest column named."""
+    from ..config import did_you_mean
+
+    for key, names in (("features", features or []), ("drop", drop)):
+        unknown = [c for c in names if c not in header]
+        if unknown:
+            raise MtkdError(f"data.{key}: column {unknown[0]!r} is not in {where}{did_you_mean(unknown[0], header)}; "
+                            f"columns are {header}")
+    if features:
+        if label in features:
+            raise MtkdError(f"data.features: {label!r} is the label column; it cannot be a feature")
+        return list(features)
+    cols = [h for h in header if h != label and h not in drop]
+    if not cols:
+        raise MtkdError(f"data: {where} has no feature columns left (label {label!r}, drop {drop})")
+    return cols

@@ -16,13 +16,18 @@ from ..io import load_torch, save_torch
 MODEL_FORMAT = "mtkd.model/1"
 
 
-def save_model_file(path: str | Path, model: nn.Module, arch: BaseModel, input_shape, num_classes: int) -> None:
+def save_model_file(path: str | Path, model: nn.Module, arch: BaseModel, input_shape, num_classes: int,
+                    class_names: list[str] | None = None, preprocess: dict | None = None) -> None:
+    """class_names: the output order's class names; preprocess: the input steps
+    (:class:`mtkd.data.preprocess.Preprocessing` as a dict) that ``mtkd.load_student`` applies."""
     save_torch(path, {
         "format": MODEL_FORMAT,
         "arch": arch.model_dump(mode="json"),
         "input_shape": list(input_shape),
         "num_classes": int(num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **({"class_names": [str(c) for c in class_names]} if class_names else {}),
+        **({"preprocess": preprocess} if preprocess else {}),
     })
 
 

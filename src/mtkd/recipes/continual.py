@@ -2,8 +2,7 @@
 classes arriving one after another), each task with its own teacher(s), while distilling from
 its own previous version so that it keeps what it knew.
 
-The future direction named in our seed document (multi-teacher distillation for lifelong
-learning), built on Learning without Forgetting: Li and Hoiem, "Learning without Forgetting",
+Multi-teacher distillation for lifelong learning, built on Learning without Forgetting: Li and Hoiem, "Learning without Forgetting",
 ECCV 2016 / TPAMI 2017 (arXiv:1606.09282). While learning task t the student sees only that
 task's samples; before the task starts, a frozen copy of the student (its "previous version")
 records its responses, and the loss keeps the student's outputs on the old classes close to

@@ -2,9 +2,9 @@
 batches get the distillation loss against the aggregated teachers, and the unlabeled samples
 the teachers disagree on most weigh more (or are drawn more often).
 
-Follows Unified Ensemble Knowledge Distillation as our seed document describes it (dynamic
-teacher weights from validation accuracy, see the ``accuracy`` aggregator, plus
-disagreement-based learning on unlabeled data) and Wu, Wu, Qi and Huang, "Unified and
+Follows Unified Ensemble Knowledge Distillation (UEKD: dynamic teacher weights from validation
+accuracy, see the ``accuracy`` aggregator, plus disagreement-based learning on unlabeled data),
+Wu, Wu, Qi and Huang, "Unified and
 Effective Ensemble Knowledge Distillation" (arXiv:2204.00548), whose abstract weighs the
 distillation loss of unlabeled samples by the teachers' disagreement (the default here,
 ``selection: weight``; the exact weighting formula of the paper is not reproduced). Each step:

@@ -1,7 +1,7 @@
 """TAS: teacher -> hybrid assistant -> student, for teachers and students of different architectures.
 
 Li, Wang, Yan, Ding, Gao and Xia, "TAS: Distilling Arbitrary Teacher and Student via a Hybrid
-Assistant" (2024, arXiv:2410.12342; seed document 002). The assistant is built from the
+Assistant" (2024, arXiv:2410.12342). The assistant is built from the
 student's early blocks and the teacher's later blocks, joined by a local-to-global feature
 projector; knowledge flows on three paths, teacher -> assistant, teacher -> student and
 assistant -> student, each with the OFA loss on logits (Hao et al., NeurIPS 2023, see

@@ -79,11 +79,37 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         if len(groups) == 1 or not differing:
             g.label = f"{s['recipe']}, {s['aggregator']}"
         else:
-            shown = [f"{k}={json.loads(f[k]) if k in f else '-'}" for k in differing[:3]]
-            g.label = ", ".join(shown) + (f" (+{len(differing) - 3} more)" if len(differing) > 3 else "")
+            shown = [f"{k}={json.loads(f[k]) if k in f else '-'}" for k in separating_keys(flats, differing)]
+            g.label = ", ".join(shown)
         if len(groups) > 1 and sum(1 for other in groups.values() if other.label == g.label) > 1:
             g.label += f" [{g.runs[0].path.name}]"
     return list(groups.values())
+
+
+def separating_keys(flats: list[dict], differing: list[str]) -> list[str]:
+    """The few keys that tell the groups apart: keys every group has and names (data.name,
+    distill.recipe, ...) first, each kept only if it splits groups that the earlier keys left
+    together; keys that follow from another (a data set's own options) are not shown."""
+    def priority(k: str):
+        everywhere = all(k in f for f in flats)
+        named = k.rsplit(".", 1)[-1] in ("name", "recipe", "aggregator", "arch")
+        return (not everywhere, not named, k.count("."), k)
+
+    chosen: list[str] = []
+    classes = [list(range(len(flats)))]  # groups not yet told apart
+    for k in sorted(differing, key=priority):
+        split = []
+        for members in classes:
+            by_value: dict = {}
+            for i in members:
+                by_value.setdefault(flats[i].get(k), []).append(i)
+            split.extend(by_value.values())
+        if len(split) > len(classes):
+            chosen.append(k)
+            classes = split
+        if all(len(c) == 1 for c in classes):
+            break
+    return chosen
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -58,7 +58,7 @@ def build_summary(cfg: Config, data: DataSplits, results: dict, stages: dict, fa
     }
     if results.get("scratch"):
         summary["scratch"] = results["scratch"]
-    for key in ("calibration", "agreement"):  # added by issue 7; older summaries lack them
+    for key in ("calibration", "agreement"):  # added later; older summaries lack them
         if results.get(key):
             summary[key] = results[key]
     if results.get("assistants"):  # TAKD's intermediate models
@@ -76,7 +76,8 @@ def table_records(summary: dict) -> list[tuple[str, str, str, dict]]:
     """(model, role, arch, record) for each row of the comparison table, in display order."""
     recs = [(t["name"], "teacher", t["arch"], t) for t in summary["teachers"]]
     if "ensemble" in summary:
-        recs.append(("ensemble", f"mean of {len(summary['teachers'])}", "-", summary["ensemble"]))
+        rule = summary["ensemble"].get("rule") or f"mean of {len(summary['teachers'])}"
+        recs.append(("ensemble", rule, "-", summary["ensemble"]))
     recs += [(a["name"], f"assistant (level {a['level']})", a["arch"], a) for a in summary.get("assistants", [])]
     if "scratch" in summary:
         recs.append(("student", "from scratch", summary["scratch"]["arch"], summary["scratch"]))

@@ -6,9 +6,10 @@ indices; any other input (a validation batch, another data set, an augmented vie
 the live model if one was given, and is refused with a TeacherError otherwise, so a stored
 output is never served for an input it was not computed on.
 
-The check is done once per batch for every teacher opened together (they share one
-:class:`TransferSet`), and a lookup is one ``index_select`` on a memory-mapped array: no
-per-sample Python.
+The data set is checked once, by its fingerprint, when the cache is opened; per batch, a spot
+check of a few elements of each input (shared by every teacher opened together, through one
+:class:`TransferSet`) tells cached inputs from others. A lookup is one ``index_select`` on a
+memory-mapped array: no per-sample Python, and no copy of the transfer set.
 """
 from __future__ import annotations
 
@@ -21,14 +22,28 @@ from ..errors import TeacherError
 from .frozen import FrozenTeacher, sample_list
 
 
-class TransferSet:
-    """The inputs the cache was built on, and the map sample index -> cache row.
+PROBES = 8  # elements of each input compared per batch
 
-    inputs: [N, ...] in cache-row order; index: [N] the sample index of each row.
+
+class TransferSet:
+    """What a batch is checked against: a few elements of every cached input, and the map
+    sample index -> cache row.
+
+    inputs: [N, ...] in cache-row order (read once here, in chunks: a memory map is never copied
+    whole); index: [N] the sample index of each row. The data as a whole is checked once, by its
+    fingerprint, when the cache is opened; per batch, ``PROBES`` fixed elements of each input are
+    compared with the cached input at the sample's index, which tells the transfer set's batches
+    from any other input that carries indices (a validation batch, another data set) at the cost of
+    B x 8 comparisons instead of the whole batch.
     """
 
-    def __init__(self, inputs: torch.Tensor, index: torch.Tensor):
-        self.inputs = inputs
+    def __init__(self, inputs: torch.Tensor, index: torch.Tensor, chunk: int = 4096):
+        n = len(inputs)
+        self.width = width = inputs[0].numel() if n else 0
+        # [P] positions spread over the flattened sample
+        self.columns = torch.linspace(0, max(width - 1, 0), min(PROBES, width)).round().long()
+        self.probes = torch.cat([inputs[i:i + chunk].reshape(-1, width)[:, self.columns]
+                                 for i in range(0, n, chunk)]) if n else torch.zeros(0, len(self.columns))  # [N, P]
         index = index.long().cpu()
         self.identity = bool(torch.equal(index, torch.arange(len(index))))  # rows are the indices
         size = int(index.max()) + 1 if len(index) else 0
@@ -37,8 +52,9 @@ class TransferSet:
         self._last: tuple | None = None  # (x, indices, versions, rows) of the last verified batch
 
     def to(self, device: torch.device) -> "TransferSet":
-        if self.inputs.device != torch.device(device):
-            self.inputs = self.inputs.to(device)
+        if self.probes.device != torch.device(device):
+            self.probes = self.probes.to(device)
+            self.columns = self.columns.to(device)
             self.row_of = self.row_of.to(device)
             self._last = None
         return self
@@ -56,7 +72,10 @@ class TransferSet:
         rows = idx if self.identity else self.row_of[idx]
         if not self.identity and bool((rows < 0).any()):
             return None
-        if not torch.equal(self.inputs[rows], x.detach().to(self.inputs.device)):
+        seen = x.detach().reshape(len(x), -1).to(self.probes.device)
+        if seen.shape[1] != self.width:
+            return None  # inputs of another shape
+        if not torch.equal(self.probes[rows], seen[:, self.columns].to(self.probes.dtype)):
             return None
         self._last = (x, indices, (x._version, indices._version), rows)
         return rows
@@ -83,12 +102,16 @@ class CachedTeacher(FrozenTeacher):
         return self._device
 
     def to(self, device) -> "CachedTeacher":
-        """On a GPU the stored outputs move into device memory once, so lookups are device gathers."""
+        """On a GPU the stored outputs move into device memory once, so lookups are device gathers;
+        an entry over ``STACK_LIMIT`` bytes stays in its memory map and each batch's rows move."""
+        from ..cache.build import STACK_LIMIT
+
         device = torch.device(device)
         if self._model is not None:
             self._model.to(device)
         if device != self._device:
-            self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
+            if self.entry.bytes <= STACK_LIMIT or device.type == "cpu":
+                self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
             self.transfer.to(device)
             if self.pool is not None and self.pool.stacked.device != device:
                 self.pool.to(device)
@@ -102,7 +125,7 @@ class CachedTeacher(FrozenTeacher):
 
     def lookup(self, rows: torch.Tensor) -> torch.Tensor:
         """Stored logits [B, C] (float32) of cache rows [B]."""
-        rows = rows.to(self._device)
+        rows = rows.to(self.arrays["tail" if self.storage == "topk" else "logits"].device)
         if self.storage == "topk":
             a = self.arrays
             return expand_topk(a["values"].index_select(0, rows), a["classes"].index_select(0, rows),

@@ -64,6 +64,9 @@ class ExternalTeacher(nn.Module):
 
     def __init__(self, teacher_classes: Sequence, data_classes: Sequence, name: str = "teacher"):
         super().__init__()
+        # inputs [B, F] -> what the model was trained on (the raw table columns when the data set
+        # normalises them, see mtkd.data.preprocess.RawInputs); None: the inputs as they are
+        self.input_map: nn.Module | None = None
         self.name = name
         self.teacher_classes = [str(c) for c in teacher_classes]
         self.data_classes = [str(c) for c in data_classes]
@@ -101,6 +104,9 @@ class ExternalTeacher(nn.Module):
         The teacher-output cache keys on it, so a changed file is never served stale outputs. A teacher
         built in memory (no recorded source) gets a fresh random key: never served from the cache."""
         h = hashlib.sha256(json.dumps([self.teacher_classes, self.data_classes]).encode())
+        if self.input_map is not None:
+            for buffer in self.input_map.buffers():
+                h.update(buffer.detach().cpu().numpy().tobytes())
         h.update((self.source_digest or uuid.uuid4().hex).encode())
         return h.hexdigest()
 
@@ -112,7 +118,7 @@ class ExternalTeacher(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = self.raw(x)  # [B, Ct]
+        raw = self.raw(x if self.input_map is None else self.input_map(x))  # [B, Ct]
         if raw.dim() != 2 or raw.shape[1] != len(self.teacher_classes):
             raise MtkdError(f"teacher '{self.name}' returned shape {list(raw.shape)}; expected [batch, "
                             f"{len(self.teacher_classes)}] for its classes {self.teacher_classes[:10]}")

@@ -15,8 +15,9 @@ from ..errors import TeacherError
 
 class FrozenTeacher:
     def __init__(self, model: nn.Module, name: str, num_classes: int | None = None):
-        model.eval()
-        model.requires_grad_(False)
+        model.eval()  # a model handed over in train mode: dropout off, batch-norm statistics frozen
+        for p in model.parameters():  # not model.requires_grad_: a ScriptModule (torch.jit.load) lacks it
+            p.requires_grad_(False)
         self._model = model  # deliberately a plain attribute, not a registered submodule
         self.name = name
         self.num_classes = num_classes
@@ -50,7 +51,7 @@ class FrozenTeacher:
         if self._model.training:  # in case someone switched it back to train mode (eval() walks every module)
             self._model.eval()
         with torch.inference_mode():
-            out = self._model(x)
+            out = logits_of(self._model(x), self.name)
         out = out.clone()  # [B, C], an ordinary tensor outside inference mode
         if check:
             self.validate(out, len(x), indices)
@@ -68,6 +69,24 @@ class FrozenTeacher:
             ids = (indices.cpu()[rows] if indices is not None else rows).tolist()
             raise TeacherError(f"teacher '{self.name}' returned NaN or infinite logits for "
                                f"{len(ids)} sample(s), indices {ids[:10]}{' ...' if len(ids) > 10 else ''}")
+
+
+def logits_of(out, name: str) -> torch.Tensor:
+    """The logits in a model's output: a tensor, a mapping with ``logits`` (a dict, or a Hugging Face
+    ``ModelOutput``, which is one), an object with a ``logits`` attribute, or a tuple's first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        if "logits" not in out:
+            raise TeacherError(f"teacher '{name}' returned a mapping without 'logits' (keys {sorted(out)[:10]}); "
+                               "wrap it in a module whose forward returns the logits tensor")
+        return out["logits"]
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TeacherError(f"teacher '{name}' returned {type(out).__name__}, not logits; "
+                       "wrap it in a module whose forward returns the logits tensor [batch, classes]")
 
 
 def sample_list(indices: torch.Tensor | None, most: int = 10) -> str:

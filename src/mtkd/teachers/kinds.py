@@ -17,6 +17,8 @@ class ExternalOptions(BaseModel):
     path: Path = Field(description="the model file (or directory, for hf)")
     classes: list[str] | None = Field(None, description="the teacher's class names in its output order "
                                                         "(default: the model's own, else the data set's)")
+    preprocess: bool = Field(False, description="feed it the inputs after data.normalize (default: the raw "
+                                                "selected columns, as it was trained)")
     allow_code: bool = Field(False, description="load this file even though loading it runs code from it "
                                                 "(pickle, TorchScript, Hugging Face .bin): only for files you trust")
     allow_pickle: bool = Field(False, description="the older name of allow_code")
@@ -108,6 +110,12 @@ def load_external(spec, data) -> ExternalTeacher:
     """Build the teacher a config's ``kind:`` entry describes, mapped to ``data``'s classes."""
     teacher = TEACHER_KINDS[spec.external.kind].load(spec.external, spec.name, data, spec.model)
     teacher.set_source(spec.external.path)  # the teacher-output cache keys on the bytes loaded
+    prep = getattr(data, "preprocess", None)
+    if prep and prep.get("shift") is not None and not spec.external.preprocess:
+        from ..data.preprocess import Preprocessing, RawInputs
+
+        # the data set's inputs are normalised; this teacher was trained on the raw columns
+        teacher.input_map = RawInputs(Preprocessing.from_dict(prep))
     return teacher
 
 

@@ -1,4 +1,4 @@
-"""The README's mixed-pool quickstart (a PyTorch state dict, an ONNX file and a scikit-learn
+"""The mixed-pool quickstart of docs/tasks/classification.md (a PyTorch state dict, an ONNX file and a scikit-learn
 pickle distilled into one student on digits) runs as written, with fewer steps."""
 import re
 import shutil
@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text()
+PAGE = (ROOT / "docs" / "tasks" / "classification.md").read_text()
 
 
 def test_mixed_pool_quickstart_runs(tmp_path):
-    script = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if b.startswith("# make_teachers.py"))
+    script = next(b for b in re.findall(r"```python\n(.*?)```", PAGE, re.S) if b.startswith("# make_teachers.py"))
     config = ROOT / "examples" / "mixed_pool" / "digits-mixed.yaml"
-    assert config.read_text() in README  # the README shows the example's files as they are
+    assert config.read_text() in PAGE  # the page shows the example's files as they are
     assert (ROOT / "examples" / "mixed_pool" / "make_teachers.py").read_text() == script
     assert script.count("steps=1000") == 2
     script = script.replace("steps=1000", "steps=300")  # shorter teacher training, for the test's time
@@ -32,3 +32,8 @@ def test_mixed_pool_quickstart_runs(tmp_path):
     for name, kind in [("mlp", "mlp"), ("cnn", "onnx"), ("forest", "sklearn")]:
         accuracy = float(re.search(r"([0-9.]+) %", rows[name]).group(1))
         assert f" {kind} " in rows[name] and accuracy > 85, rows[name]
+    # the selection page's transcript, on the same teachers
+    select = subprocess.run([sys.executable, "-m", "mtkd", "select", "digits-mixed.yaml", "--allow-pickle"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert select.returncode == 0, select.stderr[-2000:]
+    assert "wrote digits-mixed-selected.yaml" in select.stdout and (tmp_path / "digits-mixed-selected.yaml").is_file()
