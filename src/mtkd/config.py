@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aggregation import AGGREGATORS
@@ -256,14 +255,16 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    from .safe_yaml import MAX_BYTES, load_yaml_text
+
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, more than a config needs (at most {MAX_BYTES:,})")
+        return load_yaml_text(path.read_text(), str(path))  # safe_load with limits on size, depth, aliases
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text (YAML) file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> dict:
@@ -281,10 +282,9 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
         parts = [p for p in key.replace("[", ".").replace("]", "").split(".") if p]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+        from .safe_yaml import load_yaml_text
+
+        value = load_yaml_text(text, f"--set {key}", invalid=text) if text else ""
         node: Any = raw
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1

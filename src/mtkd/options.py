@@ -45,7 +45,7 @@ class DistillConfig(TrainConfig):
     on_teacher_error: Literal["stop", "drop"] = Field(
         "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
+    threads: int = Field(1, ge=0, le=1024, description="torch CPU threads (0 = torch's default)")
     # performance (see docs/methods/caching.md); none of these change what is computed beyond
     # float rounding, except cache_storage float16/topk, whose error the cache build reports
     cache: Literal["off", "auto", "always"] = Field(

@@ -65,10 +65,18 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare(cfg: Config) -> Prepared:
     """Everything that can be checked before a run directory is created or any training starts."""
+    from .limits import check_config, check_model_size
+
+    check_config(cfg)  # seeds, threads, generated data sizes: before anything is allocated
     data = load_data(cfg.data)
     num_classes = cfg.student.num_classes or data.num_classes
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
+    check_model_size(lambda: build_model(cfg.student, data.input_shape, num_classes), "student")
+    for spec in cfg.teachers:
+        if spec.external is None and spec.checkpoint is None and spec.model is not None:
+            check_model_size(lambda: build_model(spec.model, data.input_shape, spec.model.num_classes or num_classes),
+                             f"teacher {spec.name!r}")
     student_model = build_model(cfg.student, data.input_shape, num_classes)
     params = count_params(student_model)  # shape errors surface now
     built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
@@ -126,8 +134,16 @@ def prepare(cfg: Config) -> Prepared:
             known = [c for c, d in zip(model.teacher_classes, model.dropped.tolist()) if d]
             notes.append(f"teacher {spec.name}: classes {known[:10]} are not in the data set; they are left out "
                          "and its probabilities renormalised over the rest")
-        if model is not None:  # a stored teacher must give finite outputs before any run starts
-            FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
+        if model is not None:  # a stored teacher must take the data's inputs and give finite outputs, now
+            probe = data.train.x[:256]
+            try:
+                FrozenTeacher(model, spec.name, classes)(probe, data.train.index[:256])
+            except MtkdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime, TorchScript, transformers: their own types
+                detail = " ".join(str(exc).split())[:240]
+                raise MtkdError(f"{where}: the teacher does not accept the data's inputs {list(probe.shape)} "
+                                f"{str(probe.dtype).removeprefix('torch.')} ({type(exc).__name__}: {detail})") from None
         plans.append(TeacherPlan(spec, arch, classes, model))
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
@@ -154,36 +170,62 @@ def _comparable(cfg_dict: dict) -> dict:
     return out
 
 
-def open_run_dir(out: Path, cfg_dict: dict, restart: bool, force: bool = False) -> str:
-    """Create or reopen ``out``; returns "new", "resume" or "done".
+def open_run_dir(out: Path, cfg_dict: dict, restart: bool, force: bool = False, lock: bool = True) -> str:
+    """Create or reopen ``out`` (see :mod:`mtkd.rundir`: only a directory carrying mtkd's marker is
+    reopened, under a lock); returns "new", "resume" or "done".
 
-    A run directory holding another config is refused, unless ``force``: then the new config
-    replaces the saved one and finished stages are kept as they are."""
-    if out.exists() and not out.is_dir():
-        raise MtkdError(f"--out {out} is a file, not a directory")
-    is_run = (out / "config.yaml").is_file()
-    if out.exists() and any(out.iterdir()) and not is_run:
-        raise MtkdError(f"--out {out} exists and is not an mtkd run directory; choose another --out")
-    if restart and out.exists():
-        shutil.rmtree(out)
-        is_run = False
+    A run directory holding another config, other input files (data, teacher files) or written by
+    another mtkd version is refused, unless ``force``: then the new config replaces the saved one
+    and finished stages are kept as they are. ``restart`` removes only what the marker lists."""
+    from . import rundir
+
+    rd, _ = rundir.claim(out, "run", lock=lock)
+    try:
+        return _open_claimed(rd, out, cfg_dict, restart, force)
+    except BaseException:
+        rd.release()
+        raise
+
+
+def _open_claimed(rd, out: Path, cfg_dict: dict, restart: bool, force: bool) -> str:
+    from .rundir import changed_inputs, input_fingerprints
+
+    if restart:
+        rd.clear()
+    inputs = input_fingerprints(cfg_dict)  # once per run: the files the config names
+    is_run = (out / "config.yaml").is_file() and "config.yaml" in rd.entries
     if is_run:
         import yaml
 
-        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        if _comparable(saved) != _comparable(cfg_dict):
+        try:
+            saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+            raise MtkdError(f"{out}/config.yaml is damaged; use --restart to start over or another --out") from None
+        finished = (out / "summary.json").is_file()
+        reasons = []
+        if not isinstance(saved, dict) or _comparable(saved) != _comparable(cfg_dict):
+            saved = saved if isinstance(saved, dict) else {}
             changed = sorted(k for k in set(saved) | set(cfg_dict)
                              if k != "output" and saved.get(k) != cfg_dict.get(k))
-            finished = (out / "summary.json").is_file()
+            reasons.append(f"a different config (sections {changed} differ)")
+        moved = changed_inputs(rd.marker.get("inputs") or {}, inputs)
+        if moved and not finished:
+            reasons.append(f"input files that changed since it started ({', '.join(moved[:4])})")
+        if rd.marker.get("mtkd_version") != __version__ and not finished:
+            reasons.append(f"files of mtkd {rd.marker.get('mtkd_version')} (this is {__version__})")
+        if reasons:
             if not force or finished:
                 hint = "--force cannot change a finished run; " if force else ""
-                raise MtkdError(f"{out} holds a {'finished ' if finished else ''}run with a different config "
-                                f"(sections {changed} differ); {hint}use --restart to start over, another --out"
-                                f"{'' if finished else ', or --force to continue it with the new config'}")
+                raise MtkdError(f"{out} holds a {'finished ' if finished else ''}run with {'; '.join(reasons)}; "
+                                f"{hint}use --restart to start over, another --out"
+                                f"{'' if finished else ', or --force to continue it anyway'}")
             write_yaml(out / "config.yaml", cfg_dict)
-        return "done" if (out / "summary.json").is_file() else "resume"
+            rd.marker.update(inputs=inputs, mtkd_version=__version__)
+            rd.save_marker()
+        return "done" if finished else "resume"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        rd.marker.update(inputs=inputs, mtkd_version=__version__)
+        rd.save_marker()
         write_yaml(out / "config.yaml", cfg_dict)
     except OSError as exc:  # read-only disk, permissions, disk full: say so before any training
         raise MtkdError(f"--out {out}: cannot write the run directory ({exc.strerror or exc}); "
@@ -396,7 +438,10 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 
     Returns the summary (the contents of ``summary.json``); {} on the other ranks of a torchrun job.
     """
+    from .rundir import precheck
+
     out = Path(out)
+    precheck(out)  # a --out that is not mtkd's is refused before any slow work
     if cfg.distill.threads:
         torch.set_num_threads(cfg.distill.threads)
     prep = prepare(cfg)  # raises before anything is written
@@ -408,19 +453,24 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
     check_trackers(cfg.output.tracking, cfg.output.mlflow_uri)
+    from .rundir import release
+
     if distributed.is_main():
         status = open_run_dir(out, cfg_dict, restart, force)
-    distributed.barrier()  # the others open the directory rank 0 has made (or reset)
-    if not distributed.is_main():
-        status = open_run_dir(out, cfg_dict, False, force)
-    if status == "done":
-        log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
-        return json.loads((out / "summary.json").read_text())
-    if status == "resume":
-        log(f"resuming the run in {out}")
-    for note in prep.notes:
-        log(note)
-    return _stages(prep, cfg, out, progress, log, force)
+    try:
+        distributed.barrier()  # the others open the directory rank 0 has made (or reset)
+        if not distributed.is_main():  # rank 0 holds the lock for the whole job
+            status = open_run_dir(out, cfg_dict, False, force, lock=False)
+        if status == "done":
+            log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
+            return json.loads((out / "summary.json").read_text())
+        if status == "resume":
+            log(f"resuming the run in {out}")
+        for note in prep.notes:
+            log(note)
+        return _stages(prep, cfg, out, progress, log, force)
+    finally:
+        release(out)
 
 
 def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callable[[str], None],

@@ -59,6 +59,9 @@ class TensorBoardTracker:
         except ImportError:
             raise MtkdError(TENSORBOARD_MISSING) from None
         self._writer_cls, self.log_dir = SummaryWriter, Path(log_dir)
+        from .rundir import note_written
+
+        note_written(self.log_dir / "events")  # TensorBoard writes there itself: listed in the run's marker
         self.writers: dict = {}
 
     def _writer(self, stage: str, purge_step: int | None = None):

@@ -113,6 +113,10 @@ class MetricsLog:
 
     def __init__(self, path: str | Path | None, trackers: list | None = None):
         self.path = Path(path) if path else None
+        if self.path is not None:
+            from .rundir import note_written
+
+            note_written(self.path)  # appended to directly, so listed in the run's marker now
         self.trackers = list(trackers or [])  # mtkd.tracking: TensorBoard, MLflow; each gets every record
 
     def write(self, record: dict) -> None:

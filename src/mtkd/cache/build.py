@@ -22,8 +22,9 @@ from torch import nn
 from ..data import IndexedTensorDataset
 from ..errors import ConfigError
 from ..precision import autocast
-from .store import STACK_LIMIT, CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, open_entry, \
-    teacher_fingerprint
+from ..rundir import exclusive
+from .store import STACK_LIMIT, CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, \
+    new_entry_root, open_entry, teacher_fingerprint
 from .topk import compress_topk, expand_topk, topk_error
 
 TeacherLoader = Callable[[], nn.Module]
@@ -140,35 +141,41 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
         model = load()
         key = entry_key(report.data_fingerprint, teacher_fingerprint(model), preprocessing, opts.storage_key())
         path = root / f"{name}-{key}"
-        if path.exists():
-            try:
-                report.entries.append(open_entry(path, opts.verify))
-                _release(model, device)
-                log(f"teacher cache: reusing {path}")
-                continue
-            except CacheError as exc:
-                log(f"{exc}; rebuilding it")
-        started = time.perf_counter()
-        model.to(device)
-        tmp = new_entry_dir(root, name, key)
+        new_entry_root(root, name)
+        # one process per entry: a second one building the same entry stops with the holder's name
+        lock = exclusive(root / f".{name}-{key}.lock", f"teacher cache entry {path}")
         try:
-            meta = _fill(model, name, data, tmp, opts, device, num_classes)
-        except BaseException:
-            import shutil
+            if path.exists():
+                try:
+                    report.entries.append(open_entry(path, opts.verify))
+                    _release(model, device)
+                    log(f"teacher cache: reusing {path}")
+                    continue
+                except CacheError as exc:
+                    log(f"{exc}; rebuilding it")
+            started = time.perf_counter()
+            model.to(device)
+            tmp = new_entry_dir(root, name, key)
+            try:
+                meta = _fill(model, name, data, tmp, opts, device, num_classes)
+            except BaseException:
+                import shutil
 
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            finally:
+                _release(model, device)
+                model = None
+            meta.update({"data_fingerprint": report.data_fingerprint, "preprocessing": preprocessing,
+                         "options": opts.storage_key(), **(extra_manifest or {})})
+            commit_entry(tmp, root, name, key, meta)
+            report.entries.append(open_entry(path, "size"))  # just written and checksummed
+            report.seconds[name] = time.perf_counter() - started
+            report.built.append(name)
+            log(f"teacher cache: built {path} ({report.entries[-1].bytes / 2**20:.1f} MiB, "
+                f"{report.seconds[name]:.1f} s)")
         finally:
-            _release(model, device)
-            model = None
-        meta.update({"data_fingerprint": report.data_fingerprint, "preprocessing": preprocessing,
-                     "options": opts.storage_key(), **(extra_manifest or {})})
-        commit_entry(tmp, root, name, key, meta)
-        report.entries.append(open_entry(path, "size"))  # just written and checksummed
-        report.seconds[name] = time.perf_counter() - started
-        report.built.append(name)
-        log(f"teacher cache: built {path} ({report.entries[-1].bytes / 2**20:.1f} MiB, "
-            f"{report.seconds[name]:.1f} s)")
+            lock.release()
     return report
 
 

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..models.files import load_model_file
 from ..pipeline import Run, check_free_space, open_run_dir, prepare
 from ..recipes import RECIPES
+from ..rundir import precheck, release
 from .build import build_cache, options_from
 
 
@@ -19,8 +20,8 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
     """Build (or verify and reuse) the cache entries of ``cfg``'s teachers; one row per teacher."""
     import torch
 
-
     out = Path(out)
+    precheck(out)
     d = cfg.distill
     traits = RECIPES[d.recipe].traits
     if not traits.needs_teachers:
@@ -38,6 +39,21 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
     open_run_dir(out, cfg_dict, restart=False, force=force)
+    try:
+        report = _build(cfg, prep, out, progress, log, force)
+    finally:
+        release(out)
+    rows = []
+    for e in report.entries:
+        rows.append({"teacher": e.teacher, "entry": str(e.path), "samples": e.manifest["num_samples"],
+                     "storage": e.manifest["storage"], "mib": round(e.bytes / 2**20, 3),
+                     "built": e.teacher in report.built, "seconds": round(report.seconds.get(e.teacher, 0.0), 2),
+                     **({"topk_error": e.manifest["topk_error"]} if "topk_error" in e.manifest else {})})
+    return rows
+
+
+def _build(cfg: Config, prep, out: Path, progress: bool, log, force: bool):
+    d = cfg.distill
     run = Run(prep, out, progress, log, force)
 
     def loader(i, plan):
@@ -58,10 +74,4 @@ def cache_command(cfg: Config, out: str | Path, progress: bool = True, log: Call
     else:
         report = build_cache(loaders, prep.data.transfer_set(), root, options_from(d), prep.device,
                              preprocessing="inputs as stored", log=log)
-    rows = []
-    for e in report.entries:
-        rows.append({"teacher": e.teacher, "entry": str(e.path), "samples": e.manifest["num_samples"],
-                     "storage": e.manifest["storage"], "mib": round(e.bytes / 2**20, 3),
-                     "built": e.teacher in report.built, "seconds": round(report.seconds.get(e.teacher, 0.0), 2),
-                     **({"topk_error": e.manifest["topk_error"]} if "topk_error" in e.manifest else {})})
-    return rows
+    return report

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from ..errors import MtkdError
+from ..errors import MtkdError, one_line
 from ..io import load_torch, save_torch
 from . import MODELS
 from . import build_model
@@ -40,7 +40,14 @@ def read_model_file(path: str | Path) -> dict:
     except FileNotFoundError:
         raise MtkdError(f"model file not found: {path}") from None
     except Exception as exc:
-        raise MtkdError(f"{path} is not a readable mtkd model file ({type(exc).__name__}: {exc})") from None
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # weights_only refused a Python object: it would run code
+            raise MtkdError(f"{path} is not a readable mtkd model file: it holds Python objects besides tensors, "
+                            "and loading them could run code; "
+                            "mtkd model files hold only tensors and plain values (save with mtkd.save_model_file)") \
+                from None
+        raise MtkdError(f"{path} is not a readable mtkd model file ({one_line(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise MtkdError(f"{path} is not an mtkd model file (format {MODEL_FORMAT}); "
                         "save models with mtkd.save_model_file or let `mtkd run` train them")
