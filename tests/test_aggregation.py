@@ -287,13 +287,10 @@ def test_meta_mmkd_hypergradient_matches_finite_differences_of_the_authors_proce
                 g.view(-1)[i] = (outer(up, inputs)[0] - outer(down, inputs)[0]) / 2e-6
         expected[n] = g
 
-    class Holder(nn.Module):  # what before_step reads from a recipe
-        def __init__(self):
-            super().__init__()
-            self.student, self.temperature, self.alpha, self.features = student, t, 0.5, None
-
     student_before = student.weight.detach().clone()
-    agg.before_step(Holder(), x, y, z, torch.tensor([True, True]))
+    # the recipe's loss closure is not used by this form: its virtual steps are KD-only, then CE-only
+    agg.before_step(student, None, x, y, z, torch.tensor([True, True]), t,
+                    lambda logits, kd: 0.5 * nn.functional.cross_entropy(logits, y) + 0.5 * kd)
     for n, p in agg.net.named_parameters():
         assert torch.allclose((base[n] - p.detach()) / 1e-3, expected[n], atol=1e-6), n
     assert agg.logged()["meta_outer"].item() == pytest.approx(base_loss.item(), rel=1e-9)
