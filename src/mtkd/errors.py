@@ -23,3 +23,10 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, cut to ``limit`` characters, for a
+    one-line error; an exception without a message (``EOFError()``) gives its type's name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

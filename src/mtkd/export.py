@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import MtkdError
+from .errors import MtkdError, first_line
 from .io import _atomic
 from .config import parse_config
 from .models.files import load_model_file
@@ -124,7 +124,7 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
     except MtkdError:
         raise
     except Exception as exc:
-        raise MtkdError(f"the model could not be exported to {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        raise MtkdError(f"the model could not be exported to {fmt} ({type(exc).__name__}: {first_line(exc)})"
                         f"; try the other format") from None
     with torch.no_grad():
         scale = max(1.0, float(model(x[:1000]).abs().max()))

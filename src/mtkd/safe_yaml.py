@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 MAX_BYTES = 4 * 2**20
 MAX_NODES = 200_000
@@ -95,7 +95,7 @@ def load_yaml_text(text: str, where: str = "config", invalid: Any = _RAISE) -> A
             return invalid
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ConfigError(f"{where} is not valid YAML{at}: {' '.join(str(problem).split())[:200]}") from None
     except (ValueError, TypeError, RecursionError) as exc:  # e.g. a timestamp or number YAML cannot convert
         raise ConfigError(f"{where}: a value YAML cannot read ({type(exc).__name__}: "

@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 TRAIN, VIEW, CHOICE = 0, 1, 2  # seed streams: training epochs, recorded views, which view an epoch reads
 
@@ -47,7 +47,7 @@ class Augment:
             try:
                 transforms.append(cls(**(kwargs or {})))
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}[{i}].{name}: {str(exc).splitlines()[0][:200]}") from None
+                raise ConfigError(f"{where}[{i}].{name}: {first_line(exc, 200)}") from None
         self.pipeline = v2.Compose(transforms)
         self.description = json.dumps(spec, sort_keys=True)
         if len(input_shape) != 3:
@@ -56,7 +56,7 @@ class Augment:
             out = self.pipeline(torch.rand(*input_shape))
         except Exception as exc:  # noqa: BLE001 - e.g. a transform for another dtype
             raise ConfigError(f"{where}: the transforms fail on a {list(input_shape)} image "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+                              f"({type(exc).__name__}: {first_line(exc, 160)})") from None
         if tuple(out.shape) != tuple(input_shape):
             raise ConfigError(f"{where}: the transforms turn {list(input_shape)} images into {list(out.shape)}; "
                               f"training needs the data's size (e.g. RandomResizedCrop size: {list(input_shape[1:])})")

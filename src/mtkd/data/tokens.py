@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MtkdError
+from ..errors import MtkdError, first_line
 from ..optional import require
 
 
@@ -14,8 +14,8 @@ def load_tokenizer(path: str | Path, what: str):
     transformers = require("transformers", "hf", what)
     try:
         return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise MtkdError(f"{what}: no tokenizer saved in {path} ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged tokenizer files raise many types in transformers
+        raise MtkdError(f"{what}: no tokenizer saved in {path} ({first_line(exc, 200)})") from None
 
 
 def encode(tokenizer, texts, max_length: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..schema import validate
 from .common import ModelConfig
 
@@ -47,7 +47,7 @@ def library(module: str, what: str):
         return importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - any failure to import is the same user problem
         pkg = module.split(".")[0]
-        why = "" if isinstance(exc, ModuleNotFoundError) else f" (import failed: {str(exc).splitlines()[0][:120]})"
+        why = "" if isinstance(exc, ModuleNotFoundError) else f" (import failed: {first_line(exc, 120)})"
         raise ConfigError(f"{what} needs {pkg}{why}: pip install 'mtkd[{EXTRA.get(pkg, pkg)}]' "
                           "(torchvision must match your torch build, see docs/models.md)") from None
 
@@ -195,7 +195,7 @@ def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # noqa: BLE001 - unreadable file: one line
         raise ConfigError(f"{where}.weights: cannot read {path} as safetensors or a weights-only torch file "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+                          f"({type(exc).__name__}: {first_line(exc, 160)})") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -237,7 +237,7 @@ def load_weights(model: nn.Module, sd: dict, prefix: str | None, head: str, wher
 
 def _factory_error(where: str, cfg, exc: Exception) -> ConfigError:
     return ConfigError(f"{where}: cannot build {cfg.arch} with options {cfg.options} "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+                       f"({type(exc).__name__}: {first_line(exc, 200)})")
 
 
 def build(cfg: LibraryModelConfig, input_shape: tuple[int, ...], num_classes: int, load: bool = True,
@@ -316,7 +316,7 @@ def _build_hf(path: str, cfg, num_classes: int, image: bool, where: str):
     except Exception as exc:  # noqa: BLE001
         kind = "image" if image else "sequence"
         raise ConfigError(f"{where}.arch: cannot load a {kind}-classification model from {path} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                          f"({type(exc).__name__}: {first_line(exc, 200)})") from None
     mean = std = size = None
     if image:
         try:
@@ -342,7 +342,7 @@ def _check_forward(model: nn.Module, input_shape, num_classes: int, where: str, 
             out = model(x)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"{where}: {cfg.arch} cannot take inputs {list(input_shape)} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); set input: {{size: [H, W]}} "
+                          f"({type(exc).__name__}: {first_line(exc, 160)}); set input: {{size: [H, W]}} "
                           f"to resize for it, or the model's own size option (e.g. options: {{img_size: "
                           f"{input_shape[-1]}}} for a timm ViT)") from None
     finally:

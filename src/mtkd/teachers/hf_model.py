@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data.tokens import encode, load_tokenizer  # noqa: F401 - encode: re-exported
-from ..errors import MtkdError
+from ..errors import MtkdError, first_line
 from .external import ExternalTeacher, require, teacher_class_names
 
 
@@ -48,9 +48,9 @@ class HfTeacher(ExternalTeacher):
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=trust_remote_code,
                 use_safetensors=True if safetensors else None)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged config or weight file raises many types in transformers
             raise MtkdError(f"teacher '{name}': cannot load a sequence-classification model from {path} "
-                            f"({str(exc).splitlines()[0][:200]})") from None
+                            f"({first_line(exc, 200)})") from None
         tokenizer = load_tokenizer(path, f"teacher '{name}'")
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         own = None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels

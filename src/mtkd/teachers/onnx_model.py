@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MtkdError
+from ..errors import MtkdError, first_line
 from .external import ExternalTeacher, log_probabilities, require, teacher_class_names
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -36,7 +36,7 @@ class OnnxTeacher(ExternalTeacher):
             self_session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise MtkdError(f"teacher '{name}': {path} is not a loadable ONNX model ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200]})") from None
+                            f"{first_line(exc, 200)})") from None
         inputs, outs = self_session.get_inputs(), self_session.get_outputs()
         self_input = _pick(inputs, input_name, "input", name)
         self_output = _pick(outs, output_name, "output", name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MtkdError
+from ..errors import MtkdError, first_line
 from .external import ExternalTeacher, log_probabilities, require, teacher_class_names
 
 
@@ -55,4 +55,4 @@ def load_estimator(path: str | Path, allow_pickle: bool, name: str = "sklearn"):
         with open(path, "rb") as handle:
             return pickle.load(handle)
     except Exception as exc:  # noqa: BLE001 - an unpickling failure can be of any type
-        raise MtkdError(f"teacher '{name}': cannot unpickle {path} ({type(exc).__name__}: {exc})") from None
+        raise MtkdError(f"teacher '{name}': cannot unpickle {path} ({type(exc).__name__}: {first_line(exc)})") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MtkdError
+from ..errors import MtkdError, first_line
 from ..io import load_torch
 from .external import ExternalTeacher
 from ..models import build_model
@@ -27,7 +27,7 @@ class StateDictTeacher(ExternalTeacher):
             state = load_torch(path)
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types
             raise MtkdError(f"teacher '{name}': {path} is not a weights-only torch file ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200]})") from None
+                            f"{first_line(exc, 200)})") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

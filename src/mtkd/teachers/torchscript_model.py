@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MtkdError
+from ..errors import MtkdError, first_line
 from .external import ExternalTeacher, teacher_class_names
 
 
@@ -35,7 +35,7 @@ class TorchScriptTeacher(ExternalTeacher):
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError or its own types
             raise MtkdError(f"teacher '{name}': {path} is not a TorchScript file ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200]})") from None
+                            f"{first_line(exc, 200)})") from None
         module.eval()
         try:  # one small probe batch: a model made for other inputs fails here with one line
             with torch.no_grad():
