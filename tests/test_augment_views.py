@@ -73,7 +73,8 @@ def test_augmented_run_resumes_bit_exact(tmp_path, capsys, cache_views):
     b = torch.load(resumed / "student.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if cache_views:
-        entries = list((full / "teacher_cache").iterdir())
+        # the entries (beside them, each entry's hidden lock files)
+        entries = [p for p in (full / "teacher_cache").iterdir() if not p.name.startswith(".")]
         assert len(entries) == 2
         manifest = json.loads((entries[0] / "manifest.json").read_text())
         assert manifest["views"] == 3 and len(manifest["view_check"]) == 4
@@ -114,7 +115,7 @@ def test_changed_views_are_refused_when_the_entry_is_opened(tmp_path):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     source = ViewSource(x, index, Augment(AUGMENT, (1, 8, 8)), seed=7, views=2)
     view_cache([FrozenTeacher(net, "t", 3)], source, tmp_path, CacheOptions(), torch.device("cpu"))
-    entry = next(tmp_path.iterdir())
+    entry = next(p for p in tmp_path.iterdir() if not p.name.startswith("."))  # not a hidden lock file
     manifest = json.loads((entry / "manifest.json").read_text())
     manifest["view_check"]["0"] = "0" * 64  # as if a torchvision update changed what a seed gives
     (entry / "manifest.json").write_text(json.dumps(manifest))
