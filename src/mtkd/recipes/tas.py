@@ -28,7 +28,7 @@ with t* the assistant's teacher. The student alone is kept; the assistant is dis
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +37,7 @@ from torch import nn
 from ..aggregation.base import add_aggregator_terms
 from ..errors import ConfigError
 from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
-from ..models.blocks import model_blocks, run_blocks
+from ..models.blocks import Blocks, model_blocks, run_blocks
 from ..models.features import PenultimateFeatures
 from ..models.projectors import Projector, to_channels
 from ..teachers import FrozenTeacher
@@ -45,13 +45,16 @@ from ..teachers import FrozenTeacher
 
 class TasOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    student_blocks: int | None = Field(None, ge=1, description="student's early blocks in the assistant "
-                                       "(default: the first half, rounded up)")
-    teacher_blocks: int | None = Field(None, ge=1, description="teacher's later blocks in the assistant "
-                                       "(default: the last half, at least 1)")
-    assistant_teacher: str | None = Field(None, description="teacher whose later blocks the assistant copies "
+    student_blocks: int | None = Field(None, ge=1, description="the student's blocks in the assistant: its first "
+                                       "ones when the student goes first, else its last ones (default: half)")
+    teacher_blocks: int | None = Field(None, ge=1, description="the teacher's blocks in the assistant: its last "
+                                       "ones when the student goes first, else its first ones (default: half)")
+    order: Literal["auto", "student_first", "teacher_first"] = Field(
+        "auto", description="which model's blocks start the assistant (auto: the convolutional one, as in the paper; "
+        "the student when neither or both are convolutional)")
+    assistant_teacher: str | None = Field(None, description="teacher whose blocks the assistant copies "
                                           "(default: the first)")
-    share_student_blocks: bool = Field(True, description="the assistant uses the student's own early blocks "
+    share_student_blocks: bool = Field(True, description="the assistant uses the student's own blocks "
                                        "(false: a copy)")
     ofa_gamma: float = Field(1.0, ge=1, description="OFA's target-class exponent gamma (1 = cross-entropy to the teacher)")
     ofa_temperature: float = Field(1.0, gt=0)
@@ -60,16 +63,40 @@ class TasOptions(BaseModel):
     smooth_bins: int = Field(1, ge=1, description="positions left after spatial smoothing (1: global average)")
 
 
-def _split(options: TasOptions, student: nn.Module, teacher: nn.Module):
-    """(student early body blocks, student's other body blocks, teacher's index of its first late block)."""
+def _convolutional(blocks) -> bool:
+    """A model whose blocks keep channel-first feature maps (the 1-D CNN): the "local" side."""
+    return blocks.body[0].layout == "channels"
+
+
+class _Split(NamedTuple):
+    student: Blocks
+    teacher: Blocks
+    teacher_first: bool  # the assistant's order: teacher's first blocks -> projector -> student's last blocks
+    student_cut: int  # the student is body[:student_cut] -> body[student_cut:] -> head
+    teacher_cut: int  # the same for the assistant's teacher
+
+
+def _split(options: TasOptions, student: nn.Module, teacher: nn.Module) -> _Split:
+    """Where the assistant joins the two models. Student first: the student's first ``student_blocks``
+    blocks, then the teacher's last ``teacher_blocks`` blocks and head. Teacher first: the teacher's
+    first ``teacher_blocks`` blocks, then the student's last ``student_blocks`` blocks and head."""
     s, t = model_blocks(student), model_blocks(teacher)
-    ns = options.student_blocks or (len(s.body) + 1) // 2
-    nt = options.teacher_blocks or max(1, len(t.body) // 2)
+    if options.order == "auto":
+        teacher_first = _convolutional(t) and not _convolutional(s)
+    else:
+        teacher_first = options.order == "teacher_first"
+    # the first model gives its first half (rounded up), the second its last half (at least 1 block)
+    first_half = lambda n: (n + 1) // 2  # noqa: E731
+    last_half = lambda n: max(1, n // 2)  # noqa: E731
+    ns = options.student_blocks or (last_half if teacher_first else first_half)(len(s.body))
+    nt = options.teacher_blocks or (first_half if teacher_first else last_half)(len(t.body))
     if ns > len(s.body):
         raise ConfigError(f"distill.student_blocks: {ns}, but the student has {len(s.body)} blocks")
     if nt > len(t.body):
         raise ConfigError(f"distill.teacher_blocks: {nt}, but the assistant's teacher has {len(t.body)} blocks")
-    return s, t, ns, len(t.body) - nt
+    if teacher_first:
+        return _Split(s, t, True, len(s.body) - ns, nt)
+    return _Split(s, t, False, ns, len(t.body) - nt)
 
 
 @torch.no_grad()
@@ -86,8 +113,16 @@ def _embedding(x: torch.Tensor, layout: str, bins: int) -> torch.Tensor:
     return spatial_smooth(to_channels(x, layout), bins)
 
 
+def _trainable_copy(stages) -> nn.ModuleList:
+    """A copy of a frozen teacher's stages that the assistant trains (the teacher itself stays frozen)."""
+    copied = copy.deepcopy(nn.ModuleList(stages))
+    copied.requires_grad_(True)
+    return copied
+
+
 class TasRecipe(nn.Module):
-    description = "TAS: hybrid assistant (student's early + teacher's later blocks), OFA + InfoNCE (Li et al. 2024)"
+    description = "TAS: hybrid assistant (convolutional blocks, local-to-global projector, attention/MLP blocks), " \
+                  "OFA + InfoNCE (Li et al. 2024)"
     needs_teachers = True
     uses_unlabeled = True
     Options = TasOptions
@@ -111,14 +146,19 @@ class TasRecipe(nn.Module):
             raise ConfigError(f"distill.assistant_teacher: no teacher named {o.assistant_teacher!r}; "
                               f"teachers are: {', '.join(names)}")
         self.source = names.index(o.assistant_teacher) if o.assistant_teacher else 0
-        s, t, ns, first_late = _split(o, student, self.teachers[self.source].model)
-        self.early, self.rest, self.head = s.body[:ns], s.body[ns:], s.head  # the student's own modules
+        split = _split(o, student, self.teachers[self.source].model)
+        s, t, cut = split.student, split.teacher, split.student_cut
+        self.teacher_first = split.teacher_first
+        self.early, self.rest, self.head = s.body[:cut], s.body[cut:], s.head  # the student's own modules
         self.teacher_blocks = [model_blocks(tt.model) for tt in self.teachers]
-        # the assistant: early blocks (shared or copied) -> projector -> copy of the teacher's later blocks
-        late = copy.deepcopy(nn.ModuleList(t.body[first_late:] + [t.head]))
-        late.requires_grad_(True)  # the teacher's copy is trained; the teacher itself stays frozen
-        self.assistant_late = late
-        self.assistant_early = nn.ModuleList(self.early if o.share_student_blocks else copy.deepcopy(self.early))
+        own = lambda stages: nn.ModuleList(stages if o.share_student_blocks else copy.deepcopy(stages))  # noqa: E731
+        # the assistant: first blocks -> local-to-global projector (bridge) -> later blocks -> head
+        if self.teacher_first:  # teacher's first (convolutional) blocks, student's later blocks and head
+            self.assistant_early = _trainable_copy(t.body[:split.teacher_cut])
+            self.assistant_late = own(s.body[cut:] + [s.head])
+        else:  # student's first blocks, teacher's later blocks and head
+            self.assistant_early = own(s.body[:cut])
+            self.assistant_late = _trainable_copy(t.body[split.teacher_cut:] + [t.head])
         ex = example[:2].to(next(student.parameters()).device)
         was_training = student.training
         student.eval()
@@ -126,16 +166,20 @@ class TasRecipe(nn.Module):
         s_out, s_out_layout = _shape_and_layout(s.body, ex)
         student.train(was_training)
         teacher_ex = [ex.to(tt.device) for tt in self.teachers]  # teachers may already sit on the GPU
-        a_in, a_in_layout = _shape_and_layout(t.body[:first_late], teacher_ex[self.source])
-        self.bridge = Projector(s_mid, s_mid_layout, a_in, a_in_layout, kernel=3, mix_positions=True)
-        self.layouts = {"student": s_out_layout, "assistant": t.body[-1].layout}
+        t_mid, t_mid_layout = _shape_and_layout(t.body[:split.teacher_cut], teacher_ex[self.source])
+        if self.teacher_first:  # [B, *teacher's features at the cut] -> [B, *student's features at the cut]
+            self.bridge = Projector(t_mid, t_mid_layout, s_mid, s_mid_layout, kernel=3, mix_positions=True)
+        else:
+            self.bridge = Projector(s_mid, s_mid_layout, t_mid, t_mid_layout, kernel=3, mix_positions=True)
+        a_layout = s_out_layout if self.teacher_first else t.body[-1].layout
+        self.layouts = {"student": s_out_layout, "assistant": a_layout}
         bins = o.smooth_bins
         dim = lambda shape, layout: _embedding(torch.zeros(1, *shape), layout, bins).shape[1]  # noqa: E731
         s_dim = dim(s_out, s_out_layout)
         t_dims = [dim(_shape_and_layout(tb.body, e)[0], tb.body[-1].layout) for tb, e in zip(self.teacher_blocks, teacher_ex)]
-        a_dim = t_dims[self.source]  # the assistant's last block is a copy of its teacher's
+        a_dim = s_dim if self.teacher_first else t_dims[self.source]  # the assistant ends in the later model's blocks
         self.student_to_teacher = nn.ModuleList(nn.Linear(s_dim, d) for d in t_dims)  # P_k
-        self.assistant_to_teacher = nn.Linear(a_dim, a_dim)  # P
+        self.assistant_to_teacher = nn.Linear(a_dim, t_dims[self.source])  # P
         self.student_to_assistant = nn.Linear(s_dim, a_dim)  # P'
 
     @staticmethod
@@ -173,11 +217,12 @@ class TasRecipe(nn.Module):
         alive = torch.ones(len(self.teachers), dtype=torch.bool, device=x.device)
         if hasattr(self.aggregator, "before_step"):
             self.aggregator.before_step(self, x, y, teacher_logits, alive)
-        mid = run_blocks(self.early, x)  # student's early blocks
+        mid = run_blocks(self.early, x)  # student's blocks before the cut
         f_s = run_blocks(self.rest, mid)
         s_logits = self.head(f_s)  # [B, C], the same as student(x)
-        a_mid = mid if o.share_student_blocks else run_blocks(self.assistant_early, x)
-        f_a = run_blocks(self.assistant_late[:-1], self.bridge(a_mid))
+        shared_mid = not self.teacher_first and o.share_student_blocks  # the assistant starts with these very blocks
+        a_mid = mid if shared_mid else run_blocks(self.assistant_early, x)  # [B, *first model's features at the cut]
+        f_a = run_blocks(self.assistant_late[:-1], self.bridge(a_mid))  # [B, *later model's last features]
         a_logits = self.assistant_late[-1](f_a)  # [B, C]
 
         features = self.features.value if self.features is not None else None
