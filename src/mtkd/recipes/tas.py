@@ -28,6 +28,7 @@ with t* the assistant's teacher. The student alone is kept; the assistant is dis
 from __future__ import annotations
 
 import copy
+import math
 from typing import Literal, NamedTuple, Sequence
 
 import torch
@@ -39,7 +40,7 @@ from ..errors import ConfigError
 from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
 from ..models.blocks import Blocks, model_blocks, run_blocks
 from ..models.features import PenultimateFeatures
-from ..models.projectors import Projector, to_channels
+from ..models.projectors import LocalToGlobalProjector, Projector, to_channels
 from ..teachers import FrozenTeacher
 
 
@@ -56,10 +57,18 @@ class TasOptions(BaseModel):
                                           "(default: the first)")
     share_student_blocks: bool = Field(True, description="the assistant uses the student's own blocks "
                                        "(false: a copy)")
+    teacher_modules: Literal["shared", "copy"] = Field(
+        "shared", description="shared: the assistant runs the frozen teacher's own blocks (the paper's weight "
+        "sharing: no extra parameters); copy: a copy of them that the assistant trains")
+    projector: Literal["l2g", "conv"] = Field(
+        "l2g", description="l2g: patch embedding then an attention block (the paper's local-to-global projector); "
+        "conv: the patch embedding alone (local conv, linear map across positions)")
     ofa_gamma: float = Field(1.0, ge=1, description="OFA's target-class exponent gamma (1 = cross-entropy to the teacher)")
     ofa_temperature: float = Field(1.0, gt=0)
     nce_weight: float = Field(1.0, ge=0, description="weight of the InfoNCE feature terms")
-    nce_temperature: float = Field(0.1, gt=0)
+    nce_temperature: float = Field(0.1, gt=0, description="InfoNCE temperature (the start value when learned)")
+    learn_nce_temperature: bool = Field(True, description="learn the InfoNCE temperature, as the paper does "
+                                        "(kept at or above 0.01)")
     smooth_bins: int = Field(1, ge=1, description="positions left after spatial smoothing (1: global average)")
 
 
@@ -113,11 +122,20 @@ def _embedding(x: torch.Tensor, layout: str, bins: int) -> torch.Tensor:
     return spatial_smooth(to_channels(x, layout), bins)
 
 
+MIN_NCE_TEMPERATURE = 0.01  # a learned temperature is kept above this (CLIP's bound on its logit scale, 1/100)
+
+
 def _trainable_copy(stages) -> nn.ModuleList:
     """A copy of a frozen teacher's stages that the assistant trains (the teacher itself stays frozen)."""
     copied = copy.deepcopy(nn.ModuleList(stages))
     copied.requires_grad_(True)
     return copied
+
+
+def _teacher_part(stages, mode: str):
+    """The assistant's part taken from the teacher: the frozen teacher's own stages (a plain list, so
+    that they are not registered, trained, saved or switched to train mode with the recipe) or a copy."""
+    return list(stages) if mode == "shared" else _trainable_copy(stages)
 
 
 class TasRecipe(nn.Module):
@@ -154,11 +172,12 @@ class TasRecipe(nn.Module):
         own = lambda stages: nn.ModuleList(stages if o.share_student_blocks else copy.deepcopy(stages))  # noqa: E731
         # the assistant: first blocks -> local-to-global projector (bridge) -> later blocks -> head
         if self.teacher_first:  # teacher's first (convolutional) blocks, student's later blocks and head
-            self.assistant_early = _trainable_copy(t.body[:split.teacher_cut])
+            self.assistant_early = _teacher_part(t.body[:split.teacher_cut], o.teacher_modules)
             self.assistant_late = own(s.body[cut:] + [s.head])
         else:  # student's first blocks, teacher's later blocks and head
             self.assistant_early = own(s.body[:cut])
-            self.assistant_late = _trainable_copy(t.body[split.teacher_cut:] + [t.head])
+            self.assistant_late = _teacher_part(t.body[split.teacher_cut:] + [t.head], o.teacher_modules)
+        self.teacher_cut = split.teacher_cut
         ex = example[:2].to(next(student.parameters()).device)
         was_training = student.training
         student.eval()
@@ -167,10 +186,10 @@ class TasRecipe(nn.Module):
         student.train(was_training)
         teacher_ex = [ex.to(tt.device) for tt in self.teachers]  # teachers may already sit on the GPU
         t_mid, t_mid_layout = _shape_and_layout(t.body[:split.teacher_cut], teacher_ex[self.source])
-        if self.teacher_first:  # [B, *teacher's features at the cut] -> [B, *student's features at the cut]
-            self.bridge = Projector(t_mid, t_mid_layout, s_mid, s_mid_layout, kernel=3, mix_positions=True)
-        else:
-            self.bridge = Projector(s_mid, s_mid_layout, t_mid, t_mid_layout, kernel=3, mix_positions=True)
+        # the bridge: [B, *first model's features at the cut] -> [B, *later model's features at the cut]
+        ends = (t_mid, t_mid_layout, s_mid, s_mid_layout) if self.teacher_first else (s_mid, s_mid_layout, t_mid, t_mid_layout)
+        self.bridge = LocalToGlobalProjector(*ends) if o.projector == "l2g" else \
+            Projector(*ends, kernel=3, mix_positions=True)
         a_layout = s_out_layout if self.teacher_first else t.body[-1].layout
         self.layouts = {"student": s_out_layout, "assistant": a_layout}
         bins = o.smooth_bins
@@ -181,6 +200,11 @@ class TasRecipe(nn.Module):
         self.student_to_teacher = nn.ModuleList(nn.Linear(s_dim, d) for d in t_dims)  # P_k
         self.assistant_to_teacher = nn.Linear(a_dim, t_dims[self.source])  # P
         self.student_to_assistant = nn.Linear(s_dim, a_dim)  # P'
+        log_tau = torch.tensor(math.log(o.nce_temperature))
+        if o.learn_nce_temperature:  # one temperature for the three paths' InfoNCE terms
+            self.log_nce_temperature = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_nce_temperature", log_tau)
 
     @staticmethod
     def check_models(cfg, student: nn.Module, teachers: list[tuple[str, nn.Module]],
@@ -200,30 +224,44 @@ class TasRecipe(nn.Module):
 
     @torch.no_grad()
     def _teachers(self, x: torch.Tensor, index: torch.Tensor | None):
-        """Every teacher's last-block features (list of [B, ...]) and logits [K, B, C]."""
-        feats, logits = [], []
-        for t, blocks in zip(self.teachers, self.teacher_blocks):
+        """Every teacher's last-block features (list of [B, ...]), logits [K, B, C] and the assistant's
+        teacher's features at the cut [B, ...]."""
+        feats, logits, mid = [], [], None
+        for k, (t, blocks) in enumerate(zip(self.teachers, self.teacher_blocks)):
             t.model.eval()
-            f = run_blocks(blocks.body, x)
+            xt = x.to(t.device)
+            if k == self.source:
+                mid = run_blocks(blocks.body[:self.teacher_cut], xt)
+                f = run_blocks(blocks.body[self.teacher_cut:], mid)
+            else:
+                f = run_blocks(blocks.body, xt)
             out = blocks.head(f)
             t.validate(out, len(x), index)
-            feats.append(f)
-            logits.append(out)
-        return feats, torch.stack(logits)
+            feats.append(f.to(x.device))
+            logits.append(out.to(x.device))
+        return feats, torch.stack(logits), mid
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         o = self.options
-        t_feats, teacher_logits = self._teachers(x, index)
+        t_feats, teacher_logits, t_mid = self._teachers(x, index)
         alive = torch.ones(len(self.teachers), dtype=torch.bool, device=x.device)
         if hasattr(self.aggregator, "before_step"):
             self.aggregator.before_step(self, x, y, teacher_logits, alive)
         mid = run_blocks(self.early, x)  # student's blocks before the cut
         f_s = run_blocks(self.rest, mid)
         s_logits = self.head(f_s)  # [B, C], the same as student(x)
-        shared_mid = not self.teacher_first and o.share_student_blocks  # the assistant starts with these very blocks
-        a_mid = mid if shared_mid else run_blocks(self.assistant_early, x)  # [B, *first model's features at the cut]
-        f_a = run_blocks(self.assistant_late[:-1], self.bridge(a_mid))  # [B, *later model's last features]
-        a_logits = self.assistant_late[-1](f_a)  # [B, C]
+        # the assistant's first part: [B, *first model's features at the cut]
+        if self.teacher_first:  # the frozen teacher's own blocks computed them already
+            a_mid = t_mid.to(x.device) if o.teacher_modules == "shared" else run_blocks(self.assistant_early, x)
+        else:  # the student's own blocks computed them already
+            a_mid = mid if o.share_student_blocks else run_blocks(self.assistant_early, x)
+        h = self.bridge(a_mid)  # [B, *later model's features at the cut]
+        # the later part: the student's blocks, or the teacher's (frozen when shared: gradients flow through them
+        # to the projector and the student's first blocks), on that model's device
+        device = self.teachers[self.source].device if not self.teacher_first else x.device
+        f_a = run_blocks(self.assistant_late[:-1], h.to(device))  # [B, *later model's last features]
+        a_logits = self.assistant_late[-1](f_a).to(x.device)  # [B, C]
+        f_a = f_a.to(x.device)
 
         features = self.features.value if self.features is not None else None
         agg = self.aggregator(teacher_logits, y, o.ofa_temperature, student_logits=s_logits, features=features)
@@ -233,7 +271,7 @@ class TasRecipe(nn.Module):
         ofa_ta = ofa_loss(a_logits, target, y, g, T)
         ofa_as = ofa_loss(s_logits, torch.softmax(a_logits.detach() / T, -1), y, g, T)
 
-        bins, tau = o.smooth_bins, o.nce_temperature
+        bins, tau = o.smooth_bins, self.log_nce_temperature.exp().clamp_min(MIN_NCE_TEMPERATURE)
         e_s = _embedding(f_s, self.layouts["student"], bins)  # [B, Ds]
         e_a = _embedding(f_a, self.layouts["assistant"], bins)  # [B, Da]
         e_t = [_embedding(f, b.body[-1].layout, bins) for f, b in zip(t_feats, self.teacher_blocks)]
@@ -249,5 +287,5 @@ class TasRecipe(nn.Module):
                 + o.nce_weight * (nce_ts + nce_ta + nce_as))
         losses = {"loss": loss, "ce": ce_s, "kd": ofa_ts, "ce_assistant": ce_a, "ofa_teacher_assistant": ofa_ta,
                   "ofa_assistant_student": ofa_as, "nce_teacher_student": nce_ts, "nce_teacher_assistant": nce_ta,
-                  "nce_assistant_student": nce_as}
+                  "nce_assistant_student": nce_as, "nce_temperature": tau.detach()}
         return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
