@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -144,6 +145,20 @@ def table(results, args) -> str:
     return "\n".join(lines)
 
 
+def partial_table(results, args) -> str:
+    """Mean ± std per pair and method of a partial run (e.g. one method, or an ablation)."""
+    lines = [f"MNIST-1D ({args.unlabeled:,} unlabeled), {args.steps} student steps, seeds {args.seeds}"
+             + (f", TAS options {' '.join(args.tas)}" if args.tas else "") + " (mean ± std of test accuracy, %)", "",
+             "| pair (teacher -> student) | method | accuracy | seeds done |", "|---|---|---:|---|"]
+    for pair in args.pairs:
+        for method in args.methods:
+            rows = [r for r in results if r["pair"] == pair and r["method"] == method]
+            if rows:
+                lines.append(f"| {pair} | {method} | {_stats([r['accuracy'] for r in rows])} | "
+                             f"{', '.join(str(r['seed']) for r in rows)} |")
+    return "\n".join(lines)
+
+
 def _write_json(args, results, wall: float) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"steps": args.steps, "unlabeled": args.unlabeled, "seeds": args.seeds,
@@ -163,6 +178,7 @@ def main(argv=None):
                         help="options of recipe tas, e.g. nce_weight=0 (values parsed as YAML)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="where the results go (a partial run is stored only when this is given)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -181,6 +197,8 @@ def main(argv=None):
     if set(args.pairs) != set(PAIRS) or set(args.methods) != set(METHODS) or args.tas:
         if args.json != DEFAULT_JSON:  # a partial run (e.g. an ablation) is stored only where asked
             _write_json(args, results, time.perf_counter() - start)
+            md = partial_table(results, args) + f"\n\nCommand: `python benchmarks/cross_arch.py {shlex.join(argv)}`\n"
+            args.json.with_suffix(".md").write_text(md)
         return results  # printed above; the full table's results are kept
     md = table(results, args)
     wall = time.perf_counter() - start

@@ -1,23 +1,25 @@
 """TAS: teacher -> hybrid assistant -> student, for teachers and students of different architectures.
 
 Li, Wang, Yan, Ding, Gao and Xia, "TAS: Distilling Arbitrary Teacher and Student via a Hybrid
-Assistant" (2024, arXiv:2410.12342). The assistant is built from the
-student's early blocks and the teacher's later blocks, joined by a local-to-global feature
-projector; knowledge flows on three paths, teacher -> assistant, teacher -> student and
-assistant -> student, each with the OFA loss on logits (Hao et al., NeurIPS 2023, see
-``mtkd.losses.ofa``) and a spatial-agnostic InfoNCE loss on spatially smoothed features
-(``mtkd.losses.infonce``).
+Assistant" (2024, arXiv:2410.12342; v2 "Fuse Before Transfer: Knowledge Fusion for Heterogeneous
+Distillation", ICCV 2025). The assistant fuses the two models, whichever is the CNN: the
+convolutional model's first blocks, a local-to-global (L2G) projector, then the attention/MLP
+model's later blocks and head. Its modules are shared: the student's are the student's own, the
+teacher's the frozen teacher's own, so the projector is almost all it adds. Knowledge flows on
+three paths, teacher -> assistant, teacher -> student and assistant -> student, each with the OFA
+loss on logits (Hao et al., NeurIPS 2023, see ``mtkd.losses.ofa``) and a spatial-agnostic InfoNCE
+loss, with a learned temperature, on spatially smoothed features (``mtkd.losses.infonce``).
 
-Our version for the 1-D models (``mtkd.models.blocks``): e.g. a CNN student's first conv blocks
-feed, through a ``Projector(kernel=3, mix_positions=True)`` (local conv, then a linear map
-across positions), into a copy of a transformer's (or GRU's) last layers and head. The copied
-teacher blocks start from the teacher's weights and are trained; the student's early blocks
-are shared with the assistant (``share_student_blocks``), so the assistant path also trains
-them. Several teachers: the assistant takes its later blocks from ``assistant_teacher``; the
-logit target is what the configured aggregator makes of all teachers, and the per-teacher
-InfoNCE terms of the teacher -> student path are weighted per sample by the aggregator's
-weights. Each step (f = features of the last body block, smoothed and flattened; P learned
-linear maps into the key's space; sg = stop-gradient):
+Our version for the 1-D models (``mtkd.models.blocks``): a CNN student with a transformer (or GRU,
+MLP) teacher gives the student's first conv blocks -> L2G -> the teacher's last layers and head; a
+CNN teacher with a transformer student gives the teacher's first conv blocks -> L2G -> the
+student's last layers and head. The L2G projector is ``LocalToGlobalProjector``: a patch
+embedding (kernel-3 conv, linear map across positions) and one attention block. Several teachers:
+the assistant takes its blocks from ``assistant_teacher``; the logit target is what the
+configured aggregator makes of all teachers, and the per-teacher InfoNCE terms of the teacher ->
+student path are weighted per sample by the aggregator's weights. Each step (f = features of the
+last body block, smoothed and flattened; P learned linear maps into the key's space; sg =
+stop-gradient; tau = max(exp(theta), 0.01), theta learned):
 
     loss = (1 - alpha) * (CE(s) + CE(a))
          + alpha * (OFA(s, target) + OFA(a, target) + OFA(s, sg softmax(a)))
