@@ -248,6 +248,20 @@ def _tas(student_arch, teacher_arch, **options):
     return TasRecipe(student, teachers, agg, options=TasOptions(**options), example=x), student, teacher, x, y
 
 
+def _train_two_steps(recipe, x, y):
+    opt = torch.optim.SGD([p for p in recipe.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        losses = recipe.step(x, y, None)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+
+
+def _assert_student_is_its_blocks(recipe, student, x):
+    with torch.no_grad():  # the student computed through its blocks is the student itself
+        assert torch.allclose(recipe.head(run_blocks(recipe.rest, run_blocks(recipe.early, x))), student(x))
+
+
 @pytest.mark.parametrize("student_arch, teacher_arch", [("cnn1d", "transformer"), ("transformer", "cnn1d")])
 def test_tas_assistant_is_conv_blocks_then_l2g_then_attention_blocks(student_arch, teacher_arch):
     from mtkd.models.projectors import LocalToGlobalProjector
@@ -315,16 +329,10 @@ def test_tas_assistant_can_train_a_copy_of_the_teachers_blocks():
     assert len(late) == 2 and torch.equal(late[0].parts[0].linear1.weight, tr.encoder.layers[1].linear1.weight)
     assert late[0].parts[0].linear1.weight is not tr.encoder.layers[1].linear1.weight
     assert recipe.bridge.in_shape == (4, 10) and recipe.bridge.out_shape == (10, 8)  # [C, L] -> [T, D]
-    opt = torch.optim.SGD([p for p in recipe.parameters() if p.requires_grad], lr=0.1)
-    for _ in range(2):
-        losses = recipe.step(x, y, None)
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
+    _train_two_steps(recipe, x, y)
     assert all(torch.equal(before[k], v) for k, v in tr.state_dict().items())  # the teacher stays frozen
     assert not torch.equal(late[0].parts[0].linear1.weight, tr.encoder.layers[1].linear1.weight)
-    with torch.no_grad():  # the student computed through its blocks is the student itself
-        assert torch.allclose(recipe.head(run_blocks(recipe.rest, run_blocks(recipe.early, x))), student(x))
+    _assert_student_is_its_blocks(recipe, student, x)
 
 
 def test_tas_shared_teacher_blocks_stay_frozen_and_the_student_learns_through_them():
@@ -332,16 +340,10 @@ def test_tas_shared_teacher_blocks_stay_frozen_and_the_student_learns_through_th
     before = {k: v.clone() for k, v in tr.state_dict().items()}
     layer = student.encoder.layers[1].linear1.weight
     start = layer.clone()
-    opt = torch.optim.SGD([p for p in recipe.parameters() if p.requires_grad], lr=0.1)
-    for _ in range(2):
-        losses = recipe.step(x, y, None)
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
+    _train_two_steps(recipe, x, y)
     assert all(torch.equal(before[k], v) for k, v in tr.state_dict().items())
     assert not torch.equal(start, layer)
-    with torch.no_grad():
-        assert torch.allclose(recipe.head(run_blocks(recipe.rest, run_blocks(recipe.early, x))), student(x))
+    _assert_student_is_its_blocks(recipe, student, x)
 
 
 def test_tas_split_errors_are_clear(tmp_path, capsys):
