@@ -18,8 +18,14 @@ def test_there_are_shipped_configs_for_mnist1d_and_digits():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_validates(path):
+    if "timm:" in path.read_text() or "torchvision:" in path.read_text():
+        try:  # a torchvision built for another torch fails with RuntimeError, not ImportError
+            import timm  # noqa: F401
+            import torchvision  # noqa: F401
+        except Exception:  # noqa: BLE001
+            pytest.skip("timm/torchvision not usable here (extra: vision)")
     cfg = load_config(path, ["data.unlabeled=100"] if "mnist1d" in path.name else [])  # a small pool: fast
-    assert (cfg.teachers or not RECIPES[cfg.distill.recipe].needs_teachers) and cfg.student.arch
+    assert (cfg.teachers or not RECIPES[cfg.distill.recipe].traits.needs_teachers) and cfg.student.arch
     if cfg.data.name == "digits":
         pytest.importorskip("sklearn")
     prepare(cfg)  # data loads, shapes and class counts agree

@@ -104,6 +104,11 @@ ELSEWHERE = {
     "mtkd export runs/tabular": "tests/test_tabular.py exports a tabular run and checks the preprocessing inside",
     "python benchmarks/memory.py --mib 256": "a benchmark that grows the data to 1 GiB; tests/test_scale.py checks "
                                              "the memory-mapped arrays data set",
+    "mtkd list --models timm": "needs the vision extra; tests/test_model_sources.py runs it",
+    "mtkd run configs/digits-vision.yaml --out runs/vision": "needs the vision extra; tests/test_model_sources.py "
+        "and tests/test_augment_views.py run the same sources, augmentation and view cache on tiny models",
+    "python benchmarks/vision.py --seeds 0 --steps 20 --out runs/vision-bench": "a benchmark (about 10 minutes on "
+        "a loaded 2-core machine); needs the vision extra",
 }
 # python blocks that are not run here: the README's quickstart is run by test_readme.py
 PYTHON_ELSEWHERE = {
@@ -112,6 +117,10 @@ PYTHON_ELSEWHERE = {
     "from mtkd.teachers import SklearnTeacher": "a fragment with a reader's objects (fitted_forest, my_torch_cnn); "
                                                 "tests/test_external_teachers.py tests the classes",
     "import mtkd\nimport pandas as pd\n": "tests/test_tabular_example.py runs it on the tutorial's run directory",
+    "# src/mtkd/aggregation/sharpest.py": "tests/test_contract.py runs the page's aggregator through mtkd.distill",
+    '    "sharpest": SharpestAggregator,': "its table entry; tests/test_contract.py adds it as written",
+    "class Recipe(Protocol):": "a quote of recipes/base.py; tests/test_contract.py checks each line is there",
+    "def step(self, x, y, index):": "a quote of recipes/offline.py; tests/test_contract.py checks each line is there",
     "from mtkd import export_model, export_student": "needs the demo's run; tests/test_export.py calls both",
     "# torchrun --standalone --nproc_per_node=2 train.py": "needs torchrun; tests/test_ddp.py runs the API under "
                                                            "torchrun with a user DistributedSampler (tests/ddp_worker.py), "

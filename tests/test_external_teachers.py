@@ -112,7 +112,11 @@ def test_teacher_with_no_shared_class_is_refused(torch_model, tmp_path):
 def test_torchscript_teacher(torch_model, x, tmp_path):
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.trace(torch_model, torch.zeros(1, 4)), str(path))
-    teacher = TorchScriptTeacher(path, CLASSES, (4,))
+    with pytest.raises(MtkdError, match="allow_code: true"):  # a TorchScript file is a program: opt-in only
+        TorchScriptTeacher(path, CLASSES, (4,))
+    with pytest.raises(MtkdError, match=r"does not accept the data's inputs \[batch, 5\]"):
+        TorchScriptTeacher(path, CLASSES, (5,), allow_code=True)
+    teacher = TorchScriptTeacher(path, CLASSES, (4,), allow_code=True)
     assert torch.allclose(teacher(x), torch_model(x).detach(), atol=1e-6)
     assert sum(p.numel() for p in teacher.parameters()) == 4 * 8 + 8 + 8 * 3 + 3
 
@@ -260,10 +264,13 @@ def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):
     # export finds the file teachers again, so the ensemble it times is the run's whole pool
     from mtkd.export import export_student
 
-    result = export_student(tmp_path / "run", "onnx")
+    # the run's config opted in to the pickle, but a run directory may come from someone else:
+    # export loads it only with its own allow_code (--allow-code)
+    assert export_student(tmp_path / "run", "onnx")["ms_per_1000"]["ensemble_missing"] == ["lr04"]
+    result = export_student(tmp_path / "run", "onnx", allow_code=True)
     assert result["ms_per_1000"]["teachers"] == 3 and "ensemble_missing" not in result["ms_per_1000"]
     (tmp_path / "lin.onnx").rename(tmp_path / "moved.onnx")  # a teacher file gone: export still works
-    assert export_student(tmp_path / "run", "onnx")["ms_per_1000"]["ensemble_missing"] == ["onnx"]
+    assert export_student(tmp_path / "run", "onnx", allow_code=True)["ms_per_1000"]["ensemble_missing"] == ["onnx"]
 
 
 # ---------------------------------------------------------------- Hugging Face

@@ -10,7 +10,7 @@ from mtkd.recipes import RECIPES
 
 
 # every recipe that uses teachers runs with every aggregator; the others once
-PAIRS = [(r, a) for r in sorted(RECIPES) for a in sorted(AGGREGATORS) if RECIPES[r].needs_teachers or a == "mean"]
+PAIRS = [(r, a) for r in sorted(RECIPES) for a in sorted(AGGREGATORS) if RECIPES[r].traits.uses_aggregator or a == "mean"]
 
 
 @pytest.mark.parametrize("recipe, aggregator", PAIRS)
@@ -26,7 +26,7 @@ def test_recipe_and_aggregator_run_through_the_cli(tmp_path, capsys, tiny_raw_co
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     distill = [r for r in records if r["stage"] in ("distill", "scratch") and "loss" in r]
     assert distill and all(r["loss"] == r["loss"] for r in distill)  # logged and finite
-    if RECIPES[recipe].needs_teachers:
+    if RECIPES[recipe].traits.needs_teachers:
         last = distill[-1]
         # TAKD's student learns from its (default: one) assistant, the other recipes from the teachers
         names = ["assistant1"] if recipe == "assistant" else ["cnn", "mlp"]

@@ -173,5 +173,5 @@ def test_meta_weight_network_learns_during_training(form):
     with torch.no_grad():
         x = data.x[:50]
         weights = agg(torch.stack([t(x) for t in teachers]), data.y[:50], 2.0,
-                      student_logits=student(x), features=recipe.features.value).weights
+                      student_logits=student(x), features=recipe.targets.features.value).weights
     assert weights[:, 0].mean() > 0.7  # started at 0.5 (uniform)

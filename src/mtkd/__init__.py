@@ -5,7 +5,7 @@ Merge many trained models (teachers) into one small, fast model (student)::
     import mtkd
     student = mtkd.distill(student, [teacher_a, teacher_b, teacher_c], train_loader, steps=3000)
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from .api import distill, train  # noqa: E402
 from .config import load_config, parse_config  # noqa: E402

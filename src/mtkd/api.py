@@ -14,22 +14,40 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .aggregation import AggregatorContext, build_aggregator
-from .models.features import head_layer
+from . import distributed
 from .pipeline import resolve_device
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import ConfigError
 from .recipes import RECIPES
+from .recipes.base import TrainedTeacher
+from .recipes.build import build_recipe
 from .teachers import FrozenTeacher
 from .trainer import MetricsLog, Trainer, unpack_batch
+from .config import parse_distill
 
 
 def _settings(**kwargs: Any):
     """(DistillConfig, aggregator options, recipe options) from keyword arguments, validated
     exactly as the config's distill section."""
-    from .config import parse_distill
 
     return parse_distill({k: v for k, v in kwargs.items() if v is not None})
+
+
+# settings of the distill section that only `mtkd run` acts on: refused here rather than ignored
+PIPELINE_ONLY = {"baseline": "the from-scratch baseline is a pipeline stage; call mtkd.train for it"}
+
+
+def _refuse_unsupported(settings: dict, train_loader: Iterable) -> None:
+    """A ConfigError for every accepted setting this call could not honour."""
+    for key, why in PIPELINE_ONLY.items():
+        if settings.get(key):
+            raise ConfigError(f"distill.{key}: not a setting of mtkd.distill ({why}); use `mtkd run` for it")
+    size = settings.get("batch_size")
+    if size is not None and getattr(train_loader, "batch_size", size) != size:
+        raise ConfigError(f"distill.batch_size={size}: the batches come from train_loader (batch size "
+                          f"{train_loader.batch_size}); set the batch size there")
+    if size is not None and not hasattr(train_loader, "batch_size"):
+        raise ConfigError(f"distill.batch_size={size}: the batches come from train_loader; set the batch size there")
 
 
 def _as_dataset(val_data: Any) -> IndexedTensorDataset | None:
@@ -65,29 +83,16 @@ def distill(student: nn.Module, teachers: Sequence[nn.Module] | Mapping[str, nn.
     settings: any key of the CLI's ``distill`` section: steps, lr, temperature, alpha, optimizer,
     schedule, warmup_steps, weight_decay, eval_every, log_every, checkpoint_every, device, amp,
     threads (torch CPU threads while this call runs; default 1, as the CLI; 0 = leave torch's
-    setting), ... Keys that only the pipeline can honour (batch_size: the loader's decides;
-    baseline; the teacher-output cache) are refused rather than ignored.
+    setting), monitor_every, cache (with an ``mtkd.BatchLoader`` and ``cache_dir=``), ... A setting
+    this call cannot honour (``baseline``, a ``batch_size`` other than the loader's) is a ConfigError.
     """
-    refused = sorted(k for k in settings if k in API_REFUSED and settings[k] is not None)
-    if refused:
-        raise ConfigError(f"distill.{refused[0]}: {API_REFUSED[refused[0]]}")
+    _refuse_unsupported(settings, train_loader)
     cfg, aggregator_options, recipe_options = _settings(recipe=recipe, aggregator=aggregator, **settings)
     with torch_threads(cfg.threads):
         return _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_options,
                         teacher_weights=teacher_weights, val_data=val_data, unlabeled=unlabeled,
                         checkpoint=checkpoint, metrics_path=metrics_path, progress=progress, seed=seed,
                         trajectories=trajectories, snapshot_dir=snapshot_dir, trackers=trackers)
-
-
-# settings of the config's distill section that only `mtkd run` can honour: the API refuses them
-API_REFUSED = {
-    "batch_size": "the Python API takes the batch size from your data loader; set it there",
-    "baseline": "the from-scratch baseline is a pipeline stage; call mtkd.train(copy_of_student, loader) for it",
-    "cache": "the teacher-output cache is built by `mtkd run` / `mtkd cache`; pass teachers as modules instead",
-    "cache_dir": "the teacher-output cache is built by `mtkd run` / `mtkd cache`",
-    "cache_storage": "the teacher-output cache is built by `mtkd run` / `mtkd cache`",
-    "cache_topk": "the teacher-output cache is built by `mtkd run` / `mtkd cache`",
-}
 
 
 @contextmanager
@@ -107,53 +112,38 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
              val_data, unlabeled, checkpoint, metrics_path, progress, seed, trajectories, snapshot_dir,
              trackers) -> nn.Module:
     named = dict(teachers) if isinstance(teachers, Mapping) else {f"teacher{i}": t for i, t in enumerate(teachers)}
-    recipe_cls = RECIPES[cfg.recipe]
-    if recipe_cls.needs_teachers and not named:
+    traits = RECIPES[cfg.recipe].traits
+    if traits.needs_teachers and not named:
         raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
-    if getattr(recipe_cls, "trains_assistants", False):  # a chain of stages: the pipeline's job
+    if traits.trains_assistants:  # a chain of stages: the pipeline's job
         raise ConfigError(f"recipe {cfg.recipe!r} trains a chain of stages; use `mtkd run` / run_pipeline, or call "
                           "distill once per stage (teachers -> assistant, then assistant -> student)")
     val = _as_dataset(val_data)
-    from . import distributed
-
     device = resolve_device(cfg.device)
     distributed.init(device)  # under torchrun: join its process group, so the processes train one model
     device = distributed.local_device(device)
     student.to(device)
-    live = {}  # recipe local_targets trains its teachers with the student: they are not frozen
-    if getattr(recipe_cls, "trains_teachers", False):
-        live, named = {name: m.to(device) for name, m in named.items()}, {}
-    frozen = [m.to(device) if isinstance(m, FrozenTeacher) else FrozenTeacher(m.to(device), name)
-              for name, m in named.items()]
-    build = {}
-    if frozen or not recipe_cls.needs_teachers:
-        # an example input to check class counts; peeking must not advance a BatchLoader's state
-        x = train_loader.dataset.x if isinstance(train_loader, BatchLoader) else unpack_batch(next(iter(train_loader)))[0]
-        example = x[:1].to(device)
-        with torch.no_grad():
-            num_classes = student(example).shape[-1]
-        for t in frozen:
-            t.check_classes(example, num_classes)
-        # what online recipes (mutual, okddip, ...) need to build peers from `peers` specs
-        build = {"input_shape": tuple(example.shape[1:]), "num_classes": num_classes}
-    agg = None
-    if frozen:
-        ctx = AggregatorContext(frozen, num_classes, teacher_weights, val,
-                                head_layer(student).in_features, device)
-        agg = build_aggregator(cfg.aggregator, ctx, aggregator_options)
+    inputs: dict[str, Any] = {}
+    if traits.trains_teachers:  # recipe local_targets trains its teachers with the student: they are not frozen
+        inputs["live_teachers"], named = {name: m.to(device) for name, m in named.items()}, {}
+    if trajectories is not None:
+        inputs["trajectories"] = trajectories
+    # an example input to check class counts; peeking must not advance a BatchLoader's state
+    x = train_loader.dataset.x if isinstance(train_loader, BatchLoader) else unpack_batch(next(iter(train_loader)))[0]
+    example = x[:2].to(device)
+    with torch.no_grad():
+        num_classes = student(example[:1]).shape[-1]
     if unlabeled is not None and not isinstance(unlabeled, IndexedTensorDataset):
         x_unl = torch.as_tensor(unlabeled)
         unlabeled = IndexedTensorDataset(x_unl, torch.full((len(x_unl),), -1))
-    rec = recipe_cls(student, frozen, agg, temperature=cfg.temperature, alpha=cfg.alpha, options=recipe_options,
-                     unlabeled=unlabeled, seed=seed, on_teacher_error=cfg.on_teacher_error, steps=cfg.steps,
-                     example=example if frozen else None,
-                     **build, **({"trajectories": trajectories} if trajectories is not None else {}),
-                     **({"live_teachers": live} if live else {}))
-    monitor = None
-    if cfg.monitor_every and frozen and val is not None:
-        from .monitoring import TeacherMonitor
-
-        monitor = TeacherMonitor(student, frozen, val, device)
+    teacher_list = [m if isinstance(m, FrozenTeacher) else TrainedTeacher(name, type(m).__name__, m)
+                    for name, m in named.items()]
+    transfer = train_loader.dataset if isinstance(train_loader, BatchLoader) else None
+    rec, monitor = build_recipe(cfg.recipe, student, teacher_list, cfg, recipe_options=recipe_options,
+                                aggregator_options=aggregator_options, num_classes=num_classes,
+                                input_shape=tuple(example.shape[1:]), example=example, device=device, seed=seed,
+                                val=val, unlabeled=unlabeled, transfer=transfer, cache_dir=cfg.cache_dir,
+                                teacher_weights=teacher_weights, inputs=inputs, log=lambda m: None)
     Trainer(rec, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress,
             monitor=monitor, snapshot_dir=snapshot_dir).fit()

@@ -21,6 +21,22 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
+from .options import DistillConfig
+from .data import load_dataset
+from .models import build_model, parse_model
+from .pipeline import resolve_device
+from .options import NoOptions
+from .recipes import ScratchRecipe
+from .recipes.build import build_recipe
+from .teachers import FrozenTeacher, run_teachers
+from .errors import ConfigError
+from .io import write_json
+from .precision import grad_scaler
+from .trainer import lr_factor
+from .precision import autocast
+from .data import BatchLoader
+from .trainer import Trainer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,8 +107,6 @@ class _HandLoop:
     def __init__(self, student, teachers, data, cfg, device, amp):
         import torch
 
-        from .precision import grad_scaler
-        from .trainer import lr_factor
 
         self.scaler = grad_scaler(device, amp)
         self.student, self.teachers, self.cfg, self.device, self.amp = student, teachers, cfg, device, amp
@@ -107,7 +121,6 @@ class _HandLoop:
         import torch
         import torch.nn.functional as F
 
-        from .precision import autocast
 
         T, a, b = self.cfg.temperature, self.cfg.alpha, self.cfg.batch_size
         for _ in range(steps):
@@ -142,8 +155,6 @@ class _LibraryRun:
     """A recipe driven by the library's Trainer, run ``steps`` more steps at a time."""
 
     def __init__(self, recipe, data, cfg, device, amp):
-        from .data import BatchLoader
-        from .trainer import Trainer
 
         self.trainer = Trainer(recipe, BatchLoader(data, cfg.batch_size, shuffle=True, seed=0), cfg,
                                stage="bench", device=device, progress=False, amp=amp)
@@ -178,14 +189,6 @@ def run_bench(args) -> tuple[list[dict], dict]:
 
     import torch
 
-    from .aggregation import AggregatorContext, build_aggregator
-    from .cache import BuildReport, CacheOptions, build_cache, open_cached_teachers
-    from .config import DistillConfig, NoOptions, _model
-    from .data import load_dataset
-    from .models import build_model
-    from .pipeline import resolve_device
-    from .recipes import OfflineRecipe, ScratchRecipe
-    from .teachers import FrozenTeacher, run_teachers
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -195,8 +198,8 @@ def run_bench(args) -> tuple[list[dict], dict]:
     transfer = data.transfer_set()
     cfg = DistillConfig(steps=10**9, batch_size=args.batch_size, eval_every=10**9, checkpoint_every=10**9)
     hidden = [int(h) for h in args.student_hidden.split(",") if h.strip()]
-    student_cfg = _model({"arch": "mlp", "hidden": hidden}, "student")
-    teacher_cfg = _model({"arch": "cnn1d", "channels": args.teacher_channels}, "teacher")
+    student_cfg = parse_model({"arch": "mlp", "hidden": hidden}, "student")
+    teacher_cfg = parse_model({"arch": "cnn1d", "channels": args.teacher_channels}, "teacher")
     torch.manual_seed(0)
     teacher_models = [build_model(teacher_cfg, data.input_shape, data.num_classes).to(device).eval()
                       for _ in range(max(ks))]
@@ -206,10 +209,10 @@ def run_bench(args) -> tuple[list[dict], dict]:
     def student():
         return copy.deepcopy(student0).to(device)
 
-    def offline(teachers):
-        ctx = AggregatorContext(teachers, data.num_classes, None, None, None, device)
-        return OfflineRecipe(student(), teachers, build_aggregator("mean", ctx, NoOptions()),
-                             temperature=cfg.temperature, alpha=cfg.alpha)
+    def offline(teachers):  # the library's offline + mean recipe, built as `mtkd run` builds it
+        return build_recipe("offline", student(), teachers, cfg, recipe_options=NoOptions(),
+                            aggregator_options=NoOptions(), num_classes=data.num_classes,
+                            input_shape=data.input_shape, example=None, device=device, monitor=False).recipe
 
     info = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": args.threads, "samples": len(transfer), "batch_size": args.batch_size,
@@ -316,8 +319,6 @@ def format_table(records: list[dict], info: dict) -> str:
 
 
 def main(args) -> None:
-    from .errors import ConfigError
-    from .io import write_json
 
     for name in ("steps", "repeats", "batch_size", "samples", "threads"):
         if getattr(args, name) <= 0:

@@ -27,6 +27,14 @@ def _config_arguments(parser: argparse.ArgumentParser, help: str = "YAML config 
                         help="override a config value, e.g. --set distill.steps=1000 (repeatable)")
 
 
+def _allow_code(parser: argparse.ArgumentParser) -> None:
+    """The one opt-in for loading files whose loading runs code (pickles, TorchScript, Hugging Face
+    ``.bin`` weights); ``--allow-pickle`` is its older name."""
+    parser.add_argument("--allow-code", "--allow-pickle", dest="allow_code", action="store_true",
+                        help="let teachers load files that run code when loaded (pickled estimators, TorchScript, "
+                             "Hugging Face .bin weights): only for files you trust")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mtkd", description="Multi-teacher knowledge distillation: many models into one.")
     parser.add_argument("--version", action="version", version=f"mtkd {__import__('mtkd').__version__}")
@@ -45,8 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="start over instead of resuming")
     run.add_argument("--force", action="store_true", help="resume even if the config or mtkd version changed")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    run.add_argument("--allow-pickle", action="store_true",
-                     help="let scikit-learn teachers load pickled estimators (runs code from those files)")
+    _allow_code(run)
 
     select = sub.add_parser("select", help="choose the subset of a config's teachers that best serves distillation")
     _config_arguments(select, "YAML config whose teachers are trained (checkpoint or kind)")
@@ -56,26 +63,31 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="weight of the disagreement term in the score (default 0.1)")
     select.add_argument("--accuracy-floor", type=float, default=0.8,
                         help="a teacher alone must reach this fraction of the ensemble's accuracy (default 0.8)")
-    select.add_argument("--allow-pickle", action="store_true", help="let scikit-learn teachers load pickles")
+    select.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
+    _allow_code(select)
 
     cache = sub.add_parser("cache", help="compute every teacher's outputs once and store them (teacher cache)")
     _config_arguments(cache)
     cache.add_argument("--out", type=Path, help="run directory (default: the config's output.dir)")
     cache.add_argument("--force", action="store_true", help="use the run directory even if its config changed")
     cache.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _allow_code(cache)
 
     bench = sub.add_parser("bench", help="throughput benchmark: live and cached teachers, K = 1..8")
     from .bench import add_arguments
 
     add_arguments(bench)
 
-    sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
+    lst = sub.add_parser("list", help="list built-in data sets, models, aggregators, losses and recipes")
+    lst.add_argument("--models", choices=["timm", "torchvision"], metavar="SOURCE",
+                     help="instead, list the models an installed library offers (timm or torchvision)")
 
     report = sub.add_parser("report", help="compare finished runs side by side (mean ± std over seeds)")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished run directories")
     report.add_argument("--out", type=Path, default=Path("runs/report"),
                         help="where report.md, comparison.json and plots go (default runs/report)")
     report.add_argument("--no-plots", action="store_true", help="tables only")
+    _allow_code(report)  # accepted for uniformity: a report reads only JSON and YAML, never model files
 
     export = sub.add_parser("export", help="export a run's student to ONNX or TorchScript, checked and timed")
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
@@ -84,6 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed |exported - pytorch| logit difference, relative to max(1, max |logit|)")
     export.add_argument("--threads", type=int, default=1, help="torch and onnxruntime CPU threads for the timing (default 1)")
+    export.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
+    _allow_code(export)
 
     predict = sub.add_parser("predict", help="predict with a run's student: one row per input row, class names "
                                              "and probabilities")
@@ -131,6 +145,7 @@ def cmd_list() -> None:
     from .data import DATASETS
     from .losses import LOSSES
     from .models import MODELS
+    from .models.sources import SOURCES
     from .recipes import RECIPES
     from .teachers.kinds import TEACHER_KINDS
 
@@ -141,6 +156,8 @@ def cmd_list() -> None:
     groups = [
         ("data sets", {k: v.description + keys(v.config) for k, v in DATASETS.items()}),
         ("models", {k: v.description + keys(v.config) for k, v in MODELS.items()}),
+        ("model sources (arch: SOURCE:NAME; keys: weights, options, pretrained, input, head)",
+         {f"{k}:": v for k, v in SOURCES.items()}),
         ("aggregators", {k: v.description + keys(v.Options) for k, v in AGGREGATORS.items()}),
         ("losses", {k: v[1] for k, v in LOSSES.items()}),
         ("recipes", {k: v.description + keys(v.Options) for k, v in RECIPES.items()}),
@@ -153,14 +170,37 @@ def cmd_list() -> None:
             print(f"  {name.ljust(width)}  {text}")
 
 
+def _terminate(signum, frame):
+    """SIGTERM (a scheduler or `kill` stopping the job) unwinds like Ctrl-C: every atomic write in
+    progress removes its temporary file, and the run resumes from its last checkpoint."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = _build_parser()
     if not (sys.argv[1:] if argv is None else argv):  # bare `mtkd`: what it can do, not an error line
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        if args.command == "list":
+        return _main(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
+    try:
+        if args.command == "list" and args.models:
+            from .models.sources import list_library
+
+            print("\n".join(list_library(args.models)))
+        elif args.command == "list":
             cmd_list()
         elif args.command == "demo":
             from .config import parse_config
@@ -180,14 +220,23 @@ def main(argv: list[str] | None = None) -> int:
 
             from .export import export_student, format_result
 
+            from .limits import check_threads
+
+            check_threads(args.threads, "--threads")
             if args.threads > 0:
                 torch.set_num_threads(args.threads)
-            print(format_result(export_student(args.run_dir, args.format, args.out, args.tolerance)))
+            print(format_result(export_student(args.run_dir, args.format, args.out, args.tolerance,
+                                               allow_code=args.allow_code, overwrite=args.overwrite)))
         elif args.command == "cache":
             from .cache.command import cache_command
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
+            if args.allow_code:
+                from .teachers.kinds import allow_code
+
+                allow_code(cfg)
+
             def log(message: str) -> None:  # each entry's built/reused line is printed once, below
                 if not message.startswith(("teacher cache: built", "teacher cache: reusing")):
                     print(message, file=sys.stderr)
@@ -212,18 +261,18 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= args.accuracy_floor <= 1:
                 raise MtkdError(f"--accuracy-floor {args.accuracy_floor}: a fraction in [0, 1]")
             select_from_config(args.config, args.overrides, args.out, args.max_teachers, args.diversity,
-                               args.allow_pickle, accuracy_floor=args.accuracy_floor)
+                               args.allow_code, accuracy_floor=args.accuracy_floor, overwrite=args.overwrite)
         elif args.command == "run":
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
-            if args.allow_pickle:
-                from .teachers.kinds import allow_pickles
+            if args.allow_code:
+                from .teachers.kinds import allow_code
 
-                allow_pickles(cfg)
+                allow_code(cfg)
             _run(cfg, args.out or cfg.output.dir, args.restart, not args.no_progress, args.force)
-    except MtkdError as exc:
-        print(f"mtkd: error: {exc}", file=sys.stderr)
+    except MtkdError as exc:  # one line, whatever a library put into the message
+        print(f"mtkd: error: {' '.join(str(exc).split())[:1000]}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # e.g. the disk filled up while writing; files are written atomically
         print(f"mtkd: error: {exc}; files already written are intact, run the same command again "

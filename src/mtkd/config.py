@@ -15,85 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .aggregation import AGGREGATORS
+from .data import DATASETS
 from .errors import ConfigError
+from .models import MODELS, parse_model
+from .options import DistillConfig, NoOptions, OutputConfig, TeacherSpec, TrainConfig
+from .recipes import RECIPES
+from .schema import choices as _choices, did_you_mean, pick as _pick, validate as _validate
+from .teachers.kinds import TEACHER_KINDS
+
+_model = parse_model  # a model section (arch + size keys) -> its validated config
 
 SECTIONS = ("seed", "data", "teachers", "student", "distill", "output")
-
-
-class TrainConfig(BaseModel):
-    """How one network is trained; a teacher's ``train:`` and the ``distill`` section share these keys."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    steps: int = Field(3000, gt=0, description="optimizer steps")
-    batch_size: int = Field(100, gt=0)
-    lr: float = Field(1e-2, gt=0, description="peak learning rate")
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up before the schedule")
-    eval_every: int = Field(500, gt=0, description="validation accuracy every N steps")
-    log_every: int = Field(50, gt=0, description="a metrics.jsonl record every N steps")
-    checkpoint_every: int = Field(500, gt=0, description="save the resumable checkpoint every N steps")
-    save_every: int = Field(0, ge=0, description="also keep the weights every N steps (the training trajectory, "
-                            "e.g. for recipe progressive); 0 = off")
-
-
-class DistillConfig(TrainConfig):
-    recipe: str = Field("offline", description="training scheme, see `mtkd list`")
-    aggregator: str = Field("mean", description="how teacher outputs become one target")
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the KD loss")
-    alpha: float = Field(0.9, ge=0, le=1, description="loss = (1 - alpha) * CE + alpha * KD")
-    baseline: bool = Field(False, description="also train the student from scratch, for comparison")
-    on_teacher_error: Literal["stop", "drop"] = Field(
-        "stop", description="a teacher that fails on a batch: stop the run, or drop it for that batch and record it")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(1, ge=0, description="torch CPU threads (0 = torch's default)")
-    # performance (see docs/methods/caching.md); none of these change what is computed beyond
-    # float rounding, except cache_storage float16/topk, whose error the cache build reports
-    cache: Literal["off", "auto", "always"] = Field(
-        "off", description="teacher-output cache: auto = for recipes that allow it, always = or fail")
-    cache_dir: Path | None = Field(None, description="where cache entries live (default: <run dir>/teacher_cache)")
-    cache_storage: Literal["float32", "float16", "topk"] = Field(
-        "float32", description="stored teacher logits: all in float32/float16, or top-k log-probs + tail mass")
-    cache_topk: int = Field(0, ge=0, description="classes kept per sample with cache_storage: topk")
-    amp: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
-    monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
-                               "split (agreement with each teacher and the ensemble); 0 = off")
-    parallel: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
-        "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
-    sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
-                                 "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
-
-
-class OutputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    dir: Path = Field(Path("runs/mtkd"), description="run directory (the CLI's --out wins)")
-    plots: bool = True
-    tracking: list[Literal["tensorboard", "mlflow"]] = Field(
-        ["tensorboard"], description="experiment trackers that receive every metrics record ([] for none)")
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI)")
-
-
-@dataclass
-class TeacherSpec:
-    name: str
-    model: BaseModel | None  # built-in arch config, or None when the checkpoint carries it
-    checkpoint: Path | None
-    weight: float
-    train: TrainConfig
-    external: BaseModel | None = None  # options of a teacher with a 'kind:' (ONNX, scikit-learn, ...)
-
-
-class NoOptions(BaseModel):
-    """Options schema of a component that takes none."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -132,64 +67,14 @@ class Config:
             "data": self.data.model_dump(mode="json"),
             "teachers": teachers,
             "student": self.student.model_dump(mode="json"),
-            "distill": {**self.distill.model_dump(mode="json"), **self.recipe_options.model_dump(mode="json"),
-                        **self.aggregator_options.model_dump(mode="json")},
+            "distill": {**self.distill.model_dump(mode="json"),
+                        "recipe": component_dict(self.distill.recipe, self.recipe_options),
+                        "aggregator": component_dict(self.distill.aggregator, self.aggregator_options)},
             "output": self.output.model_dump(mode="json"),
         }
 
 
 # ---------------------------------------------------------------- validation helpers
-
-def did_you_mean(name: Any, choices) -> str:
-    """" (did you mean 'temperature'?)" for the closest of ``choices`` to a mistyped ``name``, else ""."""
-    import difflib
-
-    if not isinstance(name, str):
-        return ""
-    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _choices(table) -> str:
-    return ", ".join(sorted(table))
-
-
-def _validate(schema: type[BaseModel], raw: Any, where: str, what: str) -> BaseModel:
-    """Validate ``raw`` against ``schema``; turn pydantic's error into one line naming the key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__} {raw!r}")
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        path = f"{where}.{key}" if key else where
-        allowed = ", ".join(k for k in schema.model_fields)
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(str(err["loc"][-1]) if err["loc"] else key, schema.model_fields)
-            raise ConfigError(f"{path}: unknown key for {what}{hint}; allowed keys: {allowed}") from None
-        if err["type"] == "missing":
-            raise ConfigError(f"{path}: required key for {what} is missing") from None
-        got = err.get("input")
-        raise ConfigError(f"{path}: {err['msg']} (got {got!r})") from None
-
-
-def _pick(table: dict, raw: dict, key: str, where: str, kind: str, default: str | None = None) -> str:
-    name = raw.get(key, default)
-    if name is None:
-        raise ConfigError(f"{where}.{key}: required; choose a {kind}: {_choices(table)}")
-    if not isinstance(name, str) or name not in table:
-        raise ConfigError(f"{where}.{key}: unknown {kind} {name!r}{did_you_mean(name, table)}; "
-                          f"choose one of: {_choices(table)}")
-    return name
-
-
-def _model(raw: dict, where: str) -> BaseModel:
-    from .models import MODELS
-
-    arch = _pick(MODELS, raw, "arch", where, "model")
-    return _validate(MODELS[arch].config, raw, where, f"model '{arch}'")
-
 
 TEACHER_KEYS = ("name", "checkpoint", "weight", "train")
 
@@ -229,8 +114,6 @@ def _weight(raw: dict, where: str) -> float:
 
 def _external_teacher(raw: dict, where: str, name: str) -> TeacherSpec:
     """A teacher with ``kind:`` (see ``mtkd.teachers.kinds``): loaded from a file, never trained."""
-    from .teachers.kinds import TEACHER_KINDS
-
     kind = _pick(TEACHER_KINDS, raw, "kind", where, "teacher kind")
     entry = TEACHER_KINDS[kind]
     fields = entry.Options.model_fields
@@ -252,9 +135,6 @@ def _external_teacher(raw: dict, where: str, name: str) -> TeacherSpec:
 
 def parse_config(raw: Any) -> Config:
     """Validate a raw config mapping (as loaded from YAML) into a :class:`Config`."""
-    from .data import DATASETS
-    from .recipes import RECIPES
-
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -288,7 +168,7 @@ def parse_config(raw: Any) -> Config:
     student = _model(student_raw, "student")
 
     distill, aggregator_options, recipe_options = parse_distill(raw.get("distill") or {})
-    if RECIPES[distill.recipe].needs_teachers and not teachers:
+    if RECIPES[distill.recipe].traits.needs_teachers and not teachers:
         raise ConfigError(f"teachers: recipe {distill.recipe!r} needs at least one teacher; "
                           f"add teachers or use distill.recipe: scratch")
     for t in teachers:
@@ -300,30 +180,73 @@ def parse_config(raw: Any) -> Config:
     return Config(seed, data, teachers, student, distill, output, aggregator_options, recipe_options)
 
 
-def parse_distill(raw: Any) -> tuple[DistillConfig, BaseModel, BaseModel]:
-    """Split the ``distill`` section into the shared training keys, the keys of the chosen
-    aggregator and those of the chosen recipe, and validate each part."""
-    from .aggregation import AGGREGATORS
-    from .recipes import RECIPES
+COMPONENT_KEYS = ("recipe", "aggregator")  # distill keys naming a component: a name or {name: ..., <options>}
 
+
+def _component(raw: dict, key: str, table: dict, default: str) -> tuple[str, dict]:
+    """(name, nested options) of ``distill.<key>``: a name, or a mapping with ``name`` and options."""
+    value = raw.get(key, default)
+    if isinstance(value, dict):
+        options = {k: v for k, v in value.items() if k != "name"}
+        name = _pick(table, {"name": value.get("name", default)}, "name", f"distill.{key}", key)
+        return name, options
+    return _pick(table, {key: value}, key, "distill", key), {}
+
+
+def parse_distill(raw: Any) -> tuple[DistillConfig, BaseModel, BaseModel]:
+    """Split the ``distill`` section into the shared training keys, the options of the chosen
+    aggregator and those of the chosen recipe, and validate each part.
+
+    ``recipe`` and ``aggregator`` are each a name or a mapping ``{name: ..., <its options>}``.
+    A flat option key in ``distill`` is shorthand for the one component whose schema declares
+    it; a key that two schemas declare is ambiguous and refused (write it nested)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"distill: expected a mapping of keys, got {raw!r}")
-    recipe = _pick(RECIPES, raw, "recipe", "distill", "recipe", default="offline")
-    aggregator = _pick(AGGREGATORS, raw, "aggregator", "distill", "aggregator", default="mean")
+    recipe, recipe_nested = _component(raw, "recipe", RECIPES, "offline")
+    aggregator, aggregator_nested = _component(raw, "aggregator", AGGREGATORS, "mean")
     schemas = [DistillConfig, RECIPES[recipe].Options, AGGREGATORS[aggregator].Options]
-    parts: list[dict] = [{}, {}, {}]
+    labels = ["distill", f"recipe '{recipe}'", f"aggregator '{aggregator}'"]
+    parts: list[dict] = [{"recipe": recipe, "aggregator": aggregator}, dict(recipe_nested), dict(aggregator_nested)]
     for key, value in raw.items():
-        owner = next((i for i, schema in enumerate(schemas) if key in schema.model_fields), None)
-        if owner is None:
+        if key in COMPONENT_KEYS:
+            continue
+        owners = [i for i, schema in enumerate(schemas) if key in schema.model_fields]
+        if len(owners) > 1:  # a component that got this key nested cannot be what the flat key means
+            owners = [i for i in owners if key not in parts[i]] or owners
+        if not owners:
             allowed = ", ".join(k for schema in schemas for k in schema.model_fields)
             hint = did_you_mean(key, [k for schema in schemas for k in schema.model_fields])
             raise ConfigError(f"distill.{key}: unknown key for distill (recipe {recipe!r}, aggregator "
                               f"{aggregator!r}){hint}; allowed keys: {allowed}")
+        if len(owners) > 1:
+            where = " and ".join(labels[i] for i in owners)
+            nested = next((COMPONENT_KEYS[i - 1] for i in owners if i > 0), "recipe")
+            raise ConfigError(f"distill.{key}: a key of both {where}; write a component's option under its "
+                              f"name, e.g. distill.{nested}: {{name: {recipe if nested == 'recipe' else aggregator}, "
+                              f"{key}: ...}}")
+        owner = owners[0]
+        if key in parts[owner]:
+            raise ConfigError(f"distill.{key}: given twice (flat and under distill.{COMPONENT_KEYS[owner - 1]}); "
+                              "keep one")
         parts[owner][key] = value
-    what = [("distill", "distill"), ("distill", f"recipe '{recipe}'"), ("distill", f"aggregator '{aggregator}'")]
+    for i, (nested, key) in enumerate(zip((recipe_nested, aggregator_nested), COMPONENT_KEYS), start=1):
+        for name in nested:
+            if name not in schemas[i].model_fields:
+                allowed = ", ".join(schemas[i].model_fields) or "none"
+                raise ConfigError(f"distill.{key}.{name}: unknown option for {labels[i]}"
+                                  f"{did_you_mean(name, schemas[i].model_fields)}; allowed options: {allowed}")
+    # errors name where the key was written: distill.<key> (flat) or distill.aggregator.<key> (nested)
+    wheres = ["distill", "distill.recipe" if recipe_nested else "distill",
+              "distill.aggregator" if aggregator_nested else "distill"]
     base, recipe_options, aggregator_options = (_validate(schema, part, where, label)
-                                                for schema, part, (where, label) in zip(schemas, parts, what))
+                                                for schema, part, where, label in zip(schemas, parts, wheres, labels))
     return base, aggregator_options, recipe_options
+
+
+def component_dict(name: str, options: BaseModel) -> str | dict:
+    """A component as the resolved config writes it: its name, or {name, <options>} when it has options."""
+    dumped = options.model_dump(mode="json")
+    return {"name": name, **dumped} if dumped else name
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -332,14 +255,16 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    from .safe_yaml import MAX_BYTES, load_yaml_text
+
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, more than a config needs (at most {MAX_BYTES:,})")
+        return load_yaml_text(path.read_text(), str(path))  # safe_load with limits on size, depth, aliases
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text (YAML) file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> dict:
@@ -357,10 +282,9 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
         parts = [p for p in key.replace("[", ".").replace("]", "").split(".") if p]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+        from .safe_yaml import load_yaml_text
+
+        value = load_yaml_text(text, f"--set {key}", invalid=text) if text else ""
         node: Any = raw
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
@@ -376,6 +300,8 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
                 if last:
                     node[part] = value
                 else:
+                    if depth == 1 and parts[0] == "distill" and part in COMPONENT_KEYS and isinstance(node.get(part), str):
+                        node[part] = {"name": node[part]}  # --set distill.aggregator.form=joint on `aggregator: meta`
                     node = node.setdefault(part, {})
             else:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")

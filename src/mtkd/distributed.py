@@ -71,3 +71,29 @@ def barrier() -> None:
 def shutdown() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+def shard(dataset):
+    """This process's shard of an indexed data set: the samples whose index % world_size == rank
+    (the whole set in a single process)."""
+    if world_size() == 1:
+        return dataset
+    return dataset.subset(torch.nonzero(dataset.index % world_size() == rank()).squeeze(1))
+
+
+def batch_rows(batch_size: int) -> slice | None:
+    """This process's rows of a global batch under torchrun: a contiguous, near-equal share
+    (None: the whole batch, outside torchrun or when the batch has fewer rows than processes)."""
+    world = world_size()
+    if world == 1 or batch_size < world:
+        return None
+    bounds = [batch_size * r // world for r in range(world + 1)]
+    return slice(bounds[rank()], bounds[rank() + 1])
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over every process (``values`` itself in a single process)."""
+    if world_size() == 1:
+        return values
+    dist.all_reduce(values)
+    return values / world_size()

@@ -15,3 +15,11 @@ class ConfigError(MtkdError):
 
 class TeacherError(MtkdError):
     """A teacher produced unusable output (wrong shape, NaN or infinite values)."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception from a library (torch, onnxruntime, ...) as one short line: its first
+    non-empty line, cut at ``limit`` characters. Multi-line library messages become one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__

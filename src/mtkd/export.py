@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,15 @@ import torch
 from torch import nn
 
 from .errors import MtkdError
+from .io import _atomic
+from .config import parse_config
+from .models.files import load_model_file
+from .teachers.kinds import load_external
+from .schema import validate as _validate
+from .data import DATASETS, load_data
+from .evaluation import ms_per_1000, ms_per_1000_of
+from .models import count_params
+from .io import write_json
 
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -99,7 +109,6 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
     x: inputs [N, ...] to check on (e.g. the test split). The exported model must reproduce
     PyTorch's logits within ``tolerance`` * max(1, max |logit|); otherwise MtkdError and no file.
     Returns {"path", "format", "bytes", "max_abs_diff", "checked_inputs", "tolerance"}."""
-    from .io import _atomic
 
     if fmt not in FORMATS:
         raise MtkdError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
@@ -128,12 +137,9 @@ def export_model(model: nn.Module, x: torch.Tensor, path: str | Path, fmt: str =
             "checked_inputs": len(x), "tolerance": tolerance * scale}
 
 
-def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.Module], list[str]]:
+def _run_models(run_dir: Path, config: dict, data, allow_code: bool = False) -> tuple[nn.Module, list[nn.Module], list[str]]:
     """The student and the teachers a finished run used (teachers/ in the run, their checkpoints,
     or, for a teacher with a ``kind:``, its ONNX / scikit-learn / TorchScript / ... file)."""
-    from .config import parse_config
-    from .models.files import load_model_file
-    from .teachers.kinds import load_external
 
     student, _ = load_model_file(run_dir / "student.pt")
     teachers, missing = [], []
@@ -143,7 +149,12 @@ def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.M
         entries = [t for t in entries if t.get("name") in used]
     for t in entries:
         if t.get("kind"):  # a teacher read from a file (ONNX, scikit-learn, ...), as the run loaded it
-            try:  # its file may have moved since; a pickle loads only if the run's config opted in
+            # a run directory may come from someone else: its config's opt-in does not count, only this
+            # command's --allow-code does
+            t = {k: v for k, v in t.items() if k not in ("allow_code", "allow_pickle")}
+            if allow_code:
+                t["allow_code"] = True
+            try:  # its file may have moved since
                 spec = parse_config({**config, "teachers": [t]}).teachers[0]
                 teachers.append(load_external(spec, data).eval())
             except MtkdError:
@@ -164,8 +175,6 @@ def _run_models(run_dir: Path, config: dict, data) -> tuple[nn.Module, list[nn.M
 
 
 def _run_data(config: dict):
-    from .config import _validate
-    from .data import DATASETS, load_data
 
     raw = dict(config.get("data") or {})
     name = raw.get("name", "mnist1d")
@@ -178,43 +187,65 @@ def _run_data(config: dict):
 
 
 def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
-                   tolerance: float = 1e-4, latency: bool = True) -> dict:
+                   tolerance: float = 1e-4, latency: bool = True, allow_code: bool = False,
+                   overwrite: bool = False) -> dict:
     """Export the student of the finished run in ``run_dir``; check it on the run's test split
     and time it, the PyTorch student and the teacher ensemble (ms per 1,000 examples, one batch
     of up to 1,000, median of 20 passes, ``torch.get_num_threads()`` threads).
 
     Writes the model to ``out`` (default ``run_dir/student.onnx`` or ``student.torchscript.pt``)
-    and the result dict as JSON beside it (``<out>.json``); returns the dict."""
-    import yaml
-
-    from .evaluation import ms_per_1000, ms_per_1000_of
-    from .models import count_params
-    from .io import write_json
-
+    and the result dict as JSON beside it (``<out>.json``); returns the dict. Inside the run
+    directory mtkd replaces only files its marker lists; elsewhere an existing file is replaced
+    only with ``overwrite``. Teachers whose files run code load only with ``allow_code``."""
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise MtkdError(f"--format {fmt!r}: choose one of: {', '.join(FORMATS)}")
     if not (run_dir / "student.pt").is_file() or not (run_dir / "config.yaml").is_file():
         raise MtkdError(f"{run_dir} is not a finished mtkd run directory (no student.pt or config.yaml); "
                         "give a directory written by `mtkd run` or `mtkd demo`")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    data = _run_data(config)
-    student, teachers, missing = _run_models(run_dir, config, data)
-    x = data.test.x
-    from .student import load_student
-
-    usable = load_student(run_dir)  # class names and the run's preprocessing
-    if usable.prep is not None:
-        from .data.preprocess import RawInputs
-
-        # the exported model takes raw columns and applies the missing-value filling and the
-        # normalisation itself; it is checked end to end on the test rows as raw columns
-        student = usable
-        with torch.no_grad():
-            x = RawInputs(usable.preprocessing)(x)
     out = Path(out) if out else run_dir
-    if out.is_dir():
+    if out.is_dir() and not out.is_symlink():
         out = out / f"student{FORMATS[fmt]}"
+    from . import rundir
+    from .safe_yaml import load_yaml_text
+
+    inside = Path(os.path.realpath(out.parent)) == Path(os.path.realpath(run_dir))
+    held = None
+    if inside:  # the run's own directory: only its marker's entries are mtkd's
+        held, _ = rundir.claim(run_dir, "run")
+    try:
+        for path in (out, Path(f"{out}.json")):
+            if not (inside and path.name in held.entries):
+                rundir.check_new_file(path, overwrite)
+        config = load_yaml_text((run_dir / "config.yaml").read_text(errors="replace"), run_dir / "config.yaml")
+        config = config if isinstance(config, dict) else {}
+        data = _run_data(config)
+        student, teachers, missing = _run_models(run_dir, config, data, allow_code)
+        x = data.test.x
+        from .student import load_student
+
+        usable = load_student(run_dir)  # class names and the run's preprocessing
+        if usable.prep is not None:
+            from .data.preprocess import RawInputs
+
+            # the exported model takes raw columns and applies the missing-value filling and the
+            # normalisation itself; it is checked end to end on the test rows as raw columns
+            student = usable
+            with torch.no_grad():
+                x = RawInputs(usable.preprocessing)(x)
+        result = _export_and_time(student, usable, teachers, missing, x, out, fmt, tolerance, latency)
+    finally:
+        if held is not None:
+            held.release()
+    return result
+
+
+def _export_and_time(student, usable, teachers, missing, x, out: Path, fmt: str, tolerance: float,
+                     latency: bool) -> dict:
+    from .evaluation import ms_per_1000, ms_per_1000_of
+    from .io import write_json
+    from .models import count_params
+
     result = export_model(student, x, out, fmt, tolerance)
     result["params"] = count_params(usable.model)
     result["classes"] = usable.classes

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 import yaml
+from . import distributed
 
 
 @functools.cache
@@ -24,14 +25,20 @@ def _umask() -> int:
     return mask
 
 
+# called with every path written through _atomic, before it is written; rundir.py adds its
+# note_written when a process opens a run directory (so io.py needs no import of rundir.py)
+BEFORE_WRITE: list[Callable[[Path], None]] = []
+
+
 def _atomic(path: str | Path, write: Callable[[Any], None], mode: str, every_rank: bool = False) -> None:
-    from . import distributed
 
     # under torchrun only rank 0 writes shared files (the others hold the same state), except a
     # file that is each rank's own (every_rank: a per-process checkpoint)
     if not every_rank and not distributed.is_main():
         return
     path = Path(path)
+    for hook in BEFORE_WRITE:  # e.g. rundir.note_written: listed in its run's marker before it exists there
+        hook(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a writer killed mid-write (SIGKILL) leaves its temporary file; the next write clears it
     # (each file has one writer at a time: in a distributed run only one rank writes)

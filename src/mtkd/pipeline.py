@@ -12,45 +12,32 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from torch import nn
 
-from . import __version__, distributed
-from .aggregation import AggregatorContext, build_aggregator
-from .models.features import head_layer
-from .config import Config, TeacherSpec
+from . import distributed
+from .version import __version__
+from .config import Config
 from .data import BatchLoader, DataSplits, load_data
 from .errors import ConfigError, MtkdError
 from .aggregation.coverage import class_masks, coverage_mix, ensemble_mean
+from .cache.views import ViewSource
 from .evaluation import describe, predict_probs
 from .io import write_json, write_yaml
 from .models import build_model, count_params
 from .models.files import arch_config, load_model_file, save_model_file
 from .recipes import RECIPES, ScratchRecipe
+from .recipes.base import PreparedTeachers, TeacherPlan, TrainedTeacher
+from .recipes.build import build_recipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
 from .teachers.kinds import load_external
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer, predict_logits
-
-
-@dataclass
-class TeacherPlan:
-    spec: TeacherSpec
-    arch: object  # the model config (from the YAML, or read from the checkpoint)
-    num_classes: int
-    model: nn.Module | None = None  # loaded from the checkpoint; None until trained
-
-
-class TrainedTeacher(NamedTuple):
-    """A teacher ready for distillation: what the summary calls it, and its weight."""
-
-    name: str
-    arch: str
-    model: nn.Module
-    weight: float = 1.0
+from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
+from .recipes.assistant import train_chain
 
 
 @dataclass
@@ -78,26 +65,41 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare(cfg: Config) -> Prepared:
     """Everything that can be checked before a run directory is created or any training starts."""
+    from .limits import check_config, check_model_size
+
+    check_config(cfg)  # seeds, threads, generated data sizes: before anything is allocated
     data = load_data(cfg.data)
     num_classes = cfg.student.num_classes or data.num_classes
     if num_classes != data.num_classes:
         raise ConfigError(f"student.num_classes: {num_classes}, but data set '{data.name}' has {data.num_classes} classes")
+    check_model_size(lambda: build_model(cfg.student, data.input_shape, num_classes), "student")
+    for spec in cfg.teachers:
+        if spec.external is None and spec.checkpoint is None and spec.model is not None:
+            check_model_size(lambda: build_model(spec.model, data.input_shape, spec.model.num_classes or num_classes),
+                             f"teacher {spec.name!r}")
     student_model = build_model(cfg.student, data.input_shape, num_classes)
     params = count_params(student_model)  # shape errors surface now
     built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
     recipe_cls = RECIPES[cfg.distill.recipe]
-    if hasattr(recipe_cls, "extra_models"):  # online recipes: build the cohort once, so its errors come now
-        recipe_cls(build_model(cfg.student, data.input_shape, num_classes), options=cfg.recipe_options,
-                   input_shape=data.input_shape, num_classes=num_classes, student_config=cfg.student,
-                   steps=cfg.distill.steps)
-    if getattr(recipe_cls, "needs_unlabeled", False) and data.unlabeled is None:
+    traits = recipe_cls.traits
+    if traits.online:  # online recipes: build the cohort once, so its errors come now
+        build_recipe(cfg.distill.recipe, build_model(cfg.student, data.input_shape, num_classes), [], cfg.distill,
+                     recipe_options=cfg.recipe_options, aggregator_options=cfg.aggregator_options,
+                     num_classes=num_classes, input_shape=data.input_shape, example=None,
+                     device=torch.device("cpu"), student_config=cfg.student, monitor=False)
+    if traits.needs_unlabeled and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
     plans, notes = [], []
     d = cfg.distill
-    if d.cache == "always" and not getattr(recipe_cls, "cacheable", False):
+    if d.cache == "always" and not traits.cacheable:
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "
                           "(its teachers see inputs other than the fixed transfer set); use 'auto' or 'off'")
+    if d.cache == "always" and data.augment is not None and d.cache_views == 0:
+        raise ConfigError("distill.cache: 'always' with data.augment: a per-sample cache would serve the outputs of "
+                          "another view; set distill.cache_views (views recorded per sample) or cache: off")
+    if d.cache_views and data.augment is None:
+        raise ConfigError("distill.cache_views: recorded views need data.augment (random transforms to record)")
     if d.cache_storage == "topk" and d.cache_topk <= 0:
         raise ConfigError("distill.cache_topk: cache_storage 'topk' needs cache_topk > 0 (classes kept per sample)")
     for i, spec in enumerate(cfg.teachers):
@@ -124,19 +126,29 @@ def prepare(cfg: Config) -> Prepared:
             classes = arch.num_classes or data.num_classes
             built.append((spec.name, build_model(arch, data.input_shape, classes)))
             params += count_params(built[-1][1])
+            if getattr(arch, "weights", None) is not None or str(arch.arch).startswith("hf:"):
+                model = built[-1][1]  # a library model with its weights: used as it is, never trained
         if classes != num_classes:
             raise ConfigError(f"{where}: the teacher has {classes} classes but the student has {num_classes}")
         if spec.external is not None and getattr(model, "drops_columns", False):
             known = [c for c, d in zip(model.teacher_classes, model.dropped.tolist()) if d]
             notes.append(f"teacher {spec.name}: classes {known[:10]} are not in the data set; they are left out "
                          "and its probabilities renormalised over the rest")
-        if model is not None:  # a stored teacher must give finite outputs before any run starts
-            FrozenTeacher(model, spec.name, classes)(data.train.x[:256], data.train.index[:256])
+        if model is not None:  # a stored teacher must take the data's inputs and give finite outputs, now
+            probe = data.train.x[:256]
+            try:
+                FrozenTeacher(model, spec.name, classes)(probe, data.train.index[:256])
+            except MtkdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime, TorchScript, transformers: their own types
+                detail = " ".join(str(exc).split())[:240]
+                raise MtkdError(f"{where}: the teacher does not accept the data's inputs {list(probe.shape)} "
+                                f"{str(probe.dtype).removeprefix('torch.')} ({type(exc).__name__}: {detail})") from None
         plans.append(TeacherPlan(spec, arch, classes, model))
     device = resolve_device(cfg.distill.device)
     if d.amp == "fp16" and device.type != "cuda":
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
-    if hasattr(recipe_cls, "check_models"):  # e.g. hint layer names, before any training
+    if traits.checks_models:  # e.g. hint layer names, before any training
         recipe_cls.check_models(cfg, student_model, built, data.input_shape, num_classes)
     unknown = [p.spec.name for p in plans if p.model is not None]  # loaded from files: trained on what?
     if unknown and d.aggregator in VALIDATION_AGGREGATORS and data.val is not None:
@@ -144,7 +156,7 @@ def prepare(cfg: Config) -> Prepared:
                      f"'{d.aggregator}' aggregator weighs them by their accuracy on mtkd's validation split, which "
                      "overstates a teacher that saw those rows in its training (e.g. trained on the whole train file)")
     prep = Prepared(cfg, data, num_classes, plans, device, params, notes)
-    if hasattr(recipe_cls, "check_config"):  # recipe-specific checks of the prepared run, before any work
+    if traits.checks_config:  # recipe-specific checks of the prepared run, before any work
         recipe_cls.check_config(prep)
     return prep
 
@@ -158,36 +170,62 @@ def _comparable(cfg_dict: dict) -> dict:
     return out
 
 
-def open_run_dir(out: Path, cfg_dict: dict, restart: bool, force: bool = False) -> str:
-    """Create or reopen ``out``; returns "new", "resume" or "done".
+def open_run_dir(out: Path, cfg_dict: dict, restart: bool, force: bool = False, lock: bool = True) -> str:
+    """Create or reopen ``out`` (see :mod:`mtkd.rundir`: only a directory carrying mtkd's marker is
+    reopened, under a lock); returns "new", "resume" or "done".
 
-    A run directory holding another config is refused, unless ``force``: then the new config
-    replaces the saved one and finished stages are kept as they are."""
-    if out.exists() and not out.is_dir():
-        raise MtkdError(f"--out {out} is a file, not a directory")
-    is_run = (out / "config.yaml").is_file()
-    if out.exists() and any(out.iterdir()) and not is_run:
-        raise MtkdError(f"--out {out} exists and is not an mtkd run directory; choose another --out")
-    if restart and out.exists():
-        shutil.rmtree(out)
-        is_run = False
+    A run directory holding another config, other input files (data, teacher files) or written by
+    another mtkd version is refused, unless ``force``: then the new config replaces the saved one
+    and finished stages are kept as they are. ``restart`` removes only what the marker lists."""
+    from . import rundir
+
+    rd, _ = rundir.claim(out, "run", lock=lock)
+    try:
+        return _open_claimed(rd, out, cfg_dict, restart, force)
+    except BaseException:
+        rd.release()
+        raise
+
+
+def _open_claimed(rd, out: Path, cfg_dict: dict, restart: bool, force: bool) -> str:
+    from .rundir import changed_inputs, input_fingerprints
+
+    if restart:
+        rd.clear()
+    inputs = input_fingerprints(cfg_dict)  # once per run: the files the config names
+    is_run = (out / "config.yaml").is_file() and "config.yaml" in rd.entries
     if is_run:
         import yaml
 
-        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        if _comparable(saved) != _comparable(cfg_dict):
+        try:
+            saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+            raise MtkdError(f"{out}/config.yaml is damaged; use --restart to start over or another --out") from None
+        finished = (out / "summary.json").is_file()
+        reasons = []
+        if not isinstance(saved, dict) or _comparable(saved) != _comparable(cfg_dict):
+            saved = saved if isinstance(saved, dict) else {}
             changed = sorted(k for k in set(saved) | set(cfg_dict)
                              if k != "output" and saved.get(k) != cfg_dict.get(k))
-            finished = (out / "summary.json").is_file()
+            reasons.append(f"a different config (sections {changed} differ)")
+        moved = changed_inputs(rd.marker.get("inputs") or {}, inputs)
+        if moved and not finished:
+            reasons.append(f"input files that changed since it started ({', '.join(moved[:4])})")
+        if rd.marker.get("mtkd_version") != __version__ and not finished:
+            reasons.append(f"files of mtkd {rd.marker.get('mtkd_version')} (this is {__version__})")
+        if reasons:
             if not force or finished:
                 hint = "--force cannot change a finished run; " if force else ""
-                raise MtkdError(f"{out} holds a {'finished ' if finished else ''}run with a different config "
-                                f"(sections {changed} differ); {hint}use --restart to start over, another --out"
-                                f"{'' if finished else ', or --force to continue it with the new config'}")
+                raise MtkdError(f"{out} holds a {'finished ' if finished else ''}run with {'; '.join(reasons)}; "
+                                f"{hint}use --restart to start over, another --out"
+                                f"{'' if finished else ', or --force to continue it anyway'}")
             write_yaml(out / "config.yaml", cfg_dict)
-        return "done" if (out / "summary.json").is_file() else "resume"
+            rd.marker.update(inputs=inputs, mtkd_version=__version__)
+            rd.save_marker()
+        return "done" if finished else "resume"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        rd.marker.update(inputs=inputs, mtkd_version=__version__)
+        rd.save_marker()
         write_yaml(out / "config.yaml", cfg_dict)
     except OSError as exc:  # read-only disk, permissions, disk full: say so before any training
         raise MtkdError(f"--out {out}: cannot write the run directory ({exc.strerror or exc}); "
@@ -217,6 +255,10 @@ def fingerprint(*parts) -> str:
 # ---------------------------------------------------------------- stages
 
 class Run:
+    """The stages of one run directory; also the ``TeacherStage`` a recipe's ``prepare_teachers``
+    sees (``cfg``, ``data``, ``num_classes``, ``plans``, ``out``, ``log``, ``teacher``,
+    ``train_stage``, ``build``)."""
+
     def __init__(self, prep: Prepared, out: Path, progress: bool = True, log: Callable[[str], None] = print,
                  force: bool = False):
         self.prep, self.cfg, self.data = prep, prep.cfg, prep.data
@@ -227,6 +269,9 @@ class Run:
         trackers = make_trackers(self.cfg.output.tracking, out, self.cfg.to_dict(),
                                  self.cfg.output.mlflow_uri) if self.main else []
         self.metrics = MetricsLog(out / "metrics.jsonl" if self.main else None, trackers)
+        self.num_classes, self.plans = prep.num_classes, prep.teachers
+        self._transfer = None
+        self._views = None  # the recorded views of the transfer set (view cache), built once
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
@@ -237,8 +282,10 @@ class Run:
             write_json(self.state_path, self.stages)
 
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
-               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None):
-        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed)
+               snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None, views=None):
+        # training batches are augmented (data.augment); with a view cache, by one of the recorded views
+        loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed,
+                             augment=views.draw if views is not None else self.data.augment)
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best and self.main else None, metrics=self.metrics,
@@ -248,6 +295,50 @@ class Run:
         trainer.fit()
         self._record(stage, trainer, settings.batch_size)
         return trainer
+
+    def train_stage(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, path: Path,
+                    model: nn.Module, arch, monitor: Callable[[], dict] | None = None) -> None:
+        """Train ``recipe`` (checkpoint checkpoints/<stage with - for />.pt, resumable), then save ``model``."""
+        trainer = self._train(stage, recipe, dataset, settings, seed, f"{stage.replace('/', '-')}.pt", None,
+                              monitor=monitor)
+        self.save_stage(trainer, path, model, arch, self.num_classes)
+
+    def build(self, recipe_name: str, student: nn.Module, teachers: list[TrainedTeacher], inputs: dict | None = None):
+        """``recipe_name`` over ``teachers`` for ``student``, wired as every stage of this run is."""
+        d = self.cfg.distill
+        traits = RECIPES[recipe_name].traits
+        cached = traits.cacheable and d.cache != "off" and bool(teachers)
+        views = self.views(recipe_name, teachers)
+        if cached and self.data.augment is not None and views is None:
+            # augmented batches and no recorded views: a per-sample cache would serve another view's
+            # outputs, so the teachers run live (cache: always was refused in prepare)
+            cached, d = False, d.model_copy(update={"cache": "off"})
+        return build_recipe(recipe_name, student, teachers, d, recipe_options=self.cfg.recipe_options,
+                            aggregator_options=self.cfg.aggregator_options, num_classes=self.num_classes,
+                            input_shape=self.data.input_shape, example=self.data.train.x[:2], device=self.prep.device,
+                            seed=self.cfg.seed, val=self.data.val, unlabeled=self.data.unlabeled,
+                            transfer=self.transfer() if cached else None, views=views,
+                            cache_dir=d.cache_dir or self.out / "teacher_cache", student_config=self.cfg.student,
+                            inputs=inputs, log=self.log, monitor=self.main)
+
+    def views(self, recipe_name: str, teachers: list) -> "ViewSource | None":
+        """With data.augment and distill.cache_views, for a recipe whose teacher outputs may be
+        cached: the recorded views of the transfer set (built once per run), which the cache
+        stores the teachers' outputs on and the training loader regenerates; else None."""
+        d = self.cfg.distill
+        if (self.data.augment is None or not d.cache_views or d.cache == "off" or not teachers
+                or not RECIPES[recipe_name].traits.cacheable):
+            return None
+        if self._views is None:
+            transfer = self.transfer()
+            self._views = ViewSource(transfer.x, transfer.index, self.data.augment, self.cfg.seed, d.cache_views)
+        return self._views
+
+    def transfer(self):
+        """The labeled split plus the unlabeled pool, built once per run."""
+        if self._transfer is None:
+            self._transfer = self.data.transfer_set()
+        return self._transfer
 
     def teacher(self, i: int, plan: TeacherPlan, dataset=None) -> nn.Module:
         """Load or train teacher ``plan`` (on ``dataset``, default the labeled train split); with
@@ -269,20 +360,20 @@ class Run:
         self.save_stage(trainer, path, model, plan.arch, plan.num_classes)
         return model
 
-    def teachers(self) -> tuple[list[TrainedTeacher], dict]:
-        """The teachers the chosen recipe distills from, and extra arguments for the recipe.
+    def teachers(self) -> PreparedTeachers:
+        """The teachers the chosen recipe distills from, and extra inputs for the recipe.
 
         A recipe that needs something else than the configured teachers trained on the labeled
         split (a trained copy of the student, per-task teachers, the teachers' checkpoints)
-        provides ``pipeline_teachers(run)``; the others get the configured teachers."""
+        declares ``prepares_teachers`` and gets this run as its ``TeacherStage``; the others
+        get the configured teachers."""
         recipe_cls = RECIPES[self.cfg.distill.recipe]
-        hook = getattr(recipe_cls, "pipeline_teachers", None)
-        if hook is not None:
-            return hook(self)
-        if not recipe_cls.needs_teachers:
-            return [], {}
-        return [TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight)
-                for i, p in enumerate(self.prep.teachers)], {}
+        if recipe_cls.traits.prepares_teachers:
+            return recipe_cls.prepare_teachers(self)
+        if not recipe_cls.traits.needs_teachers:
+            return PreparedTeachers([])
+        return PreparedTeachers([TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight)
+                                 for i, p in enumerate(self.prep.teachers)])
 
     def student(self, recipe_name: str, teachers: list[TrainedTeacher], extra: dict | None = None) -> nn.Module:
         """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student."""
@@ -294,50 +385,21 @@ class Run:
         self.log(f"training student ({cfg.student.arch}) with recipe '{recipe_name}', {d.steps} steps")
         seed_everything(cfg.seed)
         student = build_model(cfg.student, self.data.input_shape, self.prep.num_classes)
-        recipe_cls = RECIPES[recipe_name]
-        frozen = []
-        for teacher in teachers:
-            t = FrozenTeacher(teacher.model.to(self.prep.device), teacher.name)
-            t.check_classes(self.data.train.x[:1].to(self.prep.device), self.prep.num_classes)
-            frozen.append(t)
-        cached = recipe_cls.needs_teachers and d.cache != "off" and getattr(recipe_cls, "cacheable", False)
-        # train + unlabeled pool: built once, for the cache and the training data
-        transfer = self.data.transfer_set() if cached or recipe_cls.uses_unlabeled else None
-        if cached:
-            from .cache.build import cached_pool
-
-            frozen = cached_pool(frozen, transfer, d.cache_dir or self.out / "teacher_cache", d,
-                                 self.prep.device, self.log)
-        aggregator = None
-        if frozen:
-            ctx = AggregatorContext(frozen, self.prep.num_classes, [t.weight for t in teachers],
-                                    self.data.val, head_layer(student).in_features, self.prep.device)
-            aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
-        recipe = recipe_cls(student, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
-                            options=cfg.recipe_options, unlabeled=self.data.unlabeled, seed=cfg.seed,
-                            on_teacher_error=d.on_teacher_error, steps=d.steps, example=self.data.train.x[:2],
-                            input_shape=self.data.input_shape, num_classes=self.prep.num_classes,
-                            student_config=cfg.student, **(extra or {}))
-        dataset = transfer if recipe_cls.uses_unlabeled else self.data.train
-        if getattr(recipe_cls, "shards_data", False) and distributed.world_size() > 1:
-            # codistillation: process r trains on shard r, the samples whose index % world_size == r
-            dataset = dataset.subset(torch.nonzero(dataset.index % distributed.world_size() == distributed.rank())
-                                     .squeeze(1))
+        traits = RECIPES[recipe_name].traits
+        recipe, monitor = self.build(recipe_name, student, teachers, extra)
+        dataset = self.transfer() if traits.uses_unlabeled else self.data.train
+        if traits.shards_data:  # codistillation: process r trains on its own shard
+            dataset = distributed.shard(dataset)
         stem = file_name.removesuffix(".pt")
-        monitor = None
-        # only rank 0 logs, so only rank 0 monitors (the teachers' pass over the validation split)
-        if d.monitor_every and frozen and self.data.val is not None and self.main:
-            from .monitoring import TeacherMonitor
-
-            monitor = TeacherMonitor(student, frozen, self.data.val, self.prep.device)
         trainer = self._train("scratch" if stem == "student_scratch" else "distill", recipe, dataset, d, cfg.seed,
                               f"{stem}.pt", f"{stem}_best.pt", monitor=monitor,
+                              views=self.views(recipe_name, teachers),
                               snapshot_dir=self.out / "snapshots" / stem if d.save_every else None)
-        if hasattr(recipe, "finish"):  # e.g. codistillation's last exchange of copies (every process)
+        if traits.finishes:  # e.g. codistillation's last exchange of copies (every process)
             recipe.finish()
-        if hasattr(recipe, "results") and self.main:  # e.g. continual: accuracy on every task after each task
+        if traits.reports_results and self.main:  # e.g. continual: accuracy on every task after each task
             write_json(self.out / f"{stem}_results.json", recipe.results(self.data, self.prep.device))
-        if hasattr(recipe, "extra_models") and self.main:  # online recipes: peers, leader, fused model
+        if traits.online and self.main:  # online recipes: peers, leader, fused model
             self._save_extra_models(recipe.extra_models())
         self.save_stage(trainer, path, student, cfg.student, self.prep.num_classes)
         return student
@@ -376,7 +438,10 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
 
     Returns the summary (the contents of ``summary.json``); {} on the other ranks of a torchrun job.
     """
+    from .rundir import precheck
+
     out = Path(out)
+    precheck(out)  # a --out that is not mtkd's is refused before any slow work
     if cfg.distill.threads:
         torch.set_num_threads(cfg.distill.threads)
     prep = prepare(cfg)  # raises before anything is written
@@ -388,25 +453,29 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     cfg_dict["output"]["dir"] = str(out)
     check_free_space(out, prep)
     check_trackers(cfg.output.tracking, cfg.output.mlflow_uri)
+    from .rundir import release
+
     if distributed.is_main():
         status = open_run_dir(out, cfg_dict, restart, force)
-    distributed.barrier()  # the others open the directory rank 0 has made (or reset)
-    if not distributed.is_main():
-        status = open_run_dir(out, cfg_dict, False, force)
-    if status == "done":
-        log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
-        return json.loads((out / "summary.json").read_text())
-    if status == "resume":
-        log(f"resuming the run in {out}")
-    for note in prep.notes:
-        log(note)
-    return _stages(prep, cfg, out, progress, log, force)
+    try:
+        distributed.barrier()  # the others open the directory rank 0 has made (or reset)
+        if not distributed.is_main():  # rank 0 holds the lock for the whole job
+            status = open_run_dir(out, cfg_dict, False, force, lock=False)
+        if status == "done":
+            log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
+            return json.loads((out / "summary.json").read_text())
+        if status == "resume":
+            log(f"resuming the run in {out}")
+        for note in prep.notes:
+            log(note)
+        return _stages(prep, cfg, out, progress, log, force)
+    finally:
+        release(out)
 
 
 def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callable[[str], None],
             force: bool) -> dict:
     """Teachers, baseline, distillation, evaluation and report of a run directory that is open."""
-    from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
 
     run = Run(prep, out, progress, log, force)
     d = cfg.distill
@@ -414,8 +483,7 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     teachers = [t.model for t in named]
     scratch = run.student("scratch", []) if d.baseline and d.recipe != "scratch" else None
     student_teachers, assistants = named, []
-    if getattr(RECIPES[d.recipe], "trains_assistants", False):  # TAKD: the chain's stages come first
-        from .recipes.assistant import train_chain
+    if RECIPES[d.recipe].traits.trains_assistants:  # TAKD: the chain's stages come first
 
         models, names, assistants = train_chain(run, teachers)
         arch_of = {a["name"]: a["arch"] for a in assistants}

@@ -36,6 +36,14 @@ from typing import Sequence
 import torch
 
 from .aggregation.coverage import ensemble_mean
+from .aggregation.coverage import class_masks
+from .config import apply_overrides, load_yaml, parse_config, resolve_paths
+from .errors import ConfigError
+from .io import write_yaml
+from .pipeline import prepare
+from .rundir import check_new_file
+from .teachers.kinds import allow_code
+from .trainer import predict_logits
 
 
 @dataclass
@@ -133,19 +141,12 @@ def _ordinal(n: int) -> str:
 
 def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max_teachers: int | None = None,
                        diversity_weight: float = 0.1, allow_pickle: bool = False, log=print,
-                       accuracy_floor: float = 0.8) -> tuple[list[str], str]:
+                       accuracy_floor: float = 0.8, overwrite: bool = False) -> tuple[list[str], str]:
     """``mtkd select``: load the config's teachers (each must be trained already: a checkpoint
     or a ``kind:`` file), choose a subset on the validation split, print why each teacher was
     kept or dropped, and write a config that uses the chosen subset. Returns (names, path)."""
     from pathlib import Path
 
-    from .aggregation.coverage import class_masks
-    from .config import apply_overrides, load_yaml, parse_config, resolve_paths
-    from .errors import ConfigError
-    from .io import write_yaml
-    from .pipeline import prepare
-    from .teachers.kinds import allow_pickles
-    from .trainer import predict_logits
 
     raw = apply_overrides(load_yaml(config_path), list(overrides))  # written back with its relative paths
     # input paths in the file are taken from its folder, --set values from the current directory
@@ -158,7 +159,9 @@ def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max
         raise ConfigError(f"teachers: {untrained} have no trained weights; mtkd select compares trained teachers: "
                           "give each a 'checkpoint' (e.g. teachers/<name>.pt of a finished mtkd run) or a 'kind'")
     if allow_pickle:
-        allow_pickles(cfg)
+        allow_code(cfg)
+    out = Path(out) if out else Path(config_path).with_name(Path(config_path).stem + "-selected.yaml")
+    check_new_file(out, overwrite)  # before any work: never replace a file mtkd was not told to
     prep = prepare(cfg)
     val = prep.data.val
     if val is None or len(val) == 0:
@@ -177,7 +180,6 @@ def select_from_config(config_path, overrides: Sequence[str] = (), out=None, max
     keep = {names[i] for i in chosen}
     raw = dict(raw)
     raw["teachers"] = [t for t in raw["teachers"] if t.get("name") in keep]
-    out = Path(out) if out else Path(config_path).with_name(Path(config_path).stem + "-selected.yaml")
     parse_config(raw)  # the written config is valid
     write_yaml(out, raw)
     log(f"kept {len(chosen)} of {len(names)} teachers: {', '.join(names[i] for i in chosen)}; wrote {out}")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from .config import flatten_config
 from .errors import MtkdError
+from .distributed import is_main
+from .io import write_text
 
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -57,6 +59,9 @@ class TensorBoardTracker:
         except ImportError:
             raise MtkdError(TENSORBOARD_MISSING) from None
         self._writer_cls, self.log_dir = SummaryWriter, Path(log_dir)
+        from .rundir import note_written
+
+        note_written(self.log_dir / "events")  # TensorBoard writes there itself: listed in the run's marker
         self.writers: dict = {}
 
     def _writer(self, stage: str, purge_step: int | None = None):
@@ -125,7 +130,6 @@ class MLflowTracker:
     resumed run logs into the same MLflow run."""
 
     def __init__(self, out: Path, config: dict, uri: str | None = None, experiment: str = "mtkd"):
-        from .io import write_text
 
         self.client = client = _mlflow_client(uri)
         from mlflow.entities import Metric, Param
@@ -189,7 +193,6 @@ def check_trackers(names: list[str], mlflow_uri: str | None = None) -> None:
 
 def make_trackers(names: list[str], out: Path, config: dict, mlflow_uri: str | None = None) -> list:
     """The trackers ``names`` asks for; none on a process other than rank 0 of a torchrun job."""
-    from .distributed import is_main
 
     trackers: list = []
     if not is_main():

@@ -18,13 +18,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from . import distributed
+from .options import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
 from .parallel import FullyShardedStudent, data_parallel, split_loader
 from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
+from .io import write_text
 
 CHECKPOINT_FORMAT = "mtkd.train/1"
 
@@ -111,11 +113,13 @@ class MetricsLog:
 
     def __init__(self, path: str | Path | None, trackers: list | None = None):
         self.path = Path(path) if path else None
+        if self.path is not None:
+            from .rundir import note_written
+
+            note_written(self.path)  # appended to directly, so listed in the run's marker now
         self.trackers = list(trackers or [])  # mtkd.tracking: TensorBoard, MLflow; each gets every record
 
     def write(self, record: dict) -> None:
-        from . import distributed
-
         if not distributed.is_main():  # one process logs: rank 0 sees the same records as the others
             return
         for tracker in self.trackers:
@@ -131,7 +135,6 @@ class MetricsLog:
             tracker.truncate(stage, after_step)
         if self.path is None or not self.path.exists():
             return
-        from .io import write_text
 
         kept = []
         for line in self.path.read_text().splitlines():
@@ -156,17 +159,6 @@ class MetricsLog:
         return records
 
 
-def shard(batch_size: int) -> slice | None:
-    """This process's rows of a global batch under torchrun, for a loader that yields whole global
-    batches to every process: a contiguous, near-equal share (None: the whole batch, outside
-    torchrun or when the batch has fewer rows than processes)."""
-    from . import distributed
-
-    world = distributed.world_size()
-    if world == 1 or batch_size < world:
-        return None
-    bounds = [batch_size * r // world for r in range(world + 1)]
-    return slice(bounds[distributed.rank()], bounds[distributed.rank() + 1])
 
 
 class Trainer:
@@ -203,10 +195,8 @@ class Trainer:
         # validation split, see mtkd.monitoring), logged every monitor_every steps
         self.monitor = monitor
         self.monitor_every = monitor_every if monitor_every is not None else getattr(cfg, "monitor_every", 0)
-        from . import distributed
-
         # one copy per torchrun process, each with its own checkpoint (codistillation)
-        self.independent = distributed.world_size() > 1 and getattr(recipe, "shards_data", False)
+        self.independent = distributed.world_size() > 1 and recipe.traits.shards_data
         if self.independent and self.checkpoint is not None:  # student.pt -> student.rank1.pt
             self.checkpoint = self.checkpoint.with_name(
                 f"{self.checkpoint.stem}.rank{distributed.rank()}{self.checkpoint.suffix}")
@@ -293,8 +283,6 @@ class Trainer:
                 save_torch(self.best_path, self._student_state())
 
     def fit(self) -> "Trainer":
-        from . import distributed
-
         cfg = self.cfg
         self.recipe.to(self.device)
         self.resume()
@@ -326,13 +314,13 @@ class Trainer:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 x, y, index = unpack_batch(next(batches))
-                rows = shard(len(x)) if cut else None
+                rows = distributed.batch_rows(len(x)) if cut else None
                 if rows is not None:
                     x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with autocast(self.device, self.amp):
                     losses = step_fn(x, y, index)
-                events = getattr(self.recipe, "events", [])  # e.g. a teacher dropped from this batch
+                events = self.recipe.events  # e.g. a teacher dropped from this batch
                 for event in events:
                     self.metrics.write({"stage": self.stage, "step": self.step + 1, **event})
                 events.clear()
@@ -371,10 +359,7 @@ class Trainer:
                     record = {"stage": self.stage, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
                     values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])  # [terms]
                     if parallel:  # log the mean over every process's share of the batch
-                        import torch.distributed as dist
-
-                        dist.all_reduce(values)
-                        values /= distributed.world_size()
+                        values = distributed.mean_over_ranks(values)
                     record.update(zip(losses, values.tolist()))
                     self.metrics.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -18,6 +18,7 @@ import torch
 from ..data import IndexedTensorDataset
 from ..data.base import UNLABELED
 from .coverage import coverage_mix
+from ..losses import kd_loss, multi_temperature_kd_loss
 
 
 class Aggregate(NamedTuple):
@@ -84,7 +85,6 @@ def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torc
     per-teacher terms, each at its own temperature. Teachers dropped from the batch
     (alive [K] False, see ``run_teachers``) get weight 0 and the others are renormalised.
     """
-    from ..losses import kd_loss, multi_temperature_kd_loss
 
     agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features)
     masks = getattr(aggregator, "class_masks", None)  # [K, C] when some teacher covers only some classes

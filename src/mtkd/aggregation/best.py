@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import NoOptions
+from ..options import NoOptions
 from .base import Aggregate, AggregatorContext, mix, pseudo_labels, softened
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NoOptions
+from ..options import NoOptions
 from .base import Aggregate, AggregatorContext, mix, pseudo_labels, softened
 
 

@@ -40,7 +40,7 @@ starts at zero, so training starts from the plain mean (mtkd's choice; MMKD star
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -154,29 +154,29 @@ class MetaAggregator(nn.Module):
         rows = torch.randint(len(self.val_data), (self.options.quiz_batch_size,), generator=gen)
         return self.val_data.x[rows].to(device), self.val_data.y[rows].to(device)
 
-    def before_step(self, recipe: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
-                    alive: torch.Tensor) -> None:
+    def before_step(self, student: nn.Module, features, x: torch.Tensor, y: torch.Tensor,
+                    teacher_logits: torch.Tensor, alive: torch.Tensor, temperature: float,
+                    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         """Bilevel form: one meta update of phi through a virtual student step (see the module doc).
-        teacher_logits [K, B, C] of this batch; alive [K] marks teachers not dropped from it."""
+
+        student: the model being distilled; features: its penultimate-feature hook (``.value``
+        [B, F] after a forward); teacher_logits [K, B, C] of this batch; alive [K] marks teachers
+        not dropped from it; loss(student_logits, kd): the recipe's own loss, for the inner step."""
         o = self.options
         step = int(self.steps_done)
         self.steps_done += 1
         if o.form == "joint" or step % o.meta_every:
             return
-        from ..losses import ce_loss
-
         if o.form == "mmkd":
-            self._mmkd_update(recipe.student, x, y, teacher_logits, alive, recipe.temperature)
+            self._mmkd_update(student, x, y, teacher_logits, alive, temperature)
             return
-
-        student = recipe.student
         params = dict(student.named_parameters())
         logits = functional_call(student, params, (x,))
-        w = self.net(recipe.features.value, teacher_logits, logits)
+        w = self.net(features.value, teacher_logits, logits)
         if not bool(alive.all()):
             w = mask_weights(w, alive)
-        kd = (w * per_teacher_kd(logits, teacher_logits, recipe.temperature)).sum(1).mean()
-        inner = (1 - recipe.alpha) * ce_loss(logits, y) + recipe.alpha * kd
+        kd = (w * per_teacher_kd(logits, teacher_logits, temperature)).sum(1).mean()
+        inner = loss(logits, kd)
         grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
         virtual = {name: p - o.virtual_lr * g for (name, p), g in zip(params.items(), grads)}
         xq, yq = self._quiz_batch(x.device)

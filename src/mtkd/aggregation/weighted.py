@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import NoOptions
+from ..options import NoOptions
 from ..errors import ConfigError
 from .base import Aggregate, AggregatorContext, mix, softened
 

@@ -22,12 +22,12 @@ from torch import nn
 from ..data import IndexedTensorDataset
 from ..errors import ConfigError
 from ..precision import autocast
-from .store import CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, open_entry, \
-    teacher_fingerprint
+from ..rundir import exclusive
+from .store import STACK_LIMIT, CacheError, Entry, commit_entry, data_fingerprint, entry_key, new_entry_dir, \
+    new_entry_root, open_entry, teacher_fingerprint
 from .topk import compress_topk, expand_topk, topk_error
 
 TeacherLoader = Callable[[], nn.Module]
-STACK_LIMIT = 256 * 2**20  # bytes of stored outputs up to which a pool is stacked in memory
 
 
 @dataclass
@@ -115,14 +115,17 @@ def _fill(model: nn.Module, name: str, data: IndexedTensorDataset, tmp: Path, op
 def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTensorDataset, root: str | Path,
                 options: CacheOptions | None = None, device: torch.device | str = "cpu", preprocessing: str = "",
                 augmentation: str | None = None, num_classes: int | None = None,
-                log: Callable[[str], None] = lambda m: None) -> BuildReport:
+                log: Callable[[str], None] = lambda m: None, fingerprint_data: Callable | None = None,
+                extra_manifest: dict | None = None) -> BuildReport:
     """Make sure every teacher has a valid cache entry for ``data``; return them, in order.
 
     teachers: (name, loader) pairs; each loader returns the teacher's model and is called once.
     preprocessing: a description of whatever transforms inputs before the teachers see them
     (part of the key). augmentation: a description of random augmentation in the data
     pipeline, or None; a cache of one fixed view would serve outputs of another view, so
-    this is refused.
+    this is refused (``mtkd.cache.views`` records views instead). fingerprint_data: how to
+    fingerprint ``data`` when it is not held in memory (recorded views); extra_manifest: more
+    manifest keys.
     """
     opts = options or CacheOptions()
     if augmentation:
@@ -132,40 +135,47 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
     if opts.storage == "topk" and opts.topk <= 0:
         raise ConfigError("cache: storage 'topk' needs topk > 0 (classes kept per sample)")
     root, device = Path(root), torch.device(device)
-    report = BuildReport(data_fingerprint=data_fingerprint(data.x, data.index))
+    report = BuildReport(data_fingerprint=fingerprint_data(data) if fingerprint_data
+                         else data_fingerprint(data.x, data.index))
     for name, load in teachers:
         model = load()
         key = entry_key(report.data_fingerprint, teacher_fingerprint(model), preprocessing, opts.storage_key())
         path = root / f"{name}-{key}"
-        if path.exists():
-            try:
-                report.entries.append(open_entry(path, opts.verify))
-                _release(model, device)
-                log(f"teacher cache: reusing {path}")
-                continue
-            except CacheError as exc:
-                log(f"{exc}; rebuilding it")
-        started = time.perf_counter()
-        model.to(device)
-        tmp = new_entry_dir(root, name, key)
+        new_entry_root(root, name)
+        # one process per entry: a second one building the same entry stops with the holder's name
+        lock = exclusive(root / f".{name}-{key}.lock", f"teacher cache entry {path}")
         try:
-            meta = _fill(model, name, data, tmp, opts, device, num_classes)
-        except BaseException:
-            import shutil
+            if path.exists():
+                try:
+                    report.entries.append(open_entry(path, opts.verify))
+                    _release(model, device)
+                    log(f"teacher cache: reusing {path}")
+                    continue
+                except CacheError as exc:
+                    log(f"{exc}; rebuilding it")
+            started = time.perf_counter()
+            model.to(device)
+            tmp = new_entry_dir(root, name, key)
+            try:
+                meta = _fill(model, name, data, tmp, opts, device, num_classes)
+            except BaseException:
+                import shutil
 
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            finally:
+                _release(model, device)
+                model = None
+            meta.update({"data_fingerprint": report.data_fingerprint, "preprocessing": preprocessing,
+                         "options": opts.storage_key(), **(extra_manifest or {})})
+            commit_entry(tmp, root, name, key, meta)
+            report.entries.append(open_entry(path, "size"))  # just written and checksummed
+            report.seconds[name] = time.perf_counter() - started
+            report.built.append(name)
+            log(f"teacher cache: built {path} ({report.entries[-1].bytes / 2**20:.1f} MiB, "
+                f"{report.seconds[name]:.1f} s)")
         finally:
-            _release(model, device)
-            model = None
-        meta.update({"data_fingerprint": report.data_fingerprint, "preprocessing": preprocessing,
-                     "options": opts.storage_key()})
-        commit_entry(tmp, root, name, key, meta)
-        report.entries.append(open_entry(path, "size"))  # just written and checksummed
-        report.seconds[name] = time.perf_counter() - started
-        report.built.append(name)
-        log(f"teacher cache: built {path} ({report.entries[-1].bytes / 2**20:.1f} MiB, "
-            f"{report.seconds[name]:.1f} s)")
+            lock.release()
     return report
 
 

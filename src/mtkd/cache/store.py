@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..errors import MtkdError
 from ..io import update_sha256
+
+STACK_LIMIT = 256 * 2**20  # bytes of stored outputs up to which a pool is stacked in memory
 
 FORMAT = "mtkd.cache/1"
 
@@ -69,7 +71,8 @@ def data_fingerprint(x: torch.Tensor, index: torch.Tensor) -> str:
 
 
 def teacher_fingerprint(model: nn.Module) -> str:
-    """sha256 of a teacher's architecture (its repr) and every tensor of its state_dict."""
+    """sha256 of a teacher's architecture (its repr) and every tensor of its state_dict,
+    buffers included (0-d ones such as BatchNorm's ``num_batches_tracked`` too)."""
     h = hashlib.sha256(type(model).__qualname__.encode() + repr(model).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
@@ -113,9 +116,22 @@ class Entry:
         return sum(f["bytes"] for f in self.manifest["files"].values())
 
 
+def new_entry_root(root: Path, name: str) -> None:
+    """Create the cache folder ``root`` (listed in the marker of the run directory holding it, if any);
+    a read-only place gives one line."""
+    from ..rundir import note_written
+
+    note_written(root / name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"teacher cache {root}: cannot create it ({exc.strerror or exc}); set distill.cache_dir "
+                         "to a writable folder or distill.cache: off") from None
+
+
 def new_entry_dir(root: Path, name: str, key: str) -> Path:
     """A fresh temporary directory beside the entry ``root/name-key``, to be filled and committed."""
-    root.mkdir(parents=True, exist_ok=True)
+    new_entry_root(root, name)
     return Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-{key}.", suffix=".tmp"))
 
 
@@ -145,6 +161,23 @@ def commit_entry(tmp: Path, root: Path, name: str, key: str, meta: dict) -> Path
     return final
 
 
+def _well_formed(manifest) -> bool:
+    """The structure open_entry relies on: {"files": {"<name>.npy": {"bytes", "sha256", "shape", "dtype"}}}."""
+    import re
+
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return False
+    types = {"teacher": str, "storage": str, "num_classes": int, "num_samples": int}
+    if not all(isinstance(manifest.get(k), t) for k, t in types.items()):
+        return False
+    for name, info in manifest["files"].items():
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z_]+\.npy", name) and isinstance(info, dict)
+                and isinstance(info.get("bytes"), int) and isinstance(info.get("sha256"), str)
+                and isinstance(info.get("shape"), list) and isinstance(info.get("dtype"), str)):
+            return False
+    return True
+
+
 def open_entry(path: Path, verify: str = "checksum") -> Entry:
     """Open a cache entry; raise :class:`CacheError` saying what is wrong if it is damaged.
 
@@ -161,6 +194,9 @@ def open_entry(path: Path, verify: str = "checksum") -> Entry:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"teacher cache entry {path}: manifest.json is damaged ({exc}); delete the "
                          "directory or rebuild with `mtkd cache`") from None
+    if not _well_formed(manifest):  # hand-edited or from elsewhere: never trusted
+        raise CacheError(f"teacher cache entry {path}: manifest.json is not an mtkd cache manifest (a key missing, "
+                         "a value of the wrong type, or a file name outside the entry); rebuild with `mtkd cache`")
     if manifest.get("format") != FORMAT:
         raise CacheError(f"teacher cache entry {path} has format {manifest.get('format')!r}, this mtkd reads "
                          f"{FORMAT!r}; rebuild it with `mtkd cache`")

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from . import arrays, csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file
 from .base import UNLABELED, BatchLoader, DataSplits, IndexedTensorDataset
+from ..schema import pick, validate
 
 
 class DataEntry(NamedTuple):
@@ -33,7 +34,26 @@ DATASETS: dict[str, DataEntry] = {
 
 
 def load_data(cfg: BaseModel) -> DataSplits:
-    return DATASETS[cfg.name].load(cfg)
+    """Load the data set ``cfg`` names and check it (finite inputs, labels in range). A file that
+    cannot be read -- random bytes, a truncated archive, a ragged table -- is one line, never a traceback."""
+    from ..errors import MtkdError
+    from .checks import check_splits
+
+    what = f"data set '{cfg.name}'"
+    try:
+        data = DATASETS[cfg.name].load(cfg)
+    except (MtkdError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - readers of many formats raise many types on bad bytes
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise MtkdError(f"{what}: cannot read its files ({type(exc).__name__}: {(lines[0] if lines else '')[:160]})"
+                        "; check that they are the format the data set expects") from None
+    if getattr(cfg, "augment", None):  # image data sets: random views of training batches
+        from .augment import Augment
+
+        data.augment = Augment(cfg.augment, data.input_shape)
+    check_splits(data, what)
+    return data
 
 
 def load_dataset(name: str, **options) -> DataSplits:
@@ -41,10 +61,8 @@ def load_dataset(name: str, **options) -> DataSplits:
 
         data = load_dataset("mnist1d", num_samples=5000, unlabeled=20000)
     """
-    from ..config import _pick, _validate
-
-    _pick(DATASETS, {"name": name}, "name", "data", "data set")
-    return load_data(_validate(DATASETS[name].config, {"name": name, **options}, "data", f"data set '{name}'"))
+    pick(DATASETS, {"name": name}, "name", "data", "data set")
+    return load_data(validate(DATASETS[name].config, {"name": name, **options}, "data", f"data set '{name}'"))
 
 
 __all__ = ["DATASETS", "UNLABELED", "BatchLoader", "DataSplits", "IndexedTensorDataset", "load_data", "load_dataset"]

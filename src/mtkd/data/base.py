@@ -56,6 +56,7 @@ class DataSplits:
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
     class_names: list[str] = field(default_factory=list)
+    augment: object | None = None  # data.augment (mtkd.data.augment.Augment): training batches only
     # tables: feature columns, missing-value filling and normalisation (mtkd.data.preprocess), as a dict
     preprocess: dict | None = None
 
@@ -74,10 +75,12 @@ class BatchLoader:
     """
 
     def __init__(self, dataset: IndexedTensorDataset, batch_size: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, augment=None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        # augment(x, index, seed, epoch): each sample's view from (seed, epoch, index) alone, so resumable
+        self.augment = augment
         self.drop_last = drop_last and len(dataset) >= batch_size
         self.epoch, self.batch = 0, 0
         # (rank, world_size) under data parallelism: each process reads only its contiguous share
@@ -104,7 +107,10 @@ class BatchLoader:
                 r, world = self.share
                 rows = rows[len(rows) * r // world:len(rows) * (r + 1) // world]
             d = self.dataset
-            yield d.x[rows], d.y[rows], d.index[rows]
+            if self.augment is None:
+                yield d.x[rows], d.y[rows], d.index[rows]
+            else:
+                yield self.augment(d.x[rows], d.index[rows], self.seed, self.epoch), d.y[rows], d.index[rows]
         self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:

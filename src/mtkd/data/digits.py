@@ -17,6 +17,9 @@ class DigitsConfig(BaseModel):
     test_fraction: float = Field(0.25, gt=0, lt=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     shape: Literal["image", "flat"] = Field("image", description="image: [1, 8, 8]; flat: [64]")
+    size: tuple[int, int] | None = Field(None, description="[height, width] to resize the images to (bilinear)")
+    augment: list[dict] | None = Field(None, description="torchvision.transforms.v2 transforms for training batches "
+                                       "(shape: image; extra: vision)")
 
 
 def load(cfg: DigitsConfig) -> DataSplits:
@@ -28,6 +31,10 @@ def load(cfg: DigitsConfig) -> DataSplits:
     x, y = as_tensors(bunch.data / 16.0, bunch.target)
     if cfg.shape == "image":
         x = x.reshape(-1, 1, 8, 8)
+        if cfg.size is not None and tuple(cfg.size) != (8, 8):
+            x = torch.nn.functional.interpolate(x, size=tuple(cfg.size), mode="bilinear", align_corners=False)
+    elif cfg.size is not None or cfg.augment:
+        raise MtkdError("data.size and data.augment need shape: image")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))
     n_test = int(round(len(y) * cfg.test_fraction))
     test = IndexedTensorDataset(x[perm[:n_test]], y[perm[:n_test]])

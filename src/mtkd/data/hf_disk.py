@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import MtkdError
@@ -31,12 +32,19 @@ class HfDiskConfig(BaseModel):
     text: str | None = Field(None, description="a text column to tokenize into token ids (with 'tokenizer')")
     tokenizer: Path | None = Field(None, description="directory of a saved Hugging Face tokenizer (extra: hf)")
     max_length: int = Field(64, gt=0, description="token ids per sample (padded or truncated)")
+    image: str | None = Field(None, description="an image column (datasets' Image feature) decoded with Pillow "
+                              "to [channels, H, W] in [0, 1] (extra: images)")
+    size: tuple[int, int] | None = Field(None, description="[height, width] images are resized to "
+                                         "(default: the first image's)")
+    mode: Literal["L", "RGB"] = Field("RGB", description="image column: L grayscale, RGB 3 channels")
+    augment: list[dict] | None = Field(None, description="torchvision.transforms.v2 transforms for training "
+                                       "batches of an image column (extra: vision)")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
 
 
 def _read_split(cfg: HfDiskConfig, split: str):
-    from ..teachers.external import require
+    from ..optional import require
 
     pa = require("pyarrow", "parquet", "data set 'hf_disk'")
     folder = cfg.path / split
@@ -57,13 +65,28 @@ def _read_split(cfg: HfDiskConfig, split: str):
     if cfg.label not in table.column_names:
         raise MtkdError(f"data.label: column {cfg.label!r} not in {folder}; columns are {table.column_names}")
     if cfg.text is not None:  # token ids [N, max_length] from the tokenizer of the Hugging Face teachers
-        from ..teachers.hf_model import encode, load_tokenizer
+        from .tokens import encode, load_tokenizer
 
         if cfg.text not in table.column_names or cfg.tokenizer is None:
             raise MtkdError(f"data.text: needs a text column of {folder} (columns: {table.column_names}) "
                             "and data.tokenizer, the directory of a saved tokenizer")
         x = encode(load_tokenizer(cfg.tokenizer, "data.tokenizer"), table.column(cfg.text).to_pylist(),
                    cfg.max_length).numpy()
+    elif cfg.image is not None:  # datasets' Image feature: {"bytes": ..., "path": ...} per row
+        import io
+
+        from ..teachers.external import require
+        from .image_folder import decode
+
+        if cfg.image not in table.column_names:
+            raise MtkdError(f"data.image: column {cfg.image!r} not in {folder}; columns are {table.column_names}")
+        image, size, rows = require("PIL.Image", "images", "data.image"), cfg.size, []
+        for cell in table.column(cfg.image).to_pylist():
+            if not isinstance(cell, dict) or not (cell.get("bytes") or cell.get("path")):
+                raise MtkdError(f"data.image: column {cfg.image!r} of {folder} is not an image column")
+            rows.append(decode(image, io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"], cfg.mode, size))
+            size = rows[-1].shape[1:]
+        x = np.stack(rows)  # [N, C, H, W]
     else:
         features = cfg.features or [c for c in table.column_names if c != cfg.label]
         missing = [c for c in features if c not in table.column_names]
@@ -87,6 +110,11 @@ def _read_split(cfg: HfDiskConfig, split: str):
 def load(cfg: HfDiskConfig) -> DataSplits:
     x_tr, lab_tr, names = _read_split(cfg, cfg.train_split)
     x_te, lab_te, _ = _read_split(cfg, cfg.test_split)
+    if cfg.image is not None:  # [N, C, H, W]; test images at the train images' size
+        if x_tr.shape[1:] != x_te.shape[1:]:
+            raise MtkdError(f"data: train and test images differ ({list(x_tr.shape[1:])} vs {list(x_te.shape[1:])}); "
+                            "set data.size")
+        return make_splits("hf_disk", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed, names=names)
     if x_tr.shape[1] != x_te.shape[1]:
         raise MtkdError(f"data: train and test samples differ in size ({x_tr.shape[1]} vs {x_te.shape[1]} values)")
     if cfg.shape:

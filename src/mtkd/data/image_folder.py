@@ -23,11 +23,27 @@ class ImageFolderConfig(BaseModel):
     size: tuple[int, int] | None = Field(None, description="[height, width] to resize to (default: the first image's)")
     mode: Literal["L", "RGB"] = Field("L", description="L: grayscale, 1 channel; RGB: 3 channels")
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    augment: list[dict] | None = Field(None, description="torchvision.transforms.v2 transforms for training batches, "
+                                       "e.g. [{RandomHorizontalFlip: {}}] (extra: vision)")
     seed: int = 0
 
 
+def decode(image, source, mode: str, size) -> np.ndarray:
+    """One image (a path or a file object; ``image`` is PIL.Image) -> [channels, H, W] float32 in [0, 1],
+    resized to ``size`` (default: its own)."""
+    try:
+        with image.open(source) as img:
+            img = img.convert(mode)
+            if size is not None and (img.height, img.width) != tuple(size):
+                img = img.resize((size[1], size[0]))
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise MtkdError(f"data: cannot read image {getattr(source, 'name', source)} ({exc})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 def _read(folder: Path, cfg: ImageFolderConfig, size):
-    from ..teachers.external import require
+    from ..optional import require
 
     image = require("PIL.Image", "images", "data set 'images'")
     if not folder.is_dir():
@@ -36,17 +52,9 @@ def _read(folder: Path, cfg: ImageFolderConfig, size):
     arrays, labels = [], []
     for name in classes:
         for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in EXTENSIONS):
-            try:
-                with image.open(path) as img:
-                    img = img.convert(cfg.mode)
-                    if size is None:
-                        size = (img.height, img.width)
-                    if (img.height, img.width) != tuple(size):
-                        img = img.resize((size[1], size[0]))
-                    arr = np.asarray(img, dtype=np.float32) / 255.0
-            except OSError as exc:
-                raise MtkdError(f"data: cannot read image {path} ({exc})") from None
-            arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # [channels, H, W]
+            arr = decode(image, path, cfg.mode, size)
+            size = arr.shape[1:]
+            arrays.append(arr)
             labels.append(name)
     if not arrays:
         raise MtkdError(f"data: no images in the class folders of {folder}")

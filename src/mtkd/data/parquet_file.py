@@ -29,7 +29,7 @@ class ParquetConfig(BaseModel):
 
 
 def _read(path: Path, cfg: ParquetConfig, label_required: bool = True):
-    from ..teachers.external import require
+    from ..optional import require
 
     pq = require("pyarrow.parquet", "parquet", "data set 'parquet'")
     if not path.is_file():

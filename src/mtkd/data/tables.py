@@ -79,7 +79,7 @@ def select_columns(header: list[str], label: str | None, features: list[str] | N
                    where: str) -> list[str]:
     """The feature columns of a table: ``features`` (in that order), else every column but the
     label and ``drop``. Unknown names are errors with the closest column named."""
-    from ..config import did_you_mean
+    from ..schema import did_you_mean
 
     for key, names in (("features", features or []), ("drop", drop)):
         unknown = [c for c in names if c not in header]

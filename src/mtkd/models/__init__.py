@@ -6,7 +6,8 @@ from typing import Callable, NamedTuple
 from pydantic import BaseModel
 from torch import nn
 
-from . import cnn1d, cnn2d, gru, linear, mlp, transformer
+from . import cnn1d, cnn2d, gru, linear, mlp, sources, transformer
+from ..schema import pick, validate
 
 
 class ModelEntry(NamedTuple):
@@ -26,6 +27,15 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+def parse_model(raw: dict, where: str) -> BaseModel:
+    """A model section (``arch`` and its size keys, or a library model ``SOURCE:NAME`` with its
+    keys) -> that model's validated config."""
+    if sources.is_library_arch(raw.get("arch")):  # timm:NAME, torchvision:NAME, hf:PATH
+        return sources.parse(raw, where, "teacher" if where.startswith("teachers[") else "model")
+    arch = pick(MODELS, raw, "arch", where, "model")
+    return validate(MODELS[arch].config, raw, where, f"model '{arch}'")
+
+
 def build_model(cfg: BaseModel | str, input_shape: tuple[int, ...], num_classes: int, **size) -> nn.Module:
     """Build a built-in model from its config, or from its arch name and size keys::
 
@@ -34,9 +44,9 @@ def build_model(cfg: BaseModel | str, input_shape: tuple[int, ...], num_classes:
     ``num_classes`` in the config overrides the data's.
     """
     if isinstance(cfg, str):
-        from ..config import _model
-
-        cfg = _model({"arch": cfg, **size}, "model")
+        cfg = parse_model({"arch": cfg, **size}, "model")
+    if sources.is_library_arch(cfg.arch):  # timm:NAME, torchvision:NAME, hf:PATH (see models/sources.py)
+        return sources.build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
     return MODELS[cfg.arch].build(cfg, tuple(input_shape), cfg.num_classes or num_classes)
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from ..errors import MtkdError
+from ..errors import MtkdError, one_line
 from ..io import load_torch, save_torch
+from . import MODELS
+from . import build_model
 
 MODEL_FORMAT = "mtkd.model/1"
 
@@ -38,7 +40,14 @@ def read_model_file(path: str | Path) -> dict:
     except FileNotFoundError:
         raise MtkdError(f"model file not found: {path}") from None
     except Exception as exc:
-        raise MtkdError(f"{path} is not a readable mtkd model file ({type(exc).__name__}: {exc})") from None
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # weights_only refused a Python object: it would run code
+            raise MtkdError(f"{path} is not a readable mtkd model file: it holds Python objects besides tensors, "
+                            "and loading them could run code; "
+                            "mtkd model files hold only tensors and plain values (save with mtkd.save_model_file)") \
+                from None
+        raise MtkdError(f"{path} is not a readable mtkd model file ({one_line(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise MtkdError(f"{path} is not an mtkd model file (format {MODEL_FORMAT}); "
                         "save models with mtkd.save_model_file or let `mtkd run` train them")
@@ -46,9 +55,12 @@ def read_model_file(path: str | Path) -> dict:
 
 
 def arch_config(blob: dict, where: str) -> BaseModel:
-    from . import MODELS
 
     arch = blob["arch"].get("arch")
+    if isinstance(arch, str) and ":" in arch:  # a library model (models/sources.py)
+        from .sources import LibraryModelConfig
+
+        return LibraryModelConfig.model_validate(blob["arch"])
     if arch not in MODELS:
         raise MtkdError(f"{where}: the file's arch {arch!r} is not a built-in model ({', '.join(MODELS)})")
     try:
@@ -59,11 +71,15 @@ def arch_config(blob: dict, where: str) -> BaseModel:
 
 def load_model_file(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the network stored in ``path``; returns (model, file contents without weights)."""
-    from . import build_model
 
     blob = read_model_file(path)
     cfg = arch_config(blob, str(path))
-    model = build_model(cfg, tuple(blob["input_shape"]), blob["num_classes"])
+    if ":" in cfg.arch:  # a library model: the file holds every weight, its 'weights' file is not read
+        from .sources import build
+
+        model = build(cfg, tuple(blob["input_shape"]), blob["num_classes"], load=False, where=str(path))
+    else:
+        model = build_model(cfg, tuple(blob["input_shape"]), blob["num_classes"])
     model.load_state_dict(blob["state_dict"])
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return model, meta

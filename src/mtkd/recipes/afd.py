@@ -31,13 +31,15 @@ from typing import Sequence
 
 import torch
 from pydantic import Field
+from pydantic import BaseModel
 from torch import nn
 
 from ..errors import ConfigError
 from ..losses import ce_loss
 from ..models.features import PenultimateFeatures
 from .mutual import mutual_kd
-from .peers import PeerOptions, build_keys, build_peers
+from .peers import PeerOptions, build_peers
+from .base import Traits
 
 
 def lsgan_discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -64,21 +66,23 @@ class AfdOptions(PeerOptions):
 class AfdRecipe(nn.Module):
     description = ("AFD: mutual learning plus per-peer discriminators on feature maps, "
                    "trained adversarially (no teacher)")
-    needs_teachers = False
-    uses_unlabeled = True  # KD and adversarial terms also work on unlabeled samples (CE skips them)
+    traits = Traits(uses_unlabeled=True, online=True)
     Options = AfdOptions
 
-    def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
-                 temperature: float = 3.0, alpha: float = 0.5, options: AfdOptions | None = None,
-                 seed: int = 0, peers: Sequence[nn.Module] | None = None, **build):
+    def __init__(self, student: nn.Module, temperature: float = 3.0, alpha: float = 0.5, options: AfdOptions | None = None,
+                 seed: int = 0, peers: Sequence[nn.Module] | None = None,
+                 input_shape: tuple | None = None, num_classes: int | None = None,
+                 student_config: BaseModel | None = None):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         self.options = o = options or AfdOptions()
         self.temperature, self.alpha = temperature, alpha
         self.student = student
         if peers is not None:
             named = [(f"peer{i + 1}", m, None) for i, m in enumerate(peers)]
         else:
-            named = build_peers(student, o, seed=seed, **build_keys(build))
+            named = build_peers(student, o, seed=seed, input_shape=input_shape, num_classes=num_classes,
+                                student_config=student_config)
         self.peer_names = [n for n, _, _ in named]
         self.peer_configs = [c for _, _, c in named]
         self.peers = nn.ModuleList([m for _, m, _ in named])

@@ -21,17 +21,16 @@ Without ``assistants`` the chain is one assistant of the student's own architect
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..aggregation import AggregatorContext, build_aggregator
 from ..errors import ConfigError
-from ..models import build_model
-from ..models.features import head_layer
+from ..models import build_model, parse_model
 from ..models.files import load_model_file
 from ..seeding import seed_everything
-from ..teachers import FrozenTeacher
+from .base import TeacherStage, TrainedTeacher
 from .offline import OfflineRecipe
 
 
@@ -70,9 +69,7 @@ class AssistantOptions(BaseModel):
 
 
 def _arch(spec: dict, where: str) -> BaseModel:
-    from ..config import _model
-
-    return _model({k: v for k, v in spec.items() if k != "name"}, where)
+    return parse_model({k: v for k, v in spec.items() if k != "name"}, where)
 
 
 def chain(options: AssistantOptions, student_cfg: BaseModel) -> list[list[tuple[str, BaseModel]]]:
@@ -85,55 +82,42 @@ def chain(options: AssistantOptions, student_cfg: BaseModel) -> list[list[tuple[
     return out
 
 
-def train_chain(run, teachers: list) -> tuple[list, list[str], list[dict]]:
+def train_chain(stage: TeacherStage, teachers: list) -> tuple[list, list[str], list[dict]]:
     """Train (or load) every assistant stage in order; returns the last level's models and names
-    (the student's teachers) and [{"name", "arch", "level", "model"}] of every assistant."""
-    cfg, d, data, device = run.cfg, run.cfg.distill, run.data, run.prep.device
+    (the student's teachers) and [{"name", "arch", "level", "model"}] of every assistant.
+
+    Each stage is an ``offline`` distillation built by the same builder as the student's
+    (aggregator, teacher cache, monitor), from the level before it."""
+    cfg, d = stage.cfg, stage.cfg.distill
     options: AssistantOptions = cfg.recipe_options
-    models = list(teachers)
-    names = [p.spec.name for p in run.prep.teachers]
-    weights = [p.spec.weight for p in run.prep.teachers]
+    level_teachers = [TrainedTeacher(p.spec.name, p.arch.arch, m, p.spec.weight) for p, m in zip(stage.plans, teachers)]
     settings = d.model_copy(update={"steps": options.assistant_steps or d.steps})
     done: list[dict] = []
     for level, specs in enumerate(chain(options, cfg.student)):
         trained = []
         for j, (name, arch) in enumerate(specs):
-            path = run.out / "assistants" / f"{name}.pt"
+            path = stage.out / "assistants" / f"{name}.pt"
             if path.exists():
                 model = load_model_file(path)[0]
             else:
-                run.log(f"training assistant {name} ({arch.arch}, level {level + 1}, {settings.steps} steps, "
-                        f"from {', '.join(names)})")
+                stage.log(f"training assistant {name} ({arch.arch}, level {level + 1}, {settings.steps} steps, "
+                          f"from {', '.join(t.name for t in level_teachers)})")
                 seed = cfg.seed + 1000 + 100 * level + j
                 seed_everything(seed)
-                model = build_model(arch, data.input_shape, run.prep.num_classes)
-                frozen = []
-                for m, n in zip(models, names):
-                    t = FrozenTeacher(m.to(device), n)
-                    t.check_classes(data.train.x[:1].to(device), run.prep.num_classes)
-                    frozen.append(t)
-                ctx = AggregatorContext(frozen, run.prep.num_classes, weights, data.val,
-                                        head_layer(model).in_features, device)
-                aggregator = build_aggregator(d.aggregator, ctx, cfg.aggregator_options)
-                recipe = OfflineRecipe(model, frozen, aggregator, temperature=d.temperature, alpha=d.alpha,
-                                       on_teacher_error=d.on_teacher_error)
-                trainer = run._train(f"assistant/{name}", recipe, data.transfer_set(), settings, seed,
-                                     f"assistant-{name}.pt", None)
-                run.save_stage(trainer, path, model, arch, run.prep.num_classes)
+                model = build_model(arch, stage.data.input_shape, stage.num_classes)
+                recipe, monitor = stage.build("offline", model, level_teachers)
+                stage.train_stage(f"assistant/{name}", recipe, stage.data.transfer_set(), settings, seed, path,
+                                  model, arch, monitor)
             trained.append(model)
             done.append({"name": name, "arch": arch.arch, "level": level + 1, "model": model})
-        models, names, weights = trained, [n for n, _ in specs], [1.0] * len(specs)
-    return models, names, done
+        level_teachers = [TrainedTeacher(n, a.arch, m) for (n, a), m in zip(specs, trained)]
+    return [t.model for t in level_teachers], [t.name for t in level_teachers], done
 
 
 class AssistantRecipe(OfflineRecipe):
     description = "TAKD: teacher(s) -> assistant(s) -> student, each stage a multi-teacher distillation (Mirzadeh et al. 2020)"
+    traits = replace(OfflineRecipe.traits, trains_assistants=True, checks_models=True)  # the chain's stages run first
     Options = AssistantOptions
-    trains_assistants = True  # the pipeline runs train_chain first; this recipe is the last (student) stage
-
-    def __init__(self, student, teachers, aggregator, temperature: float = 4.0, alpha: float = 0.9,
-                 options: AssistantOptions | None = None, on_teacher_error: str = "stop", **_):
-        super().__init__(student, teachers, aggregator, temperature, alpha, on_teacher_error=on_teacher_error)
 
     @staticmethod
     def check_models(cfg, student, teachers, input_shape, num_classes: int) -> None:

@@ -29,8 +29,6 @@ Copies start from different random initializations (copy r from the run's seed a
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +38,7 @@ from .. import distributed
 from ..errors import MtkdError
 from ..losses import ce_loss, kd_loss
 from .peers import fresh_copy
+from .base import Traits
 
 
 class CodistillationOptions(BaseModel):
@@ -82,15 +81,14 @@ def codistillation_target(stale_logits: torch.Tensor, own: int, temperature: flo
 class CodistillationRecipe(nn.Module):
     description = ("Codistillation: copies on data shards distil from stale copies of each other "
                    "(torchrun: one copy per process)")
-    needs_teachers = False
-    uses_unlabeled = True  # the distillation term also works on unlabeled samples (CE skips them)
-    shards_data = True  # each process gets its own shard of the training data
+    traits = Traits(uses_unlabeled=True, shards_data=True, online=True, finishes=True)
     Options = CodistillationOptions
 
-    def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
-                 temperature: float = 1.0, alpha: float = 0.5, options: CodistillationOptions | None = None,
-                 seed: int = 0, student_config: BaseModel | None = None, steps: int = 0, **_):
+    def __init__(self, student: nn.Module, temperature: float = 1.0, alpha: float = 0.5, options: CodistillationOptions | None = None,
+                 seed: int = 0, student_config: BaseModel | None = None,
+                 steps: int = 0):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         self.options = o = options or CodistillationOptions()
         # steps of CE alone before the distillation term starts (Algorithm 1's burn-in)
         self.burn_in = o.burn_in if o.burn_in is not None else int(o.burn_in_fraction * steps)

@@ -40,10 +40,12 @@ from torch import nn
 
 from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..errors import ConfigError
-from ..models.features import PenultimateFeatures
+from ..losses import ce_loss
 from ..teachers import FrozenTeacher, run_teachers
 from ..trainer import predict_logits
+from ..aggregation.targets import TeacherTargets
 from .progressive import phase_of
+from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
 
 
 class ContinualOptions(BaseModel):
@@ -93,13 +95,12 @@ class _Named:
 
 class ContinualRecipe(nn.Module):
     description = "continual learning of class groups: per-task teachers + LwF from the previous student"
-    needs_teachers = False  # LwF alone (and the fine-tuning baseline) need none; teachers are used when given
-    uses_unlabeled = False
+    traits = Traits(prepares_teachers=True, checks_config=True, reports_results=True)
     Options = ContinualOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher] = (), aggregator: nn.Module | None = None,
                  temperature: float = 4.0, alpha: float = 0.9, options: ContinualOptions | None = None,
-                 steps: int = 1, on_teacher_error: str = "stop", **_):
+                 steps: int = 1, on_teacher_error: str = "stop"):
         super().__init__()
         self.options = opts = options or ContinualOptions()
         self.tasks = opts.tasks
@@ -116,7 +117,9 @@ class ContinualRecipe(nn.Module):
         # copies before any hook is registered on the student (a deep copy would copy the hook)
         self.previous = _frozen_copy(student)  # the student as it ended the previous task (LwF)
         self.task_ends = nn.ModuleList(_frozen_copy(student) for _ in range(n_tasks - 1))  # for the results
-        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
+        self.features = self.targets.features
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("task", torch.zeros((), dtype=torch.long))  # the task being learned
 
@@ -135,21 +138,19 @@ class ContinualRecipe(nn.Module):
                                       "per task from its arch; give 'arch' instead of 'checkpoint'")
 
     @staticmethod
-    def pipeline_teachers(run) -> tuple[list, dict]:
-        from ..pipeline import TrainedTeacher
-
-        opts = run.cfg.recipe_options
+    def prepare_teachers(stage: TeacherStage) -> PreparedTeachers:
+        opts = stage.cfg.recipe_options
         if not opts.distillation:
-            return [], {}
-        named, train, k = [], run.data.train, len(run.prep.teachers)
+            return PreparedTeachers([])
+        named, train, k = [], stage.data.train, len(stage.plans)
         for t, classes in enumerate(opts.tasks):
             subset = train.subset(torch.isin(train.y, torch.tensor(classes)).nonzero().flatten())
-            for i, plan in enumerate(run.prep.teachers):
+            for i, plan in enumerate(stage.plans):
                 name = f"{plan.spec.name}-task{t}"
                 task_plan = replace(plan, spec=replace(plan.spec, name=name))
-                model = run.teacher(t * k + i, task_plan, dataset=subset)
+                model = stage.teacher(t * k + i, task_plan, dataset=subset)
                 named.append(TrainedTeacher(name, plan.arch.arch, model, plan.spec.weight))
-        return named, {}
+        return PreparedTeachers(named)
 
     # ------------------------------------------------------------ one step
     def _start_task(self, task: int) -> None:
@@ -178,8 +179,8 @@ class ContinualRecipe(nn.Module):
         teacher_out = None
         if self.teachers:
             teacher_out = self._teacher_logits(t, x, index, classes)
-            if hasattr(self.aggregator, "before_step"):
-                self.aggregator.before_step(self, x, target, *teacher_out)
+            self.targets.before_step(x, target, *teacher_out,
+                                     lambda z, kd: (1 - self.alpha) * ce_loss(z, target) + self.alpha * kd)
         logits = self.student(x)  # [B, C]
         ce = F.cross_entropy(logits[:, classes], target)
         loss, losses["ce"] = ce, ce

@@ -18,13 +18,14 @@ penultimate features (input of the final linear layer) of the student and of eve
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..errors import ConfigError
 from ..losses import ce_loss, hint_loss_per_sample
 from ..models.layers import LayerFeatures, find_layer
@@ -74,12 +75,12 @@ def teacher_layers(hint: HintSpec, teachers: Sequence[FrozenTeacher], level: int
 
 class FeaturesRecipe(OfflineRecipe):
     description = "KD + FitNet hints from named layers of several teachers, learned projectors (Romero et al. 2015)"
+    traits = replace(OfflineRecipe.traits, cacheable=False, checks_models=True)  # hints run the teachers' hidden layers
     Options = FeaturesOptions
-    cacheable = False  # hints come from the teachers' hidden layers (hooks), which cached logits never run
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
                  temperature: float = 4.0, alpha: float = 0.9, options: FeaturesOptions | None = None,
-                 on_teacher_error: str = "stop", example: torch.Tensor | None = None, **_):
+                 on_teacher_error: str = "stop", example: torch.Tensor | None = None):
         super().__init__(student, teachers, aggregator, temperature, alpha, on_teacher_error=on_teacher_error)
         self.options = options or FeaturesOptions()
         if example is None:
@@ -116,13 +117,10 @@ class FeaturesRecipe(OfflineRecipe):
                 find_layer(dict(teachers)[name], layer, f"distill.hints[{i}].teacher ({name})")
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        teacher_logits, alive = self.teacher_logits(x, index)  # also fills the teachers' hooked features
-        if hasattr(self.aggregator, "before_step"):
-            self.aggregator.before_step(self, x, y, teacher_logits, alive)
+        teacher_logits, alive = self.targets.teacher_logits(x, index)  # also fills the teachers' hooked features
+        self.targets.before_step(x, y, teacher_logits, alive, lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
         student_logits = self.student(x)  # [B, C]; fills the student's hooked features
-        features = self.features.value if self.features is not None else None
-        kd, weights = aggregated_kd(self.aggregator, student_logits, teacher_logits, y, self.temperature, features,
-                                    alive=alive)
+        kd, weights = self.targets.kd(student_logits, teacher_logits, y, alive)
         ce = ce_loss(student_logits, y)
         hints = student_logits.sum() * 0.0
         w = weights.detach()  # [B, K]
@@ -138,4 +136,4 @@ class FeaturesRecipe(OfflineRecipe):
             hints = hints + hint.weight * (v * per_sample).sum(1).mean()
         loss = (1 - self.alpha) * ce + self.alpha * kd + self.options.hint_weight * hints
         losses = {"loss": loss, "ce": ce, "kd": kd, "hint": hints}
-        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
+        return self.targets.log_terms(losses, weights)

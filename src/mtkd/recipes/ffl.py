@@ -30,12 +30,14 @@ from typing import Sequence
 
 import torch
 from pydantic import Field
+from pydantic import BaseModel
 from torch import nn
 
 from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..models.features import PenultimateFeatures
-from .peers import PeerOptions, build_keys, build_peers, rampup
+from .peers import PeerOptions, build_peers, rampup
+from .base import Traits
 
 
 def ffl_kd_terms(sub_logits: torch.Tensor, fused_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,15 +85,14 @@ class FflOptions(PeerOptions):
 class FflRecipe(nn.Module):
     description = ("FFL: sub-networks + a fusion module with its own classifier; fused -> sub-networks "
                    "and sub-network ensemble -> fused distillation (no teacher)")
-    needs_teachers = False
-    uses_unlabeled = True  # KD terms also work on unlabeled samples (CE skips them)
+    traits = Traits(uses_unlabeled=True, online=True)
     Options = FflOptions
 
-    def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
-                 temperature: float = 3.0, alpha: float = 0.5, options: FflOptions | None = None,
+    def __init__(self, student: nn.Module, temperature: float = 3.0, alpha: float = 0.5, options: FflOptions | None = None,
                  seed: int = 0, peers: Sequence[nn.Module] | None = None, num_classes: int | None = None,
-                 steps: int = 0, **build):
+                 input_shape: tuple | None = None, student_config: BaseModel | None = None, steps: int = 0):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         self.options = o = options or FflOptions()
         self.temperature, self.alpha = temperature, alpha
         self.rampup_steps = int(round(o.rampup * steps))
@@ -99,7 +100,8 @@ class FflRecipe(nn.Module):
         if peers is not None:
             named = [(f"peer{i + 1}", m, None) for i, m in enumerate(peers)]
         else:
-            named = build_peers(student, o, seed=seed, num_classes=num_classes, **build_keys(build))
+            named = build_peers(student, o, seed=seed, num_classes=num_classes, input_shape=input_shape,
+                                student_config=student_config)
         self.peer_names = [n for n, _, _ in named]
         if "fused" in self.peer_names:
             raise ConfigError("recipe 'ffl': the peer name 'fused' is taken by the fused classifier; rename the peer")

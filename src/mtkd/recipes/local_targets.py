@@ -39,6 +39,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..trainer import accuracy
+from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from ..models import build_model
+from ..seeding import seed_everything
 
 
 class LocalTargetsOptions(BaseModel):
@@ -64,15 +67,15 @@ def proximal_teacher_loss(teacher_logits: torch.Tensor, student_logits: torch.Te
 class LocalTargetsRecipe(nn.Module):
     description = "ProKT: teachers train with the student, each held near it by a KL term (local targets)"
     # the configured teachers are trained here, together with the student, not beforehand
-    needs_teachers = False
-    trains_teachers = True  # mtkd.distill hands it the teachers unfrozen
-    uses_unlabeled = True
+    traits = Traits(trains_teachers=True, uses_unlabeled=True, prepares_teachers=True, checks_config=True,
+                    reports_results=True)
     Options = LocalTargetsOptions
 
-    def __init__(self, student: nn.Module, teachers=(), aggregator=None, temperature: float = 4.0,
+    def __init__(self, student: nn.Module, temperature: float = 4.0,
                  alpha: float = 0.9, options: LocalTargetsOptions | None = None,
-                 live_teachers: Mapping[str, nn.Module] | None = None, **_):
+                 live_teachers: Mapping[str, nn.Module] | None = None):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         if not live_teachers:
             raise ConfigError("recipe 'local_targets' trains its teachers alongside the student; configure at least "
                               "one teacher (its arch, or a checkpoint to start from)")
@@ -100,18 +103,16 @@ class LocalTargetsRecipe(nn.Module):
                               "add at least one teacher")
 
     @staticmethod
-    def pipeline_teachers(run) -> tuple[list, dict]:
-        from ..models import build_model
-        from ..seeding import seed_everything
+    def prepare_teachers(stage: TeacherStage) -> PreparedTeachers:
 
         live = {}
-        for i, plan in enumerate(run.prep.teachers):
+        for i, plan in enumerate(stage.plans):
             if plan.model is not None:  # start from the given checkpoint
                 live[plan.spec.name] = plan.model
                 continue
-            seed_everything(run.cfg.seed + 1 + i)
-            live[plan.spec.name] = build_model(plan.arch, run.data.input_shape, plan.num_classes)
-        return [], {"live_teachers": live}
+            seed_everything(stage.cfg.seed + 1 + i)
+            live[plan.spec.name] = build_model(plan.arch, stage.data.input_shape, plan.num_classes)
+        return PreparedTeachers([], {"live_teachers": live})
 
     # ------------------------------------------------------------ one step
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -25,10 +25,12 @@ from typing import Literal, Sequence
 
 import torch
 from pydantic import Field
+from pydantic import BaseModel
 from torch import nn
 
 from ..losses import ce_loss
-from .peers import PeerOptions, build_keys, build_peers
+from .peers import PeerOptions, build_peers
+from .base import Traits
 
 
 def mutual_kd(logits: torch.Tensor, temperature: float, target: str = "peers") -> torch.Tensor:
@@ -61,21 +63,23 @@ class MutualOptions(PeerOptions):
 
 class MutualRecipe(nn.Module):
     description = "Deep Mutual Learning: peers of any archs trained together, CE + KL to each other (no teacher)"
-    needs_teachers = False
-    uses_unlabeled = True  # peers can agree on unlabeled samples (CE is skipped there); none = the paper's setting
+    traits = Traits(uses_unlabeled=True, online=True)  # peers can agree on unlabeled samples (CE skips them)
     Options = MutualOptions
 
-    def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
-                 temperature: float = 1.0, alpha: float = 0.5, options: MutualOptions | None = None,
-                 seed: int = 0, peers: Sequence[nn.Module] | None = None, **build):
+    def __init__(self, student: nn.Module, temperature: float = 1.0, alpha: float = 0.5, options: MutualOptions | None = None,
+                 seed: int = 0, peers: Sequence[nn.Module] | None = None,
+                 input_shape: tuple | None = None, num_classes: int | None = None,
+                 student_config: BaseModel | None = None):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         self.options = options or MutualOptions()
         self.temperature, self.alpha = temperature, alpha
         self.student = student
         if peers is not None:  # modules given directly (Python API)
             named = [(f"peer{i + 1}", m, None) for i, m in enumerate(peers)]
         else:
-            named = build_peers(student, self.options, seed=seed, **build_keys(build))
+            named = build_peers(student, self.options, seed=seed, input_shape=input_shape, num_classes=num_classes,
+                                student_config=student_config)
         self.peer_names = [n for n, _, _ in named]
         self.peer_configs = [c for _, _, c in named]
         self.peers = nn.ModuleList([m for _, m, _ in named])

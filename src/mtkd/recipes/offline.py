@@ -18,44 +18,35 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import NoOptions
-from ..aggregation.base import add_aggregator_terms, aggregated_kd
+from ..aggregation.targets import TeacherTargets
 from ..losses import ce_loss
-from ..models.features import PenultimateFeatures
-from ..teachers import FrozenTeacher, run_teachers
+from ..options import NoOptions
+from ..teachers import FrozenTeacher
+from .base import Traits
 
 
 class OfflineRecipe(nn.Module):
     description = "frozen teachers, aggregated soft targets: (1 - alpha) * CE + alpha * KD"
-    needs_teachers = True
-    cacheable = True  # teachers only ever see transfer-set samples, unaugmented: outputs may be cached
-    uses_unlabeled = True
+    # teachers only ever see transfer-set samples, unaugmented: outputs may be cached
+    traits = Traits(needs_teachers=True, uses_aggregator=True, uses_unlabeled=True, cacheable=True)
     Options = NoOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
-                 temperature: float = 4.0, alpha: float = 0.9, options: NoOptions | None = None,
-                 on_teacher_error: str = "stop", **_):
+                 temperature: float = 4.0, alpha: float = 0.9, on_teacher_error: str = "stop"):
         super().__init__()
-        self.on_teacher_error = on_teacher_error  # "stop" or "drop" (the teacher, for that batch)
-        self.events: list[dict] = []  # teacher faults of the last step, written to metrics by the trainer
         self.student = student
         self.aggregator = aggregator  # registered: an aggregator may have parameters of its own
-        self.teachers = list(teachers)  # plain list: teacher weights stay out of parameters()
         self.temperature, self.alpha = temperature, alpha
-        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
-
-    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """([K, B, C] logits, no grad; alive [K]) under the teacher-fault policy."""
-        return run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
+        # teachers (a plain list inside: their weights stay out of parameters()), aggregator, fault policy
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature, on_teacher_error)
+        self.teachers, self.events = self.targets.teachers, self.targets.events
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        teacher_logits, alive = self.teacher_logits(x, index)
-        if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
-            self.aggregator.before_step(self, x, y, teacher_logits, alive)
+        teacher_logits, alive = self.targets.teacher_logits(x, index)  # [K, B, C], [K]
+        self.targets.before_step(x, y, teacher_logits, alive,  # e.g. the bilevel meta-weight update
+                                 lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
         student_logits = self.student(x)  # [B, C]
-        features = self.features.value if self.features is not None else None
-        kd, weights = aggregated_kd(self.aggregator, student_logits, teacher_logits, y, self.temperature, features,
-                                    alive=alive)
+        kd, weights = self.targets.kd(student_logits, teacher_logits, y, alive)
         ce = ce_loss(student_logits, y)
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
-        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
+        return self.targets.log_terms(losses, weights)

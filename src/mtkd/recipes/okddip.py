@@ -28,12 +28,14 @@ from typing import Sequence
 
 import torch
 from pydantic import Field
+from pydantic import BaseModel
 from torch import nn
 
 from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..models.features import PenultimateFeatures
-from .peers import PeerOptions, build_keys, build_peers, rampup
+from .peers import PeerOptions, build_peers, rampup
+from .base import Traits
 
 
 def attention_targets(logits: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,14 +56,15 @@ class OkddipOptions(PeerOptions):
 class OkddipRecipe(nn.Module):
     description = ("OKDDip: auxiliary peers distil from attention-weighted peer targets, "
                    "the leader (student) from the peers' ensemble (no teacher)")
-    needs_teachers = False
-    uses_unlabeled = True  # KD terms also work on unlabeled samples (CE skips them)
+    traits = Traits(uses_unlabeled=True, online=True)
     Options = OkddipOptions
 
-    def __init__(self, student: nn.Module, teachers: Sequence = (), aggregator: nn.Module | None = None,
-                 temperature: float = 3.0, alpha: float = 0.5, options: OkddipOptions | None = None,
-                 seed: int = 0, peers: Sequence[nn.Module] | None = None, steps: int = 0, **build):
+    def __init__(self, student: nn.Module, temperature: float = 3.0, alpha: float = 0.5, options: OkddipOptions | None = None,
+                 seed: int = 0, peers: Sequence[nn.Module] | None = None, steps: int = 0,
+                 input_shape: tuple | None = None, num_classes: int | None = None,
+                 student_config: BaseModel | None = None):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         self.options = o = options or OkddipOptions()
         self.temperature, self.alpha = temperature, alpha
         self.rampup_steps = int(round(o.rampup * steps))
@@ -69,7 +72,8 @@ class OkddipRecipe(nn.Module):
         if peers is not None:
             named = [(f"peer{i + 1}", m, None) for i, m in enumerate(peers)]
         else:
-            named = build_peers(student, o, seed=seed, **build_keys(build))
+            named = build_peers(student, o, seed=seed, input_shape=input_shape, num_classes=num_classes,
+                                student_config=student_config)
         if len(named) < 2:
             raise ConfigError("recipe 'okddip' needs at least two auxiliary peers (peers or num_peers >= 2)")
         self.peer_names = [n for n, _, _ in named]

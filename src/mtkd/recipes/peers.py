@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import parse_model
+from ..models import build_model
 
 
 def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
     """(name or None, validated model config) of ``peers[i]``; a ConfigError names the key."""
-    from ..config import _model
-
     where = f"distill.peers[{i}]"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a model spec such as {{arch: mlp, hidden: [32]}}, got {spec!r}")
@@ -39,7 +39,7 @@ def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
     name = spec.pop("name", None)
     if name is not None and (not isinstance(name, str) or not name or "/" in name or name == "student"):
         raise ConfigError(f"{where}.name: a non-empty string without '/', not 'student' (got {name!r})")
-    return name, _model(spec, where)
+    return name, parse_model(spec, where)
 
 
 class PeerOptions(BaseModel):
@@ -83,7 +83,6 @@ def build_peers(student: nn.Module, options: PeerOptions, *, input_shape=None, n
     ``count`` (default ``options.num_peers``) fresh copies of the student. Each peer is
     initialized from its own seed, without touching the global random state.
     """
-    from ..models import build_model
 
     out = []
     if options.peers:
@@ -107,11 +106,6 @@ def build_peers(student: nn.Module, options: PeerOptions, *, input_shape=None, n
             model = fresh_copy(student, peer_seed)
         out.append((f"peer{i + 1}", model, student_config))
     return out
-
-
-def build_keys(build: dict) -> dict:
-    """Of the keyword arguments the pipeline passes every recipe, those that build peers from specs."""
-    return {k: build[k] for k in ("input_shape", "num_classes", "student_config") if k in build}
 
 
 def rampup(step: int, length: int) -> float:

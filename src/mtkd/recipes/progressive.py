@@ -43,8 +43,9 @@ from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..errors import ConfigError
 from ..io import load_torch
 from ..losses import ce_loss
-from ..models.features import PenultimateFeatures
 from ..teachers import FrozenTeacher, run_teachers
+from ..aggregation.targets import TeacherTargets
+from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
 
 
 class ProgressiveOptions(BaseModel):
@@ -97,14 +98,14 @@ def _trajectory_folder(spec) -> Path:
 
 class ProgressiveRecipe(nn.Module):
     description = "Pro-KD: follow each teacher's training checkpoints in order, temperature annealed to 1"
-    needs_teachers = True
-    uses_unlabeled = True
+    traits = Traits(needs_teachers=True, uses_aggregator=True, uses_unlabeled=True, prepares_teachers=True,
+                    checks_config=True)
     Options = ProgressiveOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
                  temperature: float = 4.0, alpha: float = 0.9, options: ProgressiveOptions | None = None,
                  trajectories: Mapping[str, Sequence[nn.Module]] | None = None, steps: int = 1,
-                 on_teacher_error: str = "stop", **_):
+                 on_teacher_error: str = "stop"):
         super().__init__()
         self.options = options or ProgressiveOptions()
         if not trajectories or any(not trajectories.get(t.name) for t in teachers):
@@ -115,7 +116,9 @@ class ProgressiveRecipe(nn.Module):
         # temperature: the one in use at this step (read by aggregators such as meta), set from the schedule
         self.max_temperature = self.temperature = temperature
         self.alpha, self.total_steps = alpha, steps
-        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
+        self.features = self.targets.features
         self.on_teacher_error = on_teacher_error
         self.events: list[dict] = []
         # per teacher: its checkpoints in order, then the trained teacher itself (plain lists: frozen, not trained)
@@ -134,26 +137,24 @@ class ProgressiveRecipe(nn.Module):
                                   "Give the teacher an arch so this run trains it (and keeps them)")
 
     @staticmethod
-    def pipeline_teachers(run) -> tuple[list, dict]:
-        from ..pipeline import TrainedTeacher
-
-        opts = run.cfg.recipe_options
+    def prepare_teachers(stage: TeacherStage) -> PreparedTeachers:
+        opts = stage.cfg.recipe_options
         named, trajectories = [], {}
-        for i, plan in enumerate(run.prep.teachers):
+        for i, plan in enumerate(stage.plans):
             spec = plan.spec
             if plan.model is not None:
                 folder, final_step = _trajectory_folder(spec), None
             else:
                 every = spec.train.save_every or max(1, spec.train.steps // opts.checkpoints)
                 plan = replace(plan, spec=replace(spec, train=spec.train.model_copy(update={"save_every": every})))
-                folder, final_step = run.out / "teachers" / spec.name, spec.train.steps
-            model = run.teacher(i, plan)
+                folder, final_step = stage.out / "teachers" / spec.name, spec.train.steps
+            model = stage.teacher(i, plan)
             steps = sorted(folder.glob("step-*.pt"))
             # the checkpoint of the last step is the trained teacher itself, which the recipe appends
             keep = [p for p in steps if final_step is None or int(p.stem.split("-")[1]) < final_step]
             trajectories[spec.name] = load_trajectory_files(keep, model)
             named.append(TrainedTeacher(spec.name, plan.arch.arch, model, spec.weight))
-        return named, {"trajectories": trajectories}
+        return PreparedTeachers(named, {"trajectories": trajectories})
 
     # ------------------------------------------------------------ one step
     def current(self) -> tuple[int, list[FrozenTeacher], float]:
@@ -169,8 +170,8 @@ class ProgressiveRecipe(nn.Module):
         phase, teachers, temperature = self.current()
         self.temperature = temperature
         teacher_logits, alive = run_teachers(teachers, x, index, self.on_teacher_error, self.events)  # [K, B, C]
-        if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
-            self.aggregator.before_step(self, x, y, teacher_logits, alive)
+        self.targets.before_step(x, y, teacher_logits, alive,  # e.g. the bilevel meta-weight update
+                                 lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd, temperature)
         logits = self.student(x)  # [B, C]
         features = self.features.value if self.features is not None else None
         kd, weights = aggregated_kd(self.aggregator, logits, teacher_logits, y, temperature, features, alive=alive)

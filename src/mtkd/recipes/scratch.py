@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import NoOptions
+from ..options import NoOptions
 from ..losses import ce_loss
+from .base import Traits
 
 
 class ScratchRecipe(nn.Module):
     description = "no teacher: cross-entropy on the labels (the baseline)"
-    needs_teachers = False
-    uses_unlabeled = False  # unlabeled samples carry no signal without a teacher
+    traits = Traits()  # unlabeled samples carry no signal without a teacher
     Options = NoOptions
 
-    def __init__(self, student: nn.Module, teachers=(), aggregator: nn.Module | None = None, **_):
+    def __init__(self, student: nn.Module):
         super().__init__()
+        self.events: list[dict] = []  # nothing to report per step (the Recipe protocol's field)
         self.student = student
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:

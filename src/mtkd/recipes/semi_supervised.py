@@ -47,8 +47,9 @@ from ..errors import ConfigError
 from ..aggregation.base import add_aggregator_terms, aggregated_kd, mix, softened
 from ..losses import ce_loss
 from ..losses.kd import kd_loss_per_sample
-from ..models.features import PenultimateFeatures
 from ..teachers import FrozenTeacher, run_teachers
+from ..aggregation.targets import TeacherTargets
+from .base import Traits
 
 
 class SemiSupervisedOptions(BaseModel):
@@ -95,15 +96,12 @@ def uekd_labeled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 class SemiSupervisedRecipe(nn.Module):
     description = ("UEKD: KD on labeled data weighted by teacher correctness, on unlabeled data by teacher "
                    "disagreement")
-    needs_teachers = True
-    cacheable = True  # teachers only ever see transfer-set samples, unaugmented: outputs may be cached
-    uses_unlabeled = False  # the trainer's loader gives labeled batches; the pool is drawn here
-    needs_unlabeled = True
+    traits = Traits(needs_teachers=True, uses_aggregator=True, cacheable=True, needs_unlabeled=True)  # the pool is drawn here, batches are labeled
     Options = SemiSupervisedOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
                  temperature: float = 4.0, alpha: float = 0.9, options: SemiSupervisedOptions | None = None,
-                 unlabeled: IndexedTensorDataset | None = None, seed: int = 0, on_teacher_error: str = "stop", **_):
+                 unlabeled: IndexedTensorDataset | None = None, seed: int = 0, on_teacher_error: str = "stop"):
         super().__init__()
         self.on_teacher_error = on_teacher_error  # "stop" or "drop" (the teacher, for that batch)
         self.events: list[dict] = []  # teacher faults of the last step, written to metrics by the trainer
@@ -118,7 +116,9 @@ class SemiSupervisedRecipe(nn.Module):
         self.temperature, self.alpha = temperature, alpha
         self.options = options or SemiSupervisedOptions()
         self.unlabeled, self.seed = unlabeled, seed
-        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
+        self.features = self.targets.features
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         scores = self._disagreement()  # [U], on the CPU where the pool is sampled; recomputed, never saved
         self.scores = scores + self.options.floor * scores.mean().clamp_min(1e-12)
@@ -161,10 +161,10 @@ class SemiSupervisedRecipe(nn.Module):
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         labeled_out = None  # teachers on the labeled batch, only when something needs them
-        if hasattr(self.aggregator, "before_step") or self.options.labeled != "none":
+        if self.targets.looks_ahead or self.options.labeled != "none":
             labeled_out = self.teacher_logits(x, index)
-        if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
-            self.aggregator.before_step(self, x, y, *labeled_out)
+        if self.targets.looks_ahead:  # e.g. the bilevel meta-weight update
+            self.targets.before_step(x, y, *labeled_out, lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
         device = x.device
         xu, iu, scores = self._unlabeled_batch()
         xu = xu.to(device)

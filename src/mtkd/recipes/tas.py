@@ -41,9 +41,10 @@ from ..aggregation.base import add_aggregator_terms
 from ..errors import ConfigError
 from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
 from ..models.blocks import Blocks, model_blocks, run_blocks
-from ..models.features import PenultimateFeatures
 from ..models.projectors import LocalToGlobalProjector, Projector, to_channels
 from ..teachers import FrozenTeacher
+from ..aggregation.targets import TeacherTargets
+from .base import Traits
 
 
 class TasOptions(BaseModel):
@@ -143,13 +144,12 @@ def _teacher_part(stages, mode: str):
 class TasRecipe(nn.Module):
     description = "TAS: hybrid assistant (convolutional blocks, local-to-global projector, attention/MLP blocks), " \
                   "OFA + InfoNCE (Li et al. 2024)"
-    needs_teachers = True
-    uses_unlabeled = True
+    traits = Traits(needs_teachers=True, uses_aggregator=True, uses_unlabeled=True, checks_models=True)
     Options = TasOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher], aggregator: nn.Module,
                  temperature: float = 4.0, alpha: float = 0.9, options: TasOptions | None = None,
-                 on_teacher_error: str = "stop", example: torch.Tensor | None = None, **_):
+                 on_teacher_error: str = "stop", example: torch.Tensor | None = None):
         super().__init__()
         self.options = o = options or TasOptions()
         if example is None:
@@ -160,7 +160,9 @@ class TasRecipe(nn.Module):
         self.events: list[dict] = []
         self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
         self.temperature, self.alpha = temperature, alpha  # temperature: for aggregators that use it (meta)
-        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
+        self.features = self.targets.features
         names = [t.name for t in self.teachers]
         if o.assistant_teacher is not None and o.assistant_teacher not in names:
             raise ConfigError(f"distill.assistant_teacher: no teacher named {o.assistant_teacher!r}; "
@@ -247,8 +249,7 @@ class TasRecipe(nn.Module):
         o = self.options
         t_feats, teacher_logits, t_mid = self._teachers(x, index)
         alive = torch.ones(len(self.teachers), dtype=torch.bool, device=x.device)
-        if hasattr(self.aggregator, "before_step"):
-            self.aggregator.before_step(self, x, y, teacher_logits, alive)
+        self.targets.before_step(x, y, teacher_logits, alive, lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
         mid = run_blocks(self.early, x)  # student's blocks before the cut
         f_s = run_blocks(self.rest, mid)
         s_logits = self.head(f_s)  # [B, C], the same as student(x)

@@ -49,8 +49,10 @@ from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..data.base import UNLABELED
 from ..errors import ConfigError
 from ..losses import ce_loss
-from ..models.features import PenultimateFeatures
+from ..options import TeacherSpec, TrainConfig
 from ..teachers import FrozenTeacher, run_teachers
+from ..aggregation.targets import TeacherTargets
+from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
 
 
 class TeacherFreeOptions(BaseModel):
@@ -98,13 +100,12 @@ def virtual_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, correct_
 
 class TeacherFreeRecipe(nn.Module):
     description = "Tf-KD: a trained copy of the student (self), a virtual teacher, or a weaker model (reverse) teaches"
-    needs_teachers = False  # only mode reverse uses the configured teachers (checked in check_config)
-    uses_unlabeled = False
+    traits = Traits(prepares_teachers=True, checks_config=True)  # only mode reverse uses the configured teachers
     Options = TeacherFreeOptions
 
     def __init__(self, student: nn.Module, teachers: Sequence[FrozenTeacher] = (), aggregator: nn.Module | None = None,
                  temperature: float = 4.0, alpha: float = 0.9, options: TeacherFreeOptions | None = None,
-                 on_teacher_error: str = "stop", **_):
+                 on_teacher_error: str = "stop"):
         super().__init__()
         self.options = options or TeacherFreeOptions()
         if self.options.mode != "virtual" and not teachers:
@@ -115,7 +116,9 @@ class TeacherFreeRecipe(nn.Module):
         self.temperature, self.alpha = temperature, alpha
         self.on_teacher_error = on_teacher_error
         self.events: list[dict] = []
-        self.features = PenultimateFeatures(student) if getattr(aggregator, "needs_features", False) else None
+        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
+        self.features = self.targets.features
 
     # ------------------------------------------------------------ pipeline hooks
     @staticmethod
@@ -125,23 +128,21 @@ class TeacherFreeRecipe(nn.Module):
             raise ConfigError("teachers: recipe 'teacher_free' with mode 'reverse' needs the weaker model(s) as teachers")
 
     @staticmethod
-    def pipeline_teachers(run) -> tuple[list, dict]:
-        from ..config import TeacherSpec, TrainConfig
-        from ..pipeline import TeacherPlan, TrainedTeacher
+    def prepare_teachers(stage: TeacherStage) -> PreparedTeachers:
 
-        cfg, mode = run.cfg, run.cfg.recipe_options.mode
+        cfg, mode = stage.cfg, stage.cfg.recipe_options.mode
         if mode == "reverse":
-            return [TrainedTeacher(p.spec.name, p.arch.arch, run.teacher(i, p), p.spec.weight)
-                    for i, p in enumerate(run.prep.teachers)], {}
-        if run.prep.teachers:
-            run.log(f"note: recipe 'teacher_free' with mode {mode!r} does not use the configured teachers")
+            return PreparedTeachers([TrainedTeacher(p.spec.name, p.arch.arch, stage.teacher(i, p), p.spec.weight)
+                                     for i, p in enumerate(stage.plans)])
+        if stage.plans:
+            stage.log(f"note: recipe 'teacher_free' with mode {mode!r} does not use the configured teachers")
         if mode == "virtual":
-            return [], {}
+            return PreparedTeachers([])
         # Tf-KD_self: the student's arch trained normally, with the distill section's training settings
         train = TrainConfig(**{k: getattr(cfg.distill, k) for k in TrainConfig.model_fields})
         spec = TeacherSpec("self", cfg.student, None, 1.0, train)
-        plan = TeacherPlan(spec, cfg.student, run.prep.num_classes)
-        return [TrainedTeacher("self", cfg.student.arch, run.teacher(len(run.prep.teachers), plan))], {}
+        plan = TeacherPlan(spec, cfg.student, stage.num_classes)
+        return PreparedTeachers([TrainedTeacher("self", cfg.student.arch, stage.teacher(len(stage.plans), plan))])
 
     # ------------------------------------------------------------ one step
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -152,8 +153,8 @@ class TeacherFreeRecipe(nn.Module):
                                  self.options.soften_student)
         else:
             teacher_logits, alive = run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
-            if hasattr(self.aggregator, "before_step"):  # e.g. the bilevel meta-weight update
-                self.aggregator.before_step(self, x, y, teacher_logits, alive)
+            self.targets.before_step(x, y, teacher_logits, alive,  # e.g. the bilevel meta-weight update
+                                     lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
             logits = self.student(x)
             features = self.features.value if self.features is not None else None
             kd, weights = aggregated_kd(self.aggregator, logits, teacher_logits, y, self.temperature, features,

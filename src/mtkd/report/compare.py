@@ -163,7 +163,6 @@ def summarize_group(group: Group) -> dict:
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path, plots: bool = True) -> dict:
     """Write the side-by-side report of ``run_dirs`` into ``out``; returns comparison.json's contents."""
-    from .plots import plot_compare_accuracy, plot_compare_curves
 
     if not run_dirs:
         raise MtkdError("give at least one run directory")
@@ -173,8 +172,18 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, plots: bool = True
     if out.resolve() in resolved:
         raise MtkdError(f"--out {out} is one of the run directories; its report.md would be overwritten, "
                         "choose another --out")
-    if out.exists() and not out.is_dir():
-        raise MtkdError(f"--out {out} is a file, not a directory")
+    from ..rundir import claim
+
+    held, _ = claim(out, "report")  # a new or empty folder, or one an earlier report wrote; locked
+    try:
+        return _write_comparison(runs, out, plots)
+    finally:
+        held.release()
+
+
+def _write_comparison(runs: list[RunRecord], out: Path, plots: bool) -> dict:
+    from .plots import plot_compare_accuracy, plot_compare_curves
+
     groups = group_runs(runs)
     summaries = [summarize_group(g) for g in groups]
 

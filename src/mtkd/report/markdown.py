@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
-from .plots import plot_accuracy, plot_agreement, plot_curves, plot_monitor, plot_reliability, plot_teacher_weights
 from .summary import markdown_table
 
 
@@ -27,6 +26,10 @@ def write_report(out: Path, summary: dict, records: list[dict], plots: bool = Tr
         lines += continual_table(summary["continual"])
     lines += monitor_table(records)
     if plots:
+        # matplotlib loads only here, when a report draws plots
+        from .plots import plot_accuracy, plot_agreement, plot_curves, plot_monitor, plot_reliability, \
+            plot_teacher_weights
+
         bars = [(tr["name"], tr["accuracy"], tr["params"]) for tr in summary["teachers"]]
         if "ensemble" in summary:
             bars.append(("ensemble", summary["ensemble"]["accuracy"], summary["ensemble"]["params"]))

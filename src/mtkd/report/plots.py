@@ -1,13 +1,14 @@
-"""PNG plots for report.md, drawn with matplotlib's non-interactive Agg backend."""
+"""PNG plots for report.md, drawn on matplotlib ``Figure`` objects (rendered by Agg when saved).
+
+No pyplot: importing this module neither switches the user's matplotlib backend nor
+registers figures with pyplot, and it is imported only when a report draws plots."""
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def _by_stage(records: list[dict], key: str) -> dict[str, tuple[list, list]]:
@@ -25,14 +26,19 @@ def _save(fig, path: Path) -> None:
 
     fig.tight_layout()
     _atomic(path, lambda h: fig.savefig(h, format="png", dpi=110), "wb")
-    plt.close(fig)
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kwargs):
+    """(figure, axes) like ``pyplot.subplots``, without pyplot's global state."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_curves(records: list[dict], path: Path) -> bool:
     loss, acc = _by_stage(records, "loss"), _by_stage(records, "val_accuracy")
     if not loss:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
     for stage, (xs, ys) in loss.items():
         axes[0].plot(xs, ys, label=stage)
     axes[0].set(title="training loss", xlabel="step", ylabel="loss", yscale="log")
@@ -50,7 +56,7 @@ def plot_teacher_weights(records: list[dict], path: Path) -> bool:
     keys = sorted({k for r in records if r.get("stage") == "distill" for k in r if k.startswith("weight/")})
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for key in keys:
         pts = [(r["step"], r[key]) for r in records if r.get("stage") == "distill" and key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key.split("/", 1)[1])
@@ -68,7 +74,7 @@ def plot_monitor(records: list[dict], path: Path) -> bool:
                    if k.startswith("monitor/") and not isinstance(r[k], list)})
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for key in keys:
         pts = [(r["step"], r[key]) for r in records if r.get("stage") == "distill" and key in r]
         label = key.removeprefix("monitor/").replace("agree/", "agrees with ")
@@ -83,7 +89,7 @@ def plot_monitor(records: list[dict], path: Path) -> bool:
 
 def plot_accuracy(rows: list[tuple[str, float, int]], path: Path) -> bool:
     """Bar chart of test accuracy, labelled with parameter counts. rows: (label, accuracy, params)."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows)), 4))
+    fig, ax = _subplots(figsize=(max(5, 1.1 * len(rows)), 4))
     bars = ax.bar(range(len(rows)), [100 * r[1] for r in rows], color="tab:blue")
     for b, r in zip(bars, rows):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{100 * r[1]:.1f}%\n{r[2]:,} p",
@@ -102,7 +108,7 @@ def plot_reliability(models: list[dict], bins: int, path: Path) -> bool:
         return False
     cols = min(4, len(models))
     rows = (len(models) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     width = 1.0 / bins
     lefts = [m * width for m in range(bins)]
     for ax, rec in zip(axes.flat, models):
@@ -136,7 +142,7 @@ def plot_agreement(names: list[str], matrix: list[list[float]], path: Path) -> b
     if len(names) < 2:
         return False
     n = len(names)
-    fig, ax = plt.subplots(figsize=(1.0 * n + 2.5, 0.9 * n + 1.8))
+    fig, ax = _subplots(figsize=(1.0 * n + 2.5, 0.9 * n + 1.8))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     for i in range(n):
         for j in range(n):
@@ -160,7 +166,7 @@ def plot_compare_accuracy(groups: list[dict], path: Path) -> bool:
               ("scratch_accuracy", "student (scratch)", "tab:gray")]
     series = [s for s in series if any(s[0] in g for g in groups)]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 2), 4.2))
+    fig, ax = _subplots(figsize=(max(5, 1.6 * len(groups) + 2), 4.2))
     for k, (key, label, color) in enumerate(series):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))]
         means = [100 * g[key]["mean"] if key in g else 0 for g in groups]
@@ -183,8 +189,8 @@ def plot_compare_curves(groups: list[tuple[str, list[list[dict]]]], path: Path, 
     groups: (label, [metrics records of each run])."""
     if not any(r.get("stage") == stage and "loss" in r for _, runs in groups for recs in runs for r in recs):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for n, (label, runs) in enumerate(groups):
         color = colors[n % len(colors)]
         for k, recs in enumerate(runs):

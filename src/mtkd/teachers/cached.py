@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..cache.store import Entry
+from ..cache.store import STACK_LIMIT, Entry
 from ..cache.topk import expand_topk
 from ..errors import TeacherError
 from .frozen import FrozenTeacher, sample_list
@@ -104,7 +104,6 @@ class CachedTeacher(FrozenTeacher):
     def to(self, device) -> "CachedTeacher":
         """On a GPU the stored outputs move into device memory once, so lookups are device gathers;
         an entry over ``STACK_LIMIT`` bytes stays in its memory map and each batch's rows move."""
-        from ..cache.build import STACK_LIMIT
 
         device = torch.device(device)
         if self._model is not None:

@@ -27,20 +27,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..optional import require  # noqa: F401 - re-exported for the teacher kinds
 from ..errors import MtkdError
 from ..io import update_sha256
 
 # Logit of a class the teacher does not cover. Finite (so outputs pass the finite check) and
 # low enough that exp(MISSING_LOGIT / T) underflows to exactly 0 in float32 for T <= 100.
 MISSING_LOGIT = -1.0e4
-
-
-def require(module: str, extra: str, what: str):
-    """Import an optional dependency, or say which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MtkdError(f"{what} needs the optional package '{module}': pip install 'mtkd[{extra}]'") from None
 
 
 def log_probabilities(probs: torch.Tensor) -> torch.Tensor:

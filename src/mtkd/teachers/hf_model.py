@@ -15,34 +15,39 @@ from pathlib import Path
 
 import torch
 
+from ..data.tokens import encode, load_tokenizer  # noqa: F401 - encode: re-exported
 from ..errors import MtkdError
 from .external import ExternalTeacher, require, teacher_class_names
 
 
-def load_tokenizer(path: str | Path, what: str):
-    transformers = require("transformers", "hf", what)
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise MtkdError(f"{what}: no tokenizer saved in {path} ({str(exc).splitlines()[0][:200]})") from None
-
-
-def encode(tokenizer, texts, max_length: int) -> torch.Tensor:
-    """Texts -> token ids [B, max_length] (padded, truncated), as float like every mtkd input."""
-    ids = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                    return_tensors="pt")["input_ids"]
-    return ids.float()  # exact: float32 holds integers up to 2^24, far above any vocabulary size
+def check_weight_files(path: str | Path, allow_code: bool, name: str) -> bool:
+    """True when ``path`` has safetensors weights (preferred: plain tensors). Weights only in pickle
+    files (``*.bin``, ``*.pt``, ``*.ckpt``) need ``allow_code``: unpickling can run code."""
+    path = Path(path)
+    if any(path.glob("*.safetensors")):
+        return True
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles and not allow_code:
+        raise MtkdError(f"teacher '{name}': {path} holds its weights only as pickles ({', '.join(pickles[:3])}), and "
+                        "loading a pickle can run code; save it with safe_serialization=True (safetensors), or if you "
+                        "trust it set allow_code: true on this teacher (or pass --allow-code)")
+    return False
 
 
 class HfTeacher(ExternalTeacher):
     kind = "hf"
 
-    def __init__(self, path: str | Path, data_classes, classes=None, name: str = "hf"):
+    def __init__(self, path: str | Path, data_classes, classes=None, name: str = "hf", allow_code: bool = False,
+                 trust_remote_code: bool = False):
         transformers = require("transformers", "hf", f"Hugging Face teacher '{name}'")
         if not Path(path).is_dir():
             raise MtkdError(f"teacher '{name}': {path} is not a directory saved with save_pretrained")
+        safetensors = check_weight_files(path, allow_code, name)
         try:
-            model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+            # never a prompt (stdin is not consent); model code from the directory only when the teacher sets it
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code,
+                use_safetensors=True if safetensors else None)
         except (OSError, ValueError) as exc:
             raise MtkdError(f"teacher '{name}': cannot load a sequence-classification model from {path} "
                             f"({str(exc).splitlines()[0][:200]})") from None

@@ -19,6 +19,13 @@ class ExternalOptions(BaseModel):
                                                         "(default: the model's own, else the data set's)")
     preprocess: bool = Field(False, description="feed it the inputs after data.normalize (default: the raw "
                                                 "selected columns, as it was trained)")
+    allow_code: bool = Field(False, description="load this file even though loading it runs code from it "
+                                                "(pickle, TorchScript, Hugging Face .bin): only for files you trust")
+    allow_pickle: bool = Field(False, description="the older name of allow_code")
+
+    @property
+    def code_allowed(self) -> bool:
+        return self.allow_code or self.allow_pickle
 
     @property
     def arch(self) -> str:  # what reports show in the 'arch' column
@@ -34,7 +41,6 @@ class OnnxOptions(ExternalOptions):
 
 class SklearnOptions(ExternalOptions):
     kind: Literal["sklearn"] = "sklearn"
-    allow_pickle: bool = Field(False, description="load the pickled estimator (runs code from the file)")
 
 
 class TorchScriptOptions(ExternalOptions):
@@ -47,6 +53,8 @@ class StateDictOptions(ExternalOptions):
 
 class HfOptions(ExternalOptions):
     kind: Literal["hf"] = "hf"
+    trust_remote_code: bool = Field(False, description="run the model code saved in the directory "
+                                                       "(transformers' trust_remote_code); off unless set here")
 
 
 class TeacherKind(NamedTuple):
@@ -65,13 +73,13 @@ def _onnx(opts: OnnxOptions, name, data, model_cfg=None):
 def _sklearn(opts: SklearnOptions, name, data, model_cfg=None):
     from .sklearn_model import SklearnTeacher, load_estimator
 
-    return SklearnTeacher(load_estimator(opts.path, opts.allow_pickle, name), data.class_names, opts.classes, name)
+    return SklearnTeacher(load_estimator(opts.path, opts.code_allowed, name), data.class_names, opts.classes, name)
 
 
 def _torchscript(opts: TorchScriptOptions, name, data, model_cfg=None):
     from .torchscript_model import TorchScriptTeacher
 
-    return TorchScriptTeacher(opts.path, data.class_names, data.input_shape, opts.classes, name)
+    return TorchScriptTeacher(opts.path, data.class_names, data.input_shape, opts.classes, name, opts.code_allowed)
 
 
 def _state_dict(opts: StateDictOptions, name, data, model_cfg=None):
@@ -83,14 +91,15 @@ def _state_dict(opts: StateDictOptions, name, data, model_cfg=None):
 def _hf(opts: HfOptions, name, data, model_cfg=None):
     from .hf_model import HfTeacher
 
-    return HfTeacher(opts.path, data.class_names, opts.classes, name)
+    return HfTeacher(opts.path, data.class_names, opts.classes, name, allow_code=opts.code_allowed,
+                     trust_remote_code=opts.trust_remote_code)
 
 
 TEACHER_KINDS: dict[str, TeacherKind] = {
     "onnx": TeacherKind(OnnxOptions, _onnx, "an ONNX file run with onnxruntime (extra: onnx)"),
     "sklearn": TeacherKind(SklearnOptions, _sklearn,
-                           "a pickled estimator with predict_proba; needs allow_pickle: true (extra: sklearn)"),
-    "torchscript": TeacherKind(TorchScriptOptions, _torchscript, "a TorchScript file (torch.jit.save)"),
+                           "a pickled estimator with predict_proba; needs allow_code: true (extra: sklearn)"),
+    "torchscript": TeacherKind(TorchScriptOptions, _torchscript, "a TorchScript file (torch.jit.save); a program, so it needs allow_code: true"),
     "state_dict": TeacherKind(StateDictOptions, _state_dict,
                               "a plain state dict for a built-in arch named with its size keys", needs_arch=True),
     "hf": TeacherKind(HfOptions, _hf, "a local Hugging Face sequence-classification model directory (extra: hf)"),
@@ -110,8 +119,11 @@ def load_external(spec, data) -> ExternalTeacher:
     return teacher
 
 
-def allow_pickles(cfg) -> None:
-    """``--allow-pickle``: let every teacher that reads a pickle in ``cfg`` load it."""
+def allow_code(cfg) -> None:
+    """``--allow-code`` (``--allow-pickle``): let every teacher of ``cfg`` load a file whose loading runs code."""
     for spec in cfg.teachers:
-        if spec.external is not None and "allow_pickle" in type(spec.external).model_fields:
-            spec.external.allow_pickle = True
+        if spec.external is not None:
+            spec.external.allow_code = True
+
+
+allow_pickles = allow_code  # the older name

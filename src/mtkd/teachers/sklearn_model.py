@@ -3,7 +3,8 @@ interfaces of XGBoost, LightGBM and CatBoost, which have the same method and ``c
 
 Estimators are stored as pickles (``joblib.dump`` / ``pickle.dump``), and loading a pickle
 runs code from the file. A file is therefore opened only when the teacher sets
-``allow_pickle: true`` (or ``allow_pickle=True`` in Python): only for files you trust.
+``allow_code: true`` (older name ``allow_pickle: true``; ``--allow-code`` on the command line): only for files
+you trust.
 Inputs are flattened to [B, features]; the output is log-probabilities in the data set's
 class order (``classes_`` names the estimator's classes unless ``classes`` is given).
 """
@@ -41,7 +42,8 @@ def load_estimator(path: str | Path, allow_pickle: bool, name: str = "sklearn"):
     path = Path(path)
     if not allow_pickle:
         raise MtkdError(f"teacher '{name}': {path} is a pickle, and loading a pickle runs code from the file; "
-                        "if you trust it, set allow_pickle: true on this teacher (or pass --allow-pickle)")
+                        "if you trust it, set allow_code: true (or its older name allow_pickle: true) on this teacher, "
+                        "or pass --allow-code")
     if not path.is_file():
         raise MtkdError(f"teacher '{name}': estimator file not found: {path}")
     require("sklearn", "sklearn", f"scikit-learn teacher '{name}'")

@@ -13,13 +13,13 @@ import torch
 from ..errors import MtkdError
 from ..io import load_torch
 from .external import ExternalTeacher
+from ..models import build_model
 
 
 class StateDictTeacher(ExternalTeacher):
     kind = "state_dict"
 
     def __init__(self, path: str | Path, arch_cfg, data_classes, input_shape, classes=None, name: str = "state_dict"):
-        from ..models import build_model
 
         if not Path(path).is_file():
             raise MtkdError(f"teacher '{name}': state dict file not found: {path}")
