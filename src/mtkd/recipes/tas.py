@@ -204,11 +204,8 @@ class TasRecipe(nn.Module):
         self.student_to_teacher = nn.ModuleList(nn.Linear(s_dim, d) for d in t_dims)  # P_k
         self.assistant_to_teacher = nn.Linear(a_dim, t_dims[self.source])  # P
         self.student_to_assistant = nn.Linear(s_dim, a_dim)  # P'
-        log_tau = torch.tensor(math.log(o.nce_temperature))
         if o.learn_nce_temperature:  # one temperature for the three paths' InfoNCE terms
-            self.log_nce_temperature = nn.Parameter(log_tau)
-        else:
-            self.register_buffer("log_nce_temperature", log_tau)
+            self.log_nce_temperature = nn.Parameter(torch.tensor(math.log(o.nce_temperature)))
 
     @staticmethod
     def check_models(cfg, student: nn.Module, teachers: list[tuple[str, nn.Module]],
@@ -274,7 +271,10 @@ class TasRecipe(nn.Module):
         ofa_ta = ofa_loss(a_logits, target, y, g, T)
         ofa_as = ofa_loss(s_logits, torch.softmax(a_logits.detach() / T, -1), y, g, T)
 
-        bins, tau = o.smooth_bins, self.log_nce_temperature.exp().clamp_min(MIN_NCE_TEMPERATURE)
+        bins = o.smooth_bins
+        # a fixed temperature is used as given (exp(log tau) would differ from it in the last bit)
+        tau = self.log_nce_temperature.exp().clamp_min(MIN_NCE_TEMPERATURE) if o.learn_nce_temperature \
+            else o.nce_temperature
         e_s = _embedding(f_s, self.layouts["student"], bins)  # [B, Ds]
         e_a = _embedding(f_a, self.layouts["assistant"], bins)  # [B, Da]
         e_t = [_embedding(f, b.body[-1].layout, bins) for f, b in zip(t_feats, self.teacher_blocks)]
@@ -290,5 +290,6 @@ class TasRecipe(nn.Module):
                 + o.nce_weight * (nce_ts + nce_ta + nce_as))
         losses = {"loss": loss, "ce": ce_s, "kd": ofa_ts, "ce_assistant": ce_a, "ofa_teacher_assistant": ofa_ta,
                   "ofa_assistant_student": ofa_as, "nce_teacher_student": nce_ts, "nce_teacher_assistant": nce_ta,
-                  "nce_assistant_student": nce_as, "nce_temperature": tau.detach()}
+                  "nce_assistant_student": nce_as,
+                  "nce_temperature": torch.as_tensor(tau, dtype=torch.float32, device=x.device).detach()}
         return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
