@@ -80,9 +80,9 @@ ELSEWHERE = {
     "python3 -m pytest tests": "the suite this test belongs to (.ci/run)",
     "python3 -m pytest tests/test_losses.py -q": "part of the suite this test belongs to",
     "pip install 'mtkd[onnx]'": "installs packages; the dev extra has them",
-    "cd examples/mixed_pool && python3 make_teachers.py && mtkd run digits-mixed.yaml --allow-pickle":
+    "cd examples/mixed_pool && python3 make_teachers.py && mtkd run digits-mixed.yaml --allow-code":
         "tests/test_docs_teachers.py runs the page's make_teachers.py and config (fewer steps)",
-    "mtkd select digits-mixed.yaml --allow-pickle": "tests/test_docs_teachers.py runs it on the teachers it made",
+    "mtkd select digits-mixed.yaml --allow-code": "tests/test_docs_teachers.py runs it on the teachers it made",
     "torchrun --standalone --nproc_per_node=2 -m mtkd run cfg.yaml --out runs/codist":
         "tests/test_online.py runs codistillation under torchrun with two CPU processes",
     "for agg in mean confidence; do for seed in 0 1 2; do mtkd run configs/mnist1d.yaml ...":

@@ -25,15 +25,15 @@ def test_mixed_pool_quickstart_runs(tmp_path):
     run = [sys.executable, "-m", "mtkd", "run", "digits-mixed.yaml", "--no-progress", "--out", "run",
            "--set", "distill.steps=200", "--set", "distill.baseline=false"]
     refused = subprocess.run(run, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert refused.returncode == 2 and "allow_pickle" in refused.stderr and not (tmp_path / "run").exists()
-    proc = subprocess.run(run + ["--allow-pickle"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2 and "allow_code" in refused.stderr and not (tmp_path / "run").exists()
+    proc = subprocess.run(run + ["--allow-code"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()}
     for name, kind in [("mlp", "mlp"), ("cnn", "onnx"), ("forest", "sklearn")]:
         accuracy = float(re.search(r"([0-9.]+) %", rows[name]).group(1))
         assert f" {kind} " in rows[name] and accuracy > 85, rows[name]
     # the selection page's transcript, on the same teachers
-    select = subprocess.run([sys.executable, "-m", "mtkd", "select", "digits-mixed.yaml", "--allow-pickle"],
+    select = subprocess.run([sys.executable, "-m", "mtkd", "select", "digits-mixed.yaml", "--allow-code"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert select.returncode == 0, select.stderr[-2000:]
     assert "wrote digits-mixed-selected.yaml" in select.stdout and (tmp_path / "digits-mixed-selected.yaml").is_file()
