@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -52,6 +53,7 @@ PAIRS = {
     },
 }
 METHODS = ["scratch", "kd", "fitnet", "takd", "tas"]
+DEFAULT_JSON = Path(__file__).parent / "results" / "cross_arch.json"
 
 
 def _init_worker():
@@ -143,6 +145,27 @@ def table(results, args) -> str:
     return "\n".join(lines)
 
 
+def partial_table(results, args) -> str:
+    """Mean ± std per pair and method of a partial run (e.g. one method, or an ablation)."""
+    lines = [f"MNIST-1D ({args.unlabeled:,} unlabeled), {args.steps} student steps, seeds {args.seeds}"
+             + (f", TAS options {' '.join(args.tas)}" if args.tas else "") + " (mean ± std of test accuracy, %)", "",
+             "| pair (teacher -> student) | method | accuracy | seeds done |", "|---|---|---:|---|"]
+    for pair in args.pairs:
+        for method in args.methods:
+            rows = [r for r in results if r["pair"] == pair and r["method"] == method]
+            if rows:
+                lines.append(f"| {pair} | {method} | {_stats([r['accuracy'] for r in rows])} | "
+                             f"{', '.join(str(r['seed']) for r in rows)} |")
+    return "\n".join(lines)
+
+
+def _write_json(args, results, wall: float) -> None:
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"steps": args.steps, "unlabeled": args.unlabeled, "seeds": args.seeds,
+                                     "pairs": args.pairs, "methods": args.methods, "tas": args.tas,
+                                     "wall_seconds": round(wall, 1), "results": results}, indent=1) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -153,7 +176,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     parser.add_argument("--tas", nargs="*", default=[], metavar="KEY=VALUE",
                         help="options of recipe tas, e.g. nce_weight=0 (values parsed as YAML)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "cross_arch.json")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help="where the results go (a partial run is stored only when this is given)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -170,15 +195,17 @@ def main(argv=None):
             print(f"{r['pair']:>22} {r['method']:>8} seed {r['seed']}: {100 * r['accuracy']:.1f} % "
                   f"({r['seconds']} s)", file=sys.stderr)
     if set(args.pairs) != set(PAIRS) or set(args.methods) != set(METHODS) or args.tas:
-        return results  # a partial run (e.g. an ablation): printed above, the stored results are kept
+        if args.json != DEFAULT_JSON:  # a partial run (e.g. an ablation) is stored only where asked
+            _write_json(args, results, time.perf_counter() - start)
+            md = partial_table(results, args) + f"\n\nCommand: `python benchmarks/cross_arch.py {shlex.join(argv)}`\n"
+            args.json.with_suffix(".md").write_text(md)
+        return results  # printed above; the full table's results are kept
     md = table(results, args)
     wall = time.perf_counter() - start
     md += f"\n\nWall time {wall / 60:.1f} min with {args.jobs} worker processes of one thread each " \
           f"(`python benchmarks/cross_arch.py --steps {args.steps} --unlabeled {args.unlabeled} --jobs {args.jobs}`).\n"
     print(md)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"steps": args.steps, "unlabeled": args.unlabeled, "seeds": args.seeds,
-                                     "wall_seconds": round(wall, 1), "results": results}, indent=1) + "\n")
+    _write_json(args, results, wall)
     args.json.with_suffix(".md").write_text(md)
 
 

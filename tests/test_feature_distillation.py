@@ -232,35 +232,118 @@ def test_tas_recipe_cross_architecture(tmp_path, student, teacher):
     assert json.loads((out / "summary.json").read_text())["recipe"] == "tas"
 
 
-def test_tas_assistant_copies_the_teachers_later_blocks_and_trains_them():
+def _tas(student_arch, teacher_arch, **options):
     from mtkd.aggregation import AggregatorContext, build_aggregator
     from mtkd.recipes import TasRecipe
     from mtkd.recipes.tas import TasOptions
     from mtkd.teachers import FrozenTeacher
 
     torch.manual_seed(0)
-    student = build_model("cnn1d", (40,), 10, channels=4)
-    tr = build_model("transformer", (40,), 10, dim=8, heads=2, layers=2)
-    teachers = [FrozenTeacher(tr, "tr")]
-    before = {k: v.clone() for k, v in tr.state_dict().items()}
+    kwargs = {"cnn1d": {"channels": 4}, "transformer": {"dim": 8, "heads": 2, "layers": 2}}
+    student = build_model(student_arch, (40,), 10, **kwargs[student_arch])
+    teacher = build_model(teacher_arch, (40,), 10, **dict(kwargs[teacher_arch], **({"channels": 6} if teacher_arch == "cnn1d" else {})))
+    teachers = [FrozenTeacher(teacher, "t")]
     agg = build_aggregator("mean", AggregatorContext(teachers, 10), None)
     x, y = torch.randn(6, 40), torch.tensor([0, 1, 2, 3, -1, 5])
-    recipe = TasRecipe(student, teachers, agg, options=TasOptions(), example=x)
-    # the assistant: student's first 2 conv blocks, projector, a copy of the last encoder layer and the head
-    late = recipe.assistant_late
-    assert len(late) == 2 and torch.equal(late[0].parts[0].linear1.weight, tr.encoder.layers[1].linear1.weight)
-    assert late[0].parts[0].linear1.weight is not tr.encoder.layers[1].linear1.weight
-    assert recipe.bridge.in_shape == (4, 10) and recipe.bridge.out_shape == (10, 8)  # [C, L] -> [T, D]
+    return TasRecipe(student, teachers, agg, options=TasOptions(**options), example=x), student, teacher, x, y
+
+
+def _train_two_steps(recipe, x, y):
     opt = torch.optim.SGD([p for p in recipe.parameters() if p.requires_grad], lr=0.1)
     for _ in range(2):
         losses = recipe.step(x, y, None)
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-    assert all(torch.equal(before[k], v) for k, v in tr.state_dict().items())  # the teacher stays frozen
-    assert not torch.equal(late[0].parts[0].linear1.weight, tr.encoder.layers[1].linear1.weight)
+
+
+def _assert_student_is_its_blocks(recipe, student, x):
     with torch.no_grad():  # the student computed through its blocks is the student itself
         assert torch.allclose(recipe.head(run_blocks(recipe.rest, run_blocks(recipe.early, x))), student(x))
+
+
+@pytest.mark.parametrize("student_arch, teacher_arch", [("cnn1d", "transformer"), ("transformer", "cnn1d")])
+def test_tas_assistant_is_conv_blocks_then_l2g_then_attention_blocks(student_arch, teacher_arch):
+    from mtkd.models.projectors import LocalToGlobalProjector
+
+    recipe, student, teacher, x, y = _tas(student_arch, teacher_arch)
+    cnn, tr = (student, teacher) if student_arch == "cnn1d" else (teacher, student)
+    assert recipe.teacher_first == (teacher_arch == "cnn1d")  # whichever side the CNN is on, it goes first
+    # first part: the CNN's first two conv blocks (its own modules, not copies)
+    assert [st.layout for st in recipe.assistant_early] == ["channels", "channels"]
+    assert [st.parts[0] for st in recipe.assistant_early] == [cnn.features[0], cnn.features[2]]
+    # the local-to-global projector: patch embedding, then an attention block, [C, L] of the CNN -> [T, D] tokens
+    assert isinstance(recipe.bridge, LocalToGlobalProjector)
+    assert isinstance(recipe.bridge.block.self_attn, torch.nn.MultiheadAttention)
+    assert recipe.bridge.in_shape == (cnn.features[2].out_channels, 10) and recipe.bridge.out_shape == (10, 8)
+    # later part: the transformer's last encoder layer and its head (its own modules)
+    assert [st.layout for st in recipe.assistant_late] == ["tokens", "vector"]
+    assert recipe.assistant_late[0].parts[0] is tr.encoder.layers[1]
+    assert recipe.assistant_late[1].parts[1] is tr.head
+    # the paper's weight sharing: besides the student, only the projector, the InfoNCE maps and the temperature train
+    student_ids = {id(p) for p in student.parameters()}
+    extra = [p for p in recipe.parameters() if p.requires_grad and id(p) not in student_ids]
+    maps = [recipe.assistant_to_teacher, recipe.student_to_assistant, *recipe.student_to_teacher]
+    assert sum(p.numel() for p in extra) == count_params(recipe.bridge) + sum(count_params(m) for m in maps) + 1
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in recipe.parameters()}
+    # the assistant's logits are those modules composed in that order: its CE is the CE of these logits
+    losses = recipe.step(x, y, None)
+    with torch.no_grad():
+        h = cnn.features[3](cnn.features[2](cnn.features[1](cnn.features[0](x.unsqueeze(1)))))
+        tokens = tr.encoder.layers[1](recipe.bridge(h))
+        logits = tr.head(tr.norm(tokens.mean(1)))
+    assert logits.shape == (6, 10)
+    labeled = y >= 0
+    expected = torch.nn.functional.cross_entropy(logits[labeled], y[labeled])
+    assert losses["ce_assistant"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tas_total_loss_weights_and_learned_temperature():
+    recipe, *_, x, y = _tas("cnn1d", "transformer")
+    a = recipe.alpha
+    losses = recipe.step(x, y, None)
+    expected = ((1 - a) * (losses["ce"] + losses["ce_assistant"])
+                + a * (losses["kd"] + losses["ofa_teacher_assistant"] + losses["ofa_assistant_student"])
+                + losses["nce_teacher_student"] + losses["nce_teacher_assistant"] + losses["nce_assistant_student"])
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses["nce_temperature"].item() == pytest.approx(0.1)
+    losses["loss"].backward()
+    assert recipe.log_nce_temperature.grad is not None and recipe.log_nce_temperature.grad != 0
+    fixed, *_ = _tas("cnn1d", "transformer", learn_nce_temperature=False)
+    assert "log_nce_temperature" not in dict(fixed.named_parameters())
+    # the temperature's gradient by hand: loss_i = log(1 + e^{-1/tau}) (see test_infonce_by_hand), so
+    # d loss / d log tau = tau * e^{-1/tau} / (1 + e^{-1/tau}) / tau^2 = sigmoid(-1/tau) / tau
+    log_tau = torch.tensor(math.log(0.5), requires_grad=True)
+    q, k = torch.tensor([[2.0, 0.0], [0.0, 3.0]]), torch.eye(2)
+    loss = infonce_loss(q, k, log_tau.exp())
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    assert log_tau.grad.item() == pytest.approx(2 / (1 + math.exp(2)), rel=1e-5)
+
+
+def test_tas_assistant_can_train_a_copy_of_the_teachers_blocks():
+    recipe, student, tr, x, y = _tas("cnn1d", "transformer", teacher_modules="copy", projector="conv")
+    before = {k: v.clone() for k, v in tr.state_dict().items()}
+    # the assistant: student's first 2 conv blocks, projector, a copy of the last encoder layer and the head
+    late = recipe.assistant_late
+    assert len(late) == 2 and torch.equal(late[0].parts[0].linear1.weight, tr.encoder.layers[1].linear1.weight)
+    assert late[0].parts[0].linear1.weight is not tr.encoder.layers[1].linear1.weight
+    assert recipe.bridge.in_shape == (4, 10) and recipe.bridge.out_shape == (10, 8)  # [C, L] -> [T, D]
+    _train_two_steps(recipe, x, y)
+    assert all(torch.equal(before[k], v) for k, v in tr.state_dict().items())  # the teacher stays frozen
+    assert not torch.equal(late[0].parts[0].linear1.weight, tr.encoder.layers[1].linear1.weight)
+    _assert_student_is_its_blocks(recipe, student, x)
+
+
+def test_tas_shared_teacher_blocks_stay_frozen_and_the_student_learns_through_them():
+    recipe, student, tr, x, y = _tas("transformer", "cnn1d")
+    before = {k: v.clone() for k, v in tr.state_dict().items()}
+    layer = student.encoder.layers[1].linear1.weight
+    start = layer.clone()
+    _train_two_steps(recipe, x, y)
+    assert all(torch.equal(before[k], v) for k, v in tr.state_dict().items())
+    assert not torch.equal(start, layer)
+    _assert_student_is_its_blocks(recipe, student, x)
 
 
 def test_tas_split_errors_are_clear(tmp_path, capsys):

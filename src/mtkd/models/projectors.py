@@ -74,3 +74,31 @@ class Projector(nn.Module):
         if self.globl is not None:
             h = self.globl(h)  # [B, C', L']
         return from_channels(h, self.out_shape, self.out_layout)
+
+
+class LocalToGlobalProjector(nn.Module):
+    """TAS's local-to-global (L2G) projector between a convolutional model's early blocks and an
+    attention/MLP model's later blocks (Li et al., arXiv:2410.12342): a patch embedding that
+    brings the features to the later blocks' shape, then one attention block so that every
+    position sees every other before the later blocks run. Our 1-D version: the patch embedding
+    is :class:`Projector` (``kernel=3``, positions mixed), the attention block a pre-norm
+    transformer encoder layer over the target's positions (the paper uses a Swin block, i.e.
+    windowed attention; our sequences are short enough for one window).
+
+    [B, *in_shape] --Projector--> [B, *out_shape] = [B, C', L'] --attention block over L'--> [B, *out_shape]
+    """
+
+    def __init__(self, in_shape, in_layout: str, out_shape, out_layout: str):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.in_layout, self.out_layout = in_layout, out_layout
+        self.embed = Projector(in_shape, in_layout, out_shape, out_layout, kernel=3, mix_positions=True)
+        width, _ = canonical_shape(self.out_shape, out_layout)
+        heads = next(h for h in (4, 2, 1) if width % h == 0)
+        self.block = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0,
+                                                batch_first=True, norm_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = to_channels(self.embed(x), self.out_layout)  # [B, C', L']
+        h = self.block(h.transpose(1, 2)).transpose(1, 2)  # attention across the L' positions
+        return from_channels(h, self.out_shape, self.out_layout)

@@ -1,23 +1,25 @@
 """TAS: teacher -> hybrid assistant -> student, for teachers and students of different architectures.
 
 Li, Wang, Yan, Ding, Gao and Xia, "TAS: Distilling Arbitrary Teacher and Student via a Hybrid
-Assistant" (2024, arXiv:2410.12342). The assistant is built from the
-student's early blocks and the teacher's later blocks, joined by a local-to-global feature
-projector; knowledge flows on three paths, teacher -> assistant, teacher -> student and
-assistant -> student, each with the OFA loss on logits (Hao et al., NeurIPS 2023, see
-``mtkd.losses.ofa``) and a spatial-agnostic InfoNCE loss on spatially smoothed features
-(``mtkd.losses.infonce``).
+Assistant" (2024, arXiv:2410.12342; v2 "Fuse Before Transfer: Knowledge Fusion for Heterogeneous
+Distillation", ICCV 2025). The assistant fuses the two models, whichever is the CNN: the
+convolutional model's first blocks, a local-to-global (L2G) projector, then the attention/MLP
+model's later blocks and head. Its modules are shared: the student's are the student's own, the
+teacher's the frozen teacher's own, so the projector is almost all it adds. Knowledge flows on
+three paths, teacher -> assistant, teacher -> student and assistant -> student, each with the OFA
+loss on logits (Hao et al., NeurIPS 2023, see ``mtkd.losses.ofa``) and a spatial-agnostic InfoNCE
+loss, with a learned temperature, on spatially smoothed features (``mtkd.losses.infonce``).
 
-Our version for the 1-D models (``mtkd.models.blocks``): e.g. a CNN student's first conv blocks
-feed, through a ``Projector(kernel=3, mix_positions=True)`` (local conv, then a linear map
-across positions), into a copy of a transformer's (or GRU's) last layers and head. The copied
-teacher blocks start from the teacher's weights and are trained; the student's early blocks
-are shared with the assistant (``share_student_blocks``), so the assistant path also trains
-them. Several teachers: the assistant takes its later blocks from ``assistant_teacher``; the
-logit target is what the configured aggregator makes of all teachers, and the per-teacher
-InfoNCE terms of the teacher -> student path are weighted per sample by the aggregator's
-weights. Each step (f = features of the last body block, smoothed and flattened; P learned
-linear maps into the key's space; sg = stop-gradient):
+Our version for the 1-D models (``mtkd.models.blocks``): a CNN student with a transformer (or GRU,
+MLP) teacher gives the student's first conv blocks -> L2G -> the teacher's last layers and head; a
+CNN teacher with a transformer student gives the teacher's first conv blocks -> L2G -> the
+student's last layers and head. The L2G projector is ``LocalToGlobalProjector``: a patch
+embedding (kernel-3 conv, linear map across positions) and one attention block. Several teachers:
+the assistant takes its blocks from ``assistant_teacher``; the logit target is what the
+configured aggregator makes of all teachers, and the per-teacher InfoNCE terms of the teacher ->
+student path are weighted per sample by the aggregator's weights. Each step (f = features of the
+last body block, smoothed and flattened; P learned linear maps into the key's space; sg =
+stop-gradient; tau = max(exp(theta), 0.01), theta learned):
 
     loss = (1 - alpha) * (CE(s) + CE(a))
          + alpha * (OFA(s, target) + OFA(a, target) + OFA(s, sg softmax(a)))
@@ -28,7 +30,8 @@ with t* the assistant's teacher. The student alone is kept; the assistant is dis
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+import math
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,8 +40,8 @@ from torch import nn
 from ..aggregation.base import add_aggregator_terms
 from ..errors import ConfigError
 from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
-from ..models.blocks import model_blocks, run_blocks
-from ..models.projectors import Projector, to_channels
+from ..models.blocks import Blocks, model_blocks, run_blocks
+from ..models.projectors import LocalToGlobalProjector, Projector, to_channels
 from ..teachers import FrozenTeacher
 from ..aggregation.targets import TeacherTargets
 from .base import Traits
@@ -46,31 +49,66 @@ from .base import Traits
 
 class TasOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    student_blocks: int | None = Field(None, ge=1, description="student's early blocks in the assistant "
-                                       "(default: the first half, rounded up)")
-    teacher_blocks: int | None = Field(None, ge=1, description="teacher's later blocks in the assistant "
-                                       "(default: the last half, at least 1)")
-    assistant_teacher: str | None = Field(None, description="teacher whose later blocks the assistant copies "
+    student_blocks: int | None = Field(None, ge=1, description="the student's blocks in the assistant: its first "
+                                       "ones when the student goes first, else its last ones (default: half)")
+    teacher_blocks: int | None = Field(None, ge=1, description="the teacher's blocks in the assistant: its last "
+                                       "ones when the student goes first, else its first ones (default: half)")
+    order: Literal["auto", "student_first", "teacher_first"] = Field(
+        "auto", description="which model's blocks start the assistant (auto: the convolutional one, as in the paper; "
+        "the student when neither or both are convolutional)")
+    assistant_teacher: str | None = Field(None, description="teacher whose blocks the assistant copies "
                                           "(default: the first)")
-    share_student_blocks: bool = Field(True, description="the assistant uses the student's own early blocks "
+    share_student_blocks: bool = Field(True, description="the assistant uses the student's own blocks "
                                        "(false: a copy)")
+    teacher_modules: Literal["shared", "copy"] = Field(
+        "shared", description="shared: the assistant runs the frozen teacher's own blocks (the paper's weight "
+        "sharing: no extra parameters); copy: a copy of them that the assistant trains")
+    projector: Literal["l2g", "conv"] = Field(
+        "l2g", description="l2g: patch embedding then an attention block (the paper's local-to-global projector); "
+        "conv: the patch embedding alone (local conv, linear map across positions)")
     ofa_gamma: float = Field(1.0, ge=1, description="OFA's target-class exponent gamma (1 = cross-entropy to the teacher)")
     ofa_temperature: float = Field(1.0, gt=0)
     nce_weight: float = Field(1.0, ge=0, description="weight of the InfoNCE feature terms")
-    nce_temperature: float = Field(0.1, gt=0)
+    nce_temperature: float = Field(0.1, gt=0, description="InfoNCE temperature (the start value when learned)")
+    learn_nce_temperature: bool = Field(True, description="learn the InfoNCE temperature, as the paper does "
+                                        "(kept at or above 0.01)")
     smooth_bins: int = Field(1, ge=1, description="positions left after spatial smoothing (1: global average)")
 
 
-def _split(options: TasOptions, student: nn.Module, teacher: nn.Module):
-    """(student early body blocks, student's other body blocks, teacher's index of its first late block)."""
+def _convolutional(blocks) -> bool:
+    """A model whose blocks keep channel-first feature maps (the 1-D CNN): the "local" side."""
+    return blocks.body[0].layout == "channels"
+
+
+class _Split(NamedTuple):
+    student: Blocks
+    teacher: Blocks
+    teacher_first: bool  # the assistant's order: teacher's first blocks -> projector -> student's last blocks
+    student_cut: int  # the student is body[:student_cut] -> body[student_cut:] -> head
+    teacher_cut: int  # the same for the assistant's teacher
+
+
+def _split(options: TasOptions, student: nn.Module, teacher: nn.Module) -> _Split:
+    """Where the assistant joins the two models. Student first: the student's first ``student_blocks``
+    blocks, then the teacher's last ``teacher_blocks`` blocks and head. Teacher first: the teacher's
+    first ``teacher_blocks`` blocks, then the student's last ``student_blocks`` blocks and head."""
     s, t = model_blocks(student), model_blocks(teacher)
-    ns = options.student_blocks or (len(s.body) + 1) // 2
-    nt = options.teacher_blocks or max(1, len(t.body) // 2)
+    if options.order == "auto":
+        teacher_first = _convolutional(t) and not _convolutional(s)
+    else:
+        teacher_first = options.order == "teacher_first"
+    # the first model gives its first half (rounded up), the second its last half (at least 1 block)
+    first_half = lambda n: (n + 1) // 2  # noqa: E731
+    last_half = lambda n: max(1, n // 2)  # noqa: E731
+    ns = options.student_blocks or (last_half if teacher_first else first_half)(len(s.body))
+    nt = options.teacher_blocks or (first_half if teacher_first else last_half)(len(t.body))
     if ns > len(s.body):
         raise ConfigError(f"distill.student_blocks: {ns}, but the student has {len(s.body)} blocks")
     if nt > len(t.body):
         raise ConfigError(f"distill.teacher_blocks: {nt}, but the assistant's teacher has {len(t.body)} blocks")
-    return s, t, ns, len(t.body) - nt
+    if teacher_first:
+        return _Split(s, t, True, len(s.body) - ns, nt)
+    return _Split(s, t, False, ns, len(t.body) - nt)
 
 
 @torch.no_grad()
@@ -87,8 +125,25 @@ def _embedding(x: torch.Tensor, layout: str, bins: int) -> torch.Tensor:
     return spatial_smooth(to_channels(x, layout), bins)
 
 
+MIN_NCE_TEMPERATURE = 0.01  # a learned temperature is kept above this (CLIP's bound on its logit scale, 1/100)
+
+
+def _trainable_copy(stages) -> nn.ModuleList:
+    """A copy of a frozen teacher's stages that the assistant trains (the teacher itself stays frozen)."""
+    copied = copy.deepcopy(nn.ModuleList(stages))
+    copied.requires_grad_(True)
+    return copied
+
+
+def _teacher_part(stages, mode: str):
+    """The assistant's part taken from the teacher: the frozen teacher's own stages (a plain list, so
+    that they are not registered, trained, saved or switched to train mode with the recipe) or a copy."""
+    return list(stages) if mode == "shared" else _trainable_copy(stages)
+
+
 class TasRecipe(nn.Module):
-    description = "TAS: hybrid assistant (student's early + teacher's later blocks), OFA + InfoNCE (Li et al. 2024)"
+    description = "TAS: hybrid assistant (convolutional blocks, local-to-global projector, attention/MLP blocks), " \
+                  "OFA + InfoNCE (Li et al. 2024)"
     traits = Traits(needs_teachers=True, uses_aggregator=True, uses_unlabeled=True, checks_models=True)
     Options = TasOptions
 
@@ -113,14 +168,20 @@ class TasRecipe(nn.Module):
             raise ConfigError(f"distill.assistant_teacher: no teacher named {o.assistant_teacher!r}; "
                               f"teachers are: {', '.join(names)}")
         self.source = names.index(o.assistant_teacher) if o.assistant_teacher else 0
-        s, t, ns, first_late = _split(o, student, self.teachers[self.source].model)
-        self.early, self.rest, self.head = s.body[:ns], s.body[ns:], s.head  # the student's own modules
+        split = _split(o, student, self.teachers[self.source].model)
+        s, t, cut = split.student, split.teacher, split.student_cut
+        self.teacher_first = split.teacher_first
+        self.early, self.rest, self.head = s.body[:cut], s.body[cut:], s.head  # the student's own modules
         self.teacher_blocks = [model_blocks(tt.model) for tt in self.teachers]
-        # the assistant: early blocks (shared or copied) -> projector -> copy of the teacher's later blocks
-        late = copy.deepcopy(nn.ModuleList(t.body[first_late:] + [t.head]))
-        late.requires_grad_(True)  # the teacher's copy is trained; the teacher itself stays frozen
-        self.assistant_late = late
-        self.assistant_early = nn.ModuleList(self.early if o.share_student_blocks else copy.deepcopy(self.early))
+        own = lambda stages: nn.ModuleList(stages if o.share_student_blocks else copy.deepcopy(stages))  # noqa: E731
+        # the assistant: first blocks -> local-to-global projector (bridge) -> later blocks -> head
+        if self.teacher_first:  # teacher's first (convolutional) blocks, student's later blocks and head
+            self.assistant_early = _teacher_part(t.body[:split.teacher_cut], o.teacher_modules)
+            self.assistant_late = own(s.body[cut:] + [s.head])
+        else:  # student's first blocks, teacher's later blocks and head
+            self.assistant_early = own(s.body[:cut])
+            self.assistant_late = _teacher_part(t.body[split.teacher_cut:] + [t.head], o.teacher_modules)
+        self.teacher_cut = split.teacher_cut
         ex = example[:2].to(next(student.parameters()).device)
         was_training = student.training
         student.eval()
@@ -128,17 +189,23 @@ class TasRecipe(nn.Module):
         s_out, s_out_layout = _shape_and_layout(s.body, ex)
         student.train(was_training)
         teacher_ex = [ex.to(tt.device) for tt in self.teachers]  # teachers may already sit on the GPU
-        a_in, a_in_layout = _shape_and_layout(t.body[:first_late], teacher_ex[self.source])
-        self.bridge = Projector(s_mid, s_mid_layout, a_in, a_in_layout, kernel=3, mix_positions=True)
-        self.layouts = {"student": s_out_layout, "assistant": t.body[-1].layout}
+        t_mid, t_mid_layout = _shape_and_layout(t.body[:split.teacher_cut], teacher_ex[self.source])
+        # the bridge: [B, *first model's features at the cut] -> [B, *later model's features at the cut]
+        ends = (t_mid, t_mid_layout, s_mid, s_mid_layout) if self.teacher_first else (s_mid, s_mid_layout, t_mid, t_mid_layout)
+        self.bridge = LocalToGlobalProjector(*ends) if o.projector == "l2g" else \
+            Projector(*ends, kernel=3, mix_positions=True)
+        a_layout = s_out_layout if self.teacher_first else t.body[-1].layout
+        self.layouts = {"student": s_out_layout, "assistant": a_layout}
         bins = o.smooth_bins
         dim = lambda shape, layout: _embedding(torch.zeros(1, *shape), layout, bins).shape[1]  # noqa: E731
         s_dim = dim(s_out, s_out_layout)
         t_dims = [dim(_shape_and_layout(tb.body, e)[0], tb.body[-1].layout) for tb, e in zip(self.teacher_blocks, teacher_ex)]
-        a_dim = t_dims[self.source]  # the assistant's last block is a copy of its teacher's
+        a_dim = s_dim if self.teacher_first else t_dims[self.source]  # the assistant ends in the later model's blocks
         self.student_to_teacher = nn.ModuleList(nn.Linear(s_dim, d) for d in t_dims)  # P_k
-        self.assistant_to_teacher = nn.Linear(a_dim, a_dim)  # P
+        self.assistant_to_teacher = nn.Linear(a_dim, t_dims[self.source])  # P
         self.student_to_assistant = nn.Linear(s_dim, a_dim)  # P'
+        if o.learn_nce_temperature:  # one temperature for the three paths' InfoNCE terms
+            self.log_nce_temperature = nn.Parameter(torch.tensor(math.log(o.nce_temperature)))
 
     @staticmethod
     def check_models(cfg, student: nn.Module, teachers: list[tuple[str, nn.Module]],
@@ -158,28 +225,43 @@ class TasRecipe(nn.Module):
 
     @torch.no_grad()
     def _teachers(self, x: torch.Tensor, index: torch.Tensor | None):
-        """Every teacher's last-block features (list of [B, ...]) and logits [K, B, C]."""
-        feats, logits = [], []
-        for t, blocks in zip(self.teachers, self.teacher_blocks):
+        """Every teacher's last-block features (list of [B, ...]), logits [K, B, C] and the assistant's
+        teacher's features at the cut [B, ...]."""
+        feats, logits, mid = [], [], None
+        for k, (t, blocks) in enumerate(zip(self.teachers, self.teacher_blocks)):
             t.model.eval()
-            f = run_blocks(blocks.body, x)
+            xt = x.to(t.device)
+            if k == self.source:
+                mid = run_blocks(blocks.body[:self.teacher_cut], xt)
+                f = run_blocks(blocks.body[self.teacher_cut:], mid)
+            else:
+                f = run_blocks(blocks.body, xt)
             out = blocks.head(f)
             t.validate(out, len(x), index)
-            feats.append(f)
-            logits.append(out)
-        return feats, torch.stack(logits)
+            feats.append(f.to(x.device))
+            logits.append(out.to(x.device))
+        return feats, torch.stack(logits), mid
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         o = self.options
-        t_feats, teacher_logits = self._teachers(x, index)
+        t_feats, teacher_logits, t_mid = self._teachers(x, index)
         alive = torch.ones(len(self.teachers), dtype=torch.bool, device=x.device)
         self.targets.before_step(x, y, teacher_logits, alive, lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
-        mid = run_blocks(self.early, x)  # student's early blocks
+        mid = run_blocks(self.early, x)  # student's blocks before the cut
         f_s = run_blocks(self.rest, mid)
         s_logits = self.head(f_s)  # [B, C], the same as student(x)
-        a_mid = mid if o.share_student_blocks else run_blocks(self.assistant_early, x)
-        f_a = run_blocks(self.assistant_late[:-1], self.bridge(a_mid))
-        a_logits = self.assistant_late[-1](f_a)  # [B, C]
+        # the assistant's first part: [B, *first model's features at the cut]
+        if self.teacher_first:  # the frozen teacher's own blocks computed them already
+            a_mid = t_mid.to(x.device) if o.teacher_modules == "shared" else run_blocks(self.assistant_early, x)
+        else:  # the student's own blocks computed them already
+            a_mid = mid if o.share_student_blocks else run_blocks(self.assistant_early, x)
+        h = self.bridge(a_mid)  # [B, *later model's features at the cut]
+        # the later part: the student's blocks, or the teacher's (frozen when shared: gradients flow through them
+        # to the projector and the student's first blocks), on that model's device
+        device = self.teachers[self.source].device if not self.teacher_first else x.device
+        f_a = run_blocks(self.assistant_late[:-1], h.to(device))  # [B, *later model's last features]
+        a_logits = self.assistant_late[-1](f_a).to(x.device)  # [B, C]
+        f_a = f_a.to(x.device)
 
         features = self.features.value if self.features is not None else None
         agg = self.aggregator(teacher_logits, y, o.ofa_temperature, student_logits=s_logits, features=features)
@@ -189,7 +271,10 @@ class TasRecipe(nn.Module):
         ofa_ta = ofa_loss(a_logits, target, y, g, T)
         ofa_as = ofa_loss(s_logits, torch.softmax(a_logits.detach() / T, -1), y, g, T)
 
-        bins, tau = o.smooth_bins, o.nce_temperature
+        bins = o.smooth_bins
+        # a fixed temperature is used as given (exp(log tau) would differ from it in the last bit)
+        tau = self.log_nce_temperature.exp().clamp_min(MIN_NCE_TEMPERATURE) if o.learn_nce_temperature \
+            else o.nce_temperature
         e_s = _embedding(f_s, self.layouts["student"], bins)  # [B, Ds]
         e_a = _embedding(f_a, self.layouts["assistant"], bins)  # [B, Da]
         e_t = [_embedding(f, b.body[-1].layout, bins) for f, b in zip(t_feats, self.teacher_blocks)]
@@ -205,5 +290,6 @@ class TasRecipe(nn.Module):
                 + o.nce_weight * (nce_ts + nce_ta + nce_as))
         losses = {"loss": loss, "ce": ce_s, "kd": ofa_ts, "ce_assistant": ce_a, "ofa_teacher_assistant": ofa_ta,
                   "ofa_assistant_student": ofa_as, "nce_teacher_student": nce_ts, "nce_teacher_assistant": nce_ta,
-                  "nce_assistant_student": nce_as}
+                  "nce_assistant_student": nce_as,
+                  "nce_temperature": torch.as_tensor(tau, dtype=torch.float32, device=x.device).detach()}
         return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
