@@ -51,8 +51,14 @@ def load_estimator(path: str | Path, allow_pickle: bool, name: str = "sklearn"):
         if path.suffix == ".joblib":
             import joblib
 
-            return joblib.load(path)
-        with open(path, "rb") as handle:
-            return pickle.load(handle)
+            estimator = joblib.load(path)
+        else:
+            with open(path, "rb") as handle:
+                estimator = pickle.load(handle)
     except Exception as exc:  # noqa: BLE001 - an unpickling failure can be of any type
         raise MtkdError(f"teacher '{name}': cannot unpickle {path} ({type(exc).__name__}: {first_line(exc)})") from None
+    # a pickle of anything else (a number, a dict, ...) unpickles fine and fails later, far from here
+    if not callable(getattr(estimator, "predict_proba", None)) and not callable(getattr(estimator, "predict", None)):
+        raise MtkdError(f"teacher '{name}': {path} holds a {type(estimator).__name__}, not a fitted scikit-learn "
+                        "estimator (an object with predict_proba or predict); pickle the fitted estimator itself")
+    return estimator
