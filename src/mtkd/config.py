@@ -176,6 +176,10 @@ def parse_config(raw: Any) -> Config:
                 and t.model.num_classes != student.num_classes:
             raise ConfigError(f"teachers: teacher {t.name!r} has {t.model.num_classes} classes "
                               f"but the student has {student.num_classes}")
+    if distill.on_policy is not None and data_name != "text":
+        raise ConfigError(f"distill.on_policy: on-policy distillation samples continuations from a language-model "
+                          f"student and needs data.name: text (data set {data_name!r} is not token sequences); "
+                          "remove distill.on_policy")
     check = getattr(AGGREGATORS[distill.aggregator], "check_config", None)
     if check is not None:  # options that must agree with the teachers and the data (route's domain map)
         domains = getattr(data, "domains", None)

@@ -36,6 +36,18 @@ class TrainConfig(BaseModel):
                             "e.g. for recipe progressive); 0 = off")
 
 
+class OnPolicyConfig(BaseModel):
+    """``distill.on_policy``: GKD's on-policy mode for language models (see mtkd.on_policy)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+    lambda_: float = Field(0.5, ge=0, le=1, alias="lambda",
+                           description="probability that a batch is the student's own continuations")
+    max_new_tokens: int = Field(32, gt=0, description="tokens the student samples after each prompt (the "
+                                "prompt is the rest of the sequence, so the batch keeps its length)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the student's continuations")
+
+
 class DistillConfig(TrainConfig):
     recipe: str = Field("offline", description="training scheme, see `mtkd list`")
     aggregator: str = Field("mean", description="how teacher outputs become one target")
@@ -63,6 +75,9 @@ class DistillConfig(TrainConfig):
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
         "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
+    on_policy: OnPolicyConfig | None = Field(
+        None, description="language models: with probability lambda a batch is the student's own samples, scored "
+        "by the teachers (GKD, Agarwal et al. 2024); off by default")
     sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
                                  "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
 
