@@ -121,6 +121,8 @@ PYTHON_ELSEWHERE = {
     '    "sharpest": SharpestAggregator,': "its table entry; tests/test_contract.py adds it as written",
     "class Recipe(Protocol):": "a quote of recipes/base.py; tests/test_contract.py checks each line is there",
     "def step(self, x, y, index):": "a quote of recipes/offline.py; tests/test_contract.py checks each line is there",
+    "import torch\nfrom mtkd.cache.tokens import TokenCache": "tests/test_token_cache.py::test_the_docs_example_runs "
+                                                            "runs it as written",
     "from mtkd import export_model, export_student": "needs the demo's run; tests/test_export.py calls both",
     "# torchrun --standalone --nproc_per_node=2 train.py": "needs torchrun; tests/test_ddp.py runs the API under "
                                                            "torchrun with a user DistributedSampler (tests/ddp_worker.py), "

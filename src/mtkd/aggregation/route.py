@@ -1,20 +1,28 @@
 """Routing: each sample (or token) is taught by the teacher(s) chosen for it, not by a blend of all.
 
-``by: domain`` -- multi-teacher on-policy distillation (MOPD) as NeMo RL, verl and ms-swift ship it
-(2026): every sample carries a domain (a language model's text domain: code, prose, ...) and is
-distilled from the expert teacher(s) of that domain only. The config maps each domain to its
-teachers, ``map: {code: [code_expert], prose: [prose_expert]}``; a domain with several teachers
-gets the mean of their probabilities at temperature T (weights 1/|teachers of the domain|, 0 for
-the others). Every domain of the data must be mapped to at least one teacher, and every name in
-the map must be a domain of the data and a teacher of the run: anything else is refused when the
-config is loaded (``check_config``), before anything is written.
+``by: domain`` -- the routing of multi-teacher on-policy distillation (MOPD: Ma et al., "MOPD:
+Multi-Teacher On-Policy Distillation for Capability Integration in LLM Post-Training",
+arXiv:2606.30406, 2026; shipped in NeMo RL, verl and ms-swift in 2026): every sample carries a
+domain (a language model's text domain: code, prose, ...) and is distilled from the expert
+teacher(s) of that domain only. The config maps each domain to its teachers,
+``map: {code: [code_expert], prose: [prose_expert]}``; a domain with several teachers gets the
+mean of their probabilities at temperature T (weights 1/|teachers of the domain|, 0 for the
+others; MOPD has one teacher per domain). Here routing only chooses the target: the loss and
+whether the batch is the data set or the student's own samples (``distill.on_policy``) are set
+apart, where MOPD trains on the student's rollouts with a reverse-KL token advantage. Every
+domain of the data must be mapped to at least one teacher, and every name in the map must be a
+domain of the data and a teacher of the run: anything else is refused when the config is loaded
+(``check_config``), before anything is written.
 
 ``by: min_loss`` -- per sample, the one teacher with the lowest cross-entropy on the sample's
-label (for a language model: on the next token) gets weight 1, the "one teacher chosen per
-sample" objective (the teacher-selection family of Yuan et al., "Reinforced Multi-Teacher
-Selection for Knowledge Distillation", AAAI 2021, with the teacher's own loss on the sample as
-the selection rule instead of a learned policy). Cross-entropy is measured at T = 1 (the teachers'
-own predictions), as the label is scored by the teacher, not by the softened target.
+label (for a language model: on the next token) gets weight 1: the "one teacher chosen per
+sample" objective, with the teacher's own loss on the sample as the selection rule. Related
+selection rules: Gao, Parcollet and Lane ("Distilling Knowledge from Ensembles of Acoustic
+Models for Joint CTC-Attention End-to-End Speech Recognition", arXiv:2005.09310) select the
+teachers of each utterance by their error rate rather than solely by the observed losses; Yuan
+et al. ("Reinforced Multi-Teacher Selection for Knowledge Distillation", AAAI 2021) learn the
+selection with reinforcement learning. Cross-entropy is measured at T = 1 (the teachers' own
+predictions): the label is scored by each teacher, not by the softened target.
 On an **unlabeled** sample (label -1; e.g. the student's own continuation in on-policy mode, or
 an unlabeled transfer pool) there is no label to score, so the teacher with the lowest entropy
 of its prediction is chosen instead: a teacher's entropy is its expected cross-entropy on a
