@@ -107,7 +107,7 @@ def test_tokens_after_the_first_eos_are_masked():
 
 
 def test_the_teacher_scores_the_students_tokens_with_gradient_on_generated_positions(gpt2):
-    from mtkd.cache.tokens import token_divergence
+    from mtkd.cache.tokens import topk_token_divergence
 
     torch.manual_seed(1)
     teacher = transformers.GPT2LMHeadModel(gpt2.config).eval()
@@ -117,7 +117,7 @@ def test_the_teacher_scores_the_students_tokens_with_gradient_on_generated_posit
         logp = torch.log_softmax(teacher(out.input_ids).logits, -1)  # [B, T, V]: k = V, no tail
     values, ids = logp.sort(-1, descending=True)
     student_logits = student(out.input_ids).logits
-    loss = token_divergence(student_logits, values, ids, torch.zeros(3, T), out.loss_mask, "reverse")
+    loss = topk_token_divergence(student_logits, values, ids, torch.zeros(3, T), out.loss_mask, "reverse_kl")
     assert torch.isfinite(loss) and loss > 0
     (grad,) = torch.autograd.grad(loss, student_logits)
     assert grad[~out.loss_mask].abs().max() == 0 and grad[out.loss_mask].abs().sum() > 0

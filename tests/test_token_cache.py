@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtkd.cache.tokens import TokenCache, build_token_cache, bytes_per_token, compress_tokens, expand_tokens, \
-    id_dtype, token_divergence
+    id_dtype, topk_token_divergence
 
 P = [0.5, 0.3, 0.15, 0.05]  # a teacher's next-token distribution over V = 4 tokens
 
@@ -44,21 +44,21 @@ def test_divergences_by_hand():
     p = [0.5, 0.3, 0.1, 0.1]
     forward = sum(pi * math.log(pi / 0.25) for pi in p)  # 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4 = 0.218012
     assert forward == pytest.approx(0.218012, abs=1e-6)
-    assert token_divergence(student, values, ids, tail, kind="forward").item() == pytest.approx(forward, abs=1e-6)
+    assert topk_token_divergence(student, values, ids, tail, kind="forward_kl").item() == pytest.approx(forward, abs=1e-6)
     reverse = sum(0.25 * math.log(0.25 / pi) for pi in p)  # 0.25 (ln 0.5 + ln(0.25 / 0.3) + 2 ln 2.5) = 0.239278
     assert reverse == pytest.approx(0.239278, abs=1e-6)
-    assert token_divergence(student, values, ids, tail, kind="reverse").item() == pytest.approx(reverse, abs=1e-6)
+    assert topk_token_divergence(student, values, ids, tail, kind="reverse_kl").item() == pytest.approx(reverse, abs=1e-6)
     beta = 0.3
     m = [beta * pi + (1 - beta) * 0.25 for pi in p]
     jsd = beta * sum(pi * math.log(pi / mi) for pi, mi in zip(p, m)) \
         + (1 - beta) * sum(0.25 * math.log(0.25 / mi) for mi in m)
-    got = token_divergence(student, values, ids, tail, kind="jsd", beta=beta).item()
+    got = topk_token_divergence(student, values, ids, tail, kind="jsd", beta=beta).item()
     assert got == pytest.approx(jsd, abs=1e-6)
     # at T = 2 the restored distribution is softened as a whole: p^(1/2) / Z, times T^2
     p2 = [math.sqrt(pi) for pi in p]
     p2 = [x / sum(p2) for x in p2]
     forward2 = 4 * sum(pi * math.log(pi / 0.25) for pi in p2)
-    got = token_divergence(student, values, ids, tail, kind="forward", temperature=2.0).item()
+    got = topk_token_divergence(student, values, ids, tail, kind="forward_kl", temperature=2.0).item()
     assert got == pytest.approx(forward2, abs=1e-6)
 
 
@@ -68,9 +68,9 @@ def reference(student, values, ids, tail, mask, kind, temperature, beta=0.5):
     logp = torch.log_softmax(expand_tokens(values, ids, tail, v).double() / temperature, -1)
     logq = torch.log_softmax(student.double() / temperature, -1)
     p, q = logp.exp(), logq.exp()
-    if kind == "forward":
+    if kind == "forward_kl":
         d = (p * (logp - logq)).sum(-1)
-    elif kind == "reverse":
+    elif kind == "reverse_kl":
         d = (q * (logq - logp)).sum(-1)
     else:
         m = beta * p + (1 - beta) * q
@@ -78,7 +78,7 @@ def reference(student, values, ids, tail, mask, kind, temperature, beta=0.5):
     return d[mask].mean() * temperature**2
 
 
-@pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("k", [5, 40])  # k = V: no tail
 def test_chunked_closed_form_equals_the_expanded_divergence_with_gradients(kind, k):
     g = torch.Generator().manual_seed(k)
@@ -88,7 +88,7 @@ def test_chunked_closed_form_equals_the_expanded_divergence_with_gradients(kind,
                          for a in compress_tokens(teacher, k))
     mask = torch.rand(b, t, generator=g) > 0.3
     student = (torch.randn(b, t, v, generator=g) * 2).requires_grad_()
-    got = token_divergence(student, values, ids, tail, mask, kind, temperature=1.5, beta=0.4, chunk=3)
+    got = topk_token_divergence(student, values, ids, tail, mask, kind, temperature=1.5, beta=0.4, chunk=3)
     want = reference(student, values, ids, tail, mask, kind, 1.5, 0.4)
     assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
     (g1,) = torch.autograd.grad(got, student)
@@ -104,7 +104,7 @@ def relative_kl_error(sigma, k, v=1000):
     values, ids, tail = (torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint16 else a)
                          for a in compress_tokens(teacher, k))
     full = (torch.softmax(teacher, -1) * (torch.log_softmax(teacher, -1) - torch.log_softmax(student, -1))).sum(-1)
-    cached = token_divergence(student, values, ids, tail)
+    cached = topk_token_divergence(student, values, ids, tail)
     return abs(cached.item() - full.mean().item()) / full.mean().item(), tail.mean().item()
 
 

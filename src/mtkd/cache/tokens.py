@@ -25,7 +25,7 @@ sees at T = 1; at T != 1 the tail's true shape would soften differently, so the 
 T. The build measures the error (mean and max KL(full || restored) per token at the cache's
 temperature) and reports it with the bytes per token.
 
-**The token KL** (:func:`token_divergence`) works from (values, ids, tail) against the student's
+**The token KL** (:func:`topk_token_divergence`) works from (values, ids, tail) against the student's
 logits [B, T, V] without ever expanding the teacher to [B, T, V]: forward KL and reverse KL have
 closed forms over the k kept tokens plus one term for the uniform tail (see the function); the
 generalised JSD of GKD (Agarwal et al., "On-Policy Distillation of Language Models: Learning from
@@ -268,14 +268,14 @@ def _chunk_divergence(flat: torch.Tensor, rows: torch.Tensor, values: torch.Tens
     logp_kept, logp_tail = _tempered_teacher(values.float(), tail.float(), vocab_size, temperature)  # [n, k], [n]
     logq_kept = logq.gather(1, ids)  # [n, k]
     rest = vocab_size - values.shape[1]
-    if kind == "forward":  # KL(p || q) = sum_kept p (log p - log q) + sum_tail p_t (log p_t - log q_j)
+    if kind == "forward_kl":  # KL(p || q) = sum_kept p (log p - log q) + sum_tail p_t (log p_t - log q_j)
         out = (logp_kept.exp() * (logp_kept - logq_kept)).sum(1)
         if logp_tail is not None:
             tail_logq_sum = logq.sum(1) - logq_kept.sum(1)  # [n] sum of log q over the V - k tail tokens
             p_t = logp_tail.exp()
             out = out + rest * p_t * logp_tail - p_t * tail_logq_sum
         return out
-    if kind == "reverse":  # KL(q || p) = sum q log q - sum_kept q log p - (1 - sum_kept q) log p_t
+    if kind == "reverse_kl":  # KL(q || p) = sum q log q - sum_kept q log p - (1 - sum_kept q) log p_t
         q_kept = logq_kept.exp()
         out = (logq.exp() * logq).sum(1) - (q_kept * logp_kept).sum(1)
         if logp_tail is not None:
@@ -289,21 +289,21 @@ def _chunk_divergence(flat: torch.Tensor, rows: torch.Tensor, values: torch.Tens
     return beta * torch.xlogy(p, p).sum(1) - beta * (p * logm).sum(1) + (1 - beta) * ((q * (logq - logm)).sum(1))
 
 
-def token_divergence(student_logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, tail: torch.Tensor,
-                     mask: torch.Tensor | None = None, kind: Literal["forward", "reverse", "jsd"] = "forward",
+def topk_token_divergence(student_logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, tail: torch.Tensor,
+                     mask: torch.Tensor | None = None, kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl",
                      temperature: float = 1.0, beta: float = 0.5, chunk: int = 1024) -> torch.Tensor:
     """Mean over the masked-in positions of T^2 * D(p_T, q_T), from one teacher's cached top-k.
 
     student_logits [B, T, V]; values [B, T, k] (log-probs at T = 1), ids [B, T, k], tail [B, T]
     (one teacher per position: for routed targets, gather each position's teacher first); mask
-    [B, T] bool (None = all). kind: "forward" KL(p || q), "reverse" KL(q || p), or "jsd" the
+    [B, T] bool (None = all). kind: "forward_kl" KL(p || q), "reverse_kl" KL(q || p), or "jsd" the
     generalised Jensen-Shannon divergence of GKD with 0 < beta < 1. p is the restored teacher
     distribution (tail spread uniformly), q = softmax(student / T). The T^2 factor keeps gradients
     comparable across temperatures, as in mtkd's classification KD loss."""
-    if kind not in ("forward", "reverse", "jsd"):
-        raise ValueError(f"token_divergence: kind must be forward, reverse or jsd, got {kind!r}")
+    if kind not in ("forward_kl", "reverse_kl", "jsd"):
+        raise ValueError(f"topk_token_divergence: kind must be forward_kl, reverse_kl or jsd, got {kind!r}")
     if kind == "jsd" and not 0.0 < beta < 1.0:
-        raise ValueError(f"token_divergence: jsd needs 0 < beta < 1, got {beta}")
+        raise ValueError(f"topk_token_divergence: jsd needs 0 < beta < 1, got {beta}")
     b, t, v = student_logits.shape
     positions = (torch.ones(b, t, dtype=torch.bool, device=student_logits.device) if mask is None
                  else mask.to(student_logits.device)).reshape(-1).nonzero().squeeze(1)  # [N]
