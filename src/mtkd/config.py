@@ -330,6 +330,11 @@ def resolve_paths(raw: Any, base: str | Path) -> Any:
                     section[key] = os.path.normpath(base / value)  # no "dir/../" left in messages
 
     fix(raw.get("data"), PATH_KEYS["data"])
+    domains = raw["data"].get("domains") if isinstance(raw.get("data"), dict) else None
+    for spec in domains.values() if isinstance(domains, dict) else []:  # text: glob patterns of each domain
+        if isinstance(spec, dict) and isinstance(spec.get("paths"), list):
+            spec["paths"] = [os.path.normpath(base / p) if isinstance(p, str) and p and not Path(p).is_absolute()
+                             else p for p in spec["paths"]]
     fix(raw.get("student"), PATH_KEYS["model"])
     for teacher in raw.get("teachers") or [] if isinstance(raw.get("teachers"), list) else []:
         fix(teacher, PATH_KEYS["model"])
