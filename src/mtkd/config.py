@@ -176,6 +176,10 @@ def parse_config(raw: Any) -> Config:
                 and t.model.num_classes != student.num_classes:
             raise ConfigError(f"teachers: teacher {t.name!r} has {t.model.num_classes} classes "
                               f"but the student has {student.num_classes}")
+    check = getattr(AGGREGATORS[distill.aggregator], "check_config", None)
+    if check is not None:  # options that must agree with the teachers and the data (route's domain map)
+        domains = getattr(data, "domains", None)
+        check(aggregator_options, names, list(domains) if domains else None, f"data set '{data_name}'")
     output = _validate(OutputConfig, raw.get("output") or {}, "output", "output")
     return Config(seed, data, teachers, student, distill, output, aggregator_options, recipe_options)
 

@@ -39,6 +39,10 @@ class AggregatorContext:
     val_data: IndexedTensorDataset | None = None  # labeled, held out from training (never test)
     feature_dim: int | None = None  # width of the student's penultimate features
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # names of the teachers, in order (default: each teacher's .name), and of the data's domains
+    # (samples then carry domains= [B], indices into this tuple; empty: the data has no domains)
+    teacher_names: tuple[str, ...] = ()
+    domain_names: tuple[str, ...] = ()
 
     @property
     def num_teachers(self) -> int:
@@ -77,16 +81,19 @@ def mask_weights(weights: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
 def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                   temperature: float, features: torch.Tensor | None = None,
                   sample_weights: torch.Tensor | None = None,
-                  alive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  alive: torch.Tensor | None = None,
+                  domains: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The KD term against what ``aggregator`` makes of the teachers, and the weights [B, K] it used.
 
     With one temperature: KD to the aggregated target (optionally weighted per sample,
     sample_weights [B]). With per-teacher temperatures (ATMKD): the weighted sum of
     per-teacher terms, each at its own temperature. Teachers dropped from the batch
     (alive [K] False, see ``run_teachers``) get weight 0 and the others are renormalised.
+    domains [B]: each sample's domain index, for aggregators that route by domain.
     """
 
-    agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features)
+    agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features,
+                     domains=domains)
     masks = getattr(aggregator, "class_masks", None)  # [K, C] when some teacher covers only some classes
     some_dropped = alive is not None and not bool(alive.all())  # one check (a device sync on a GPU)
     if some_dropped or masks is not None:
