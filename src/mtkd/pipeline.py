@@ -341,6 +341,10 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
     """
     from .rundir import precheck
 
+    if cfg.data.name == "text":  # language models: their own stages (mtkd.lm_pipeline)
+        from .lm_pipeline import run_lm_pipeline
+
+        return run_lm_pipeline(cfg, out, restart, progress, log, force)
     out = Path(out)
     precheck(out)  # a --out that is not mtkd's is refused before any slow work
     if cfg.distill.threads:
