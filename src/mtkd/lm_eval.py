@@ -31,7 +31,9 @@ def token_nll_sums(models: Sequence[nn.Module], data: TokenDataset, num_domains:
             domains = data.y[start:start + batch_size].to(device)  # [B]
             mask = loss_mask(ids, data.eos_id, data.pad_id)
             targets = ids[:, 1:][mask[:, 1:]]  # [N]
-            log_probs = torch.stack([torch.log_softmax(masked_positions(m(ids).float(), mask), -1) for m in models])
+            outs = [m(ids) for m in models]  # [B, T, V] each (a transformers model: .logits)
+            log_probs = torch.stack([torch.log_softmax(masked_positions(getattr(o, "logits", o).float(), mask), -1)
+                                     for o in outs])  # [M, N, V]
             mixed = torch.logsumexp(log_probs, 0) - math.log(len(models))  # [N, V]
             nll = -mixed.gather(1, targets[:, None]).squeeze(1).double().cpu()  # [N]
             per_token_domain = domains[:, None].expand_as(mask[:, 1:])[mask[:, 1:]].cpu()

@@ -179,6 +179,28 @@ def _check_causal(model: nn.Module, seq: int, vocab: int, where: str) -> None:
                           f"next-token logits [batch, seq_len, {vocab}]")
 
 
+def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[str, nn.Module]], d, aggregator_options,
+                    vocab: int, eos_id: int, pad_id: int, domain_names=(), teacher_weights=None,
+                    device: torch.device | str = "cpu") -> nn.Module:
+    """The language-model recipe ``recipe_name`` ('offline' or 'scratch') over ``teachers`` (name, module),
+    with the aggregator and loss of ``d`` (the distill settings); the pipeline and ``mtkd.distill`` call it."""
+    if recipe_name == "scratch":
+        return LmScratchRecipe(student, eos_id, pad_id)
+    if recipe_name != "offline":
+        raise ConfigError(f"distill.recipe: {recipe_name!r} is not available for language models; "
+                          f"choose one of: {', '.join(TEXT_RECIPES)}")
+    if d.aggregator not in TEXT_AGGREGATORS:
+        raise ConfigError(f"distill.aggregator: {d.aggregator!r} is not available for language models; choose one "
+                          f"of: {', '.join(a for a in TEXT_AGGREGATORS if a in AGGREGATORS)}")
+    frozen = [FrozenTeacher(m, name, vocab) for name, m in teachers]
+    ctx = AggregatorContext(teachers=frozen, num_classes=vocab, device=torch.device(device),
+                            teacher_weights=list(teacher_weights) if teacher_weights is not None else None,
+                            teacher_names=tuple(n for n, _ in teachers), domain_names=tuple(domain_names))
+    aggregator = build_aggregator(d.aggregator, ctx, aggregator_options)
+    return LmOfflineRecipe(student, teachers, aggregator, d.loss, eos_id, pad_id, d.temperature, d.alpha, d.beta,
+                           d.token_chunk)
+
+
 class LmRun:
     """The stages of one language-model run directory."""
 
@@ -189,15 +211,6 @@ class LmRun:
         self.metrics = MetricsLog(out / "metrics.jsonl", trackers)
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-
-    def aggregator(self) -> nn.Module:
-        d, prep = self.cfg.distill, self.prep
-        frozen = [FrozenTeacher(m, name, prep.vocab) for name, _, m, _ in prep.teachers]
-        ctx = AggregatorContext(teachers=frozen, num_classes=prep.vocab,
-                                teacher_weights=[w for *_, w in prep.teachers], device=prep.device,
-                                teacher_names=tuple(n for n, *_ in prep.teachers),
-                                domain_names=self.data.domain_names)
-        return build_aggregator(d.aggregator, ctx, self.cfg.aggregator_options)
 
     def student(self, recipe_name: str) -> nn.Module:
         """Train (or load, when done) the student with ``recipe_name``; same initial weights for every recipe."""
@@ -211,12 +224,10 @@ class LmRun:
         seq = self.data.input_shape
         student = build_model(cfg.student, seq, prep.vocab)
         info = prep.info
-        if recipe_name == "scratch":
-            recipe = LmScratchRecipe(student, info.eos_id, info.pad_id)
-        else:
-            teachers = [(name, m.to(prep.device)) for name, _, m, _ in prep.teachers]
-            recipe = LmOfflineRecipe(student, teachers, self.aggregator(), d.loss, info.eos_id, info.pad_id,
-                                     d.temperature, d.alpha, d.beta, d.token_chunk)
+        teachers = [(name, m.to(prep.device)) for name, _, m, _ in prep.teachers]
+        recipe = build_lm_recipe(recipe_name, student, teachers, d, self.cfg.aggregator_options, prep.vocab,
+                                 info.eos_id, info.pad_id, self.data.domain_names, [w for *_, w in prep.teachers],
+                                 prep.device)
         from .data import BatchLoader
 
         stage = "scratch" if stem == "student_scratch" else "distill"

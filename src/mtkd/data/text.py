@@ -150,10 +150,11 @@ class TokenDataset(torch.utils.data.Dataset):
     so :class:`~mtkd.data.base.BatchLoader` batches it."""
 
     def __init__(self, tokens: torch.Tensor, domains: torch.Tensor, eos_id: int, pad_id: int,
-                 index: torch.Tensor | None = None):
+                 index: torch.Tensor | None = None, domain_names: tuple[str, ...] = ()):
         self.x, self.y = tokens, domains.long()
         self.index = torch.arange(len(tokens)) if index is None else index.long()
         self.eos_id, self.pad_id = eos_id, pad_id
+        self.domain_names = tuple(domain_names)  # y indexes this tuple
 
     def __len__(self) -> int:
         return len(self.y)
@@ -162,7 +163,7 @@ class TokenDataset(torch.utils.data.Dataset):
         return self.x[i], self.y[i], self.index[i]
 
     def subset(self, rows: torch.Tensor) -> "TokenDataset":
-        return TokenDataset(self.x[rows], self.y[rows], self.eos_id, self.pad_id, self.index[rows])
+        return TokenDataset(self.x[rows], self.y[rows], self.eos_id, self.pad_id, self.index[rows], self.domain_names)
 
     def targets(self) -> int:
         """Number of masked-in targets (tokens perplexity averages over)."""
@@ -278,12 +279,11 @@ def _open(path: Path) -> torch.Tensor:
 def open_token_splits(out: Path, info: TokenizerInfo) -> TextSplits:
     """The arrays :func:`build_token_arrays` wrote, memory-mapped."""
     manifest = json.loads((out / "manifest.json").read_text())
-    parts = {}
+    parts, names = {}, tuple(manifest["domains"])
     for split in SPLITS:
         tokens, domains = _open(out / f"{split}_tokens.npy"), _open(out / f"{split}_domains.npy")
-        parts[split] = TokenDataset(tokens, domains, info.eos_id, info.pad_id)
+        parts[split] = TokenDataset(tokens, domains, info.eos_id, info.pad_id, domain_names=names)
     val = parts["val"] if len(parts["val"]) else None
-    names = tuple(manifest["domains"])
     return TextSplits("text", parts["train"], parts["test"], val, None, num_classes=info.vocab,
                       input_shape=(manifest["seq_len"],), class_names=[], domain_names=names, tokenizer=info,
                       stats=manifest["stats"])

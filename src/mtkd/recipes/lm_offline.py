@@ -34,7 +34,7 @@ def teacher_token_logits(teachers: Sequence[tuple[str, nn.Module]], ids: torch.T
             model.eval()
         with torch.inference_mode():
             out = model(ids)
-        out = out.clone()  # an ordinary tensor outside inference mode
+        out = getattr(out, "logits", out).clone()  # a transformers model returns an output with .logits  # an ordinary tensor outside inference mode
         if out.dim() != 3 or out.shape[:2] != ids.shape:
             raise MtkdError(f"teacher '{name}' returned logits {list(out.shape)} for token ids {list(ids.shape)}; "
                             "expected [batch, seq_len, vocab]")
@@ -63,7 +63,8 @@ class LmOfflineRecipe(nn.Module):
         mask = loss_mask(ids, self.eos_id, self.pad_id)  # [B, T] targets that do not cross a boundary
         valid = mask[:, 1:]
         teacher_rows = masked_positions(teacher_token_logits(self.teachers, ids), mask)  # [K, N, V]
-        student_rows = masked_positions(self.student(ids), mask)  # [N, V]
+        out = self.student(ids)  # [B, T, V] (a transformers model: an output with .logits)
+        student_rows = masked_positions(getattr(out, "logits", out), mask)  # [N, V]
         targets = ids[:, 1:][valid]  # [N]
         domains = y.long()[:, None].expand_as(valid)[valid]  # [N]
         kd, weights = aggregated_token_loss(self.aggregator, student_rows, teacher_rows, targets, domains,

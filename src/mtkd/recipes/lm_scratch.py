@@ -21,6 +21,7 @@ class LmScratchRecipe(nn.Module):
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         ids = x.long()  # [B, T]
-        nll = next_token_nll(self.student(ids), ids, loss_mask(ids, self.eos_id, self.pad_id))  # [N]
+        out = self.student(ids)  # [B, T, V] (a transformers model: an output with .logits)
+        nll = next_token_nll(getattr(out, "logits", out), ids, loss_mask(ids, self.eos_id, self.pad_id))  # [N]
         ce = nll.mean() if len(nll) else nll.sum()
         return {"loss": ce, "ce": ce}
