@@ -33,18 +33,24 @@ class HfCausalLM(nn.Module):
         self.model = model
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids.long(), use_cache=False).logits
+        ids = ids.long()  # causal attention over the whole row: an all-ones mask (padding only ends rows)
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
 
 
 def build_hf_causal(path: str, options: dict, where: str) -> HfCausalLM:
     from .sources import library
 
     transformers = library("transformers", where)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # transformers' loading bar would break the one-line errors
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **options)
     except Exception as exc:  # noqa: BLE001 - damaged or foreign directories raise many types
         raise ConfigError(f"{where}.arch: cannot load a causal language model from {path} "
                           f"({type(exc).__name__}: {first_line(exc, 200)})") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     return HfCausalLM(model)
 
 
@@ -68,5 +74,5 @@ def special_token_ids(model: nn.Module) -> dict[str, int]:
     for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
         value = getattr(config, key, None)
         if isinstance(value, int):
-            out[key.removesuffix("_id")] = value
+            out[key.removesuffix("_token_id")] = value
     return out
