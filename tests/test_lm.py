@@ -4,7 +4,9 @@ perplexities, bit-exact resume after SIGKILL, and mtkd.distill with user-built H
 
 One tiny setup is shared by every test (module scope): examples/lm/make_tiny.py's corpus,
 word-level tokenizer and two random GPT-2 teachers."""
+import contextlib
 import copy
+import re
 import importlib.util
 import json
 import os
@@ -47,10 +49,22 @@ def raw(root):
 
 @pytest.fixture(scope="module")
 def finished(root):
-    """The example config run once (with its from-scratch baseline): the run directory."""
-    out = root / "runs" / "example"
-    assert main(["run", str(root / "lm.yaml"), "--out", str(out), "--no-progress"]) == 0
-    return out
+    """The example config run once, as docs/tasks/text.md runs it (with its from-scratch baseline)."""
+    page = (Path(__file__).parent.parent / "docs" / "tasks" / "text.md").read_text()
+    assert "cd examples/lm && python make_tiny.py && mtkd run lm.yaml --out runs/lm" in page
+    with _chdir(root):
+        assert main(["run", "lm.yaml", "--out", "runs/lm", "--no-progress"]) == 0
+    return root / "runs" / "lm"
+
+
+@contextlib.contextmanager
+def _chdir(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _write(root: Path, raw: dict, name: str) -> Path:
@@ -223,3 +237,12 @@ def test_python_api_distills_user_built_hf_models(root):
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert len(rows) == 3 and all(r["kd"] >= 0 and "route/code" in r for r in rows)
+
+
+def test_the_python_block_of_the_text_page_runs(root):
+    page = (Path(__file__).parent.parent / "docs" / "tasks" / "text.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "from mtkd.data.text import" in b)
+    scope: dict = {}
+    with _chdir(root):
+        exec(compile(block, "docs/tasks/text.md", "exec"), scope)
+    assert scope["data"].domain_names == ("code", "prose") and (root / "tokens" / "manifest.json").is_file()
