@@ -338,9 +338,21 @@ def resolve_paths(raw: Any, base: str | Path) -> Any:
                     section[key] = os.path.normpath(base / value)  # no "dir/../" left in messages
 
     fix(raw.get("data"), PATH_KEYS["data"])
+    domains = raw["data"].get("domains") if isinstance(raw.get("data"), dict) else None
+    for spec in domains.values() if isinstance(domains, dict) else []:  # text: glob patterns of each domain
+        if isinstance(spec, dict) and isinstance(spec.get("paths"), list):
+            spec["paths"] = [os.path.normpath(base / p) if isinstance(p, str) and p and not Path(p).is_absolute()
+                             else p for p in spec["paths"]]
+    def fix_hf(section: Any) -> None:  # arch: "hf:PATH" names a directory, an input like the others
+        arch = section.get("arch") if isinstance(section, dict) else None
+        if isinstance(arch, str) and arch.startswith("hf:") and len(arch) > 3 and not Path(arch[3:]).is_absolute():
+            section["arch"] = "hf:" + os.path.normpath(base / arch[3:])
+
     fix(raw.get("student"), PATH_KEYS["model"])
+    fix_hf(raw.get("student"))
     for teacher in raw.get("teachers") or [] if isinstance(raw.get("teachers"), list) else []:
         fix(teacher, PATH_KEYS["model"])
+        fix_hf(teacher)
     return raw
 
 

@@ -72,6 +72,13 @@ class DistillConfig(TrainConfig):
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
     monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
                                "split (agreement with each teacher and the ensemble); 0 = off")
+    # language models (data.name: text): the token-level divergence, see docs/methods/token-losses.md
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="language models: per-token divergence between the teachers' aggregate and the "
+        "student (forward KL, reverse KL, or GKD's generalised JSD)")
+    beta: float = Field(0.5, gt=0, lt=1, description="loss jsd: the mixture weight beta of JSD(beta)")
+    token_chunk: int = Field(1024, gt=0, description="language models: positions per chunk of the token loss "
+                             "(memory O(chunk x vocab))")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
         "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
