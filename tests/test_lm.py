@@ -52,19 +52,9 @@ def finished(root):
     """The example config run once, as docs/tasks/text.md runs it (with its from-scratch baseline)."""
     page = (Path(__file__).parent.parent / "docs" / "tasks" / "text.md").read_text()
     assert "cd examples/lm && python make_tiny.py && mtkd run lm.yaml --out runs/lm" in page
-    with _chdir(root):
+    with contextlib.chdir(root):
         assert main(["run", "lm.yaml", "--out", "runs/lm", "--no-progress"]) == 0
     return root / "runs" / "lm"
-
-
-@contextlib.contextmanager
-def _chdir(path: Path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def _write(root: Path, raw: dict, name: str) -> Path:
@@ -243,7 +233,7 @@ def test_the_python_block_of_the_text_page_runs(root):
     page = (Path(__file__).parent.parent / "docs" / "tasks" / "text.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "from mtkd.data.text import" in b)
     scope: dict = {}
-    with _chdir(root):
+    with contextlib.chdir(root):
         exec(compile(block, "docs/tasks/text.md", "exec"), scope)
     assert scope["data"].domain_names == ("code", "prose") and (root / "tokens" / "manifest.json").is_file()
 

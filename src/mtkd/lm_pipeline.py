@@ -27,7 +27,7 @@ from .models.files import arch_config, load_model_file, save_model_file
 from .recipes.lm_offline import LmOfflineRecipe
 from .recipes.lm_scratch import LmScratchRecipe
 from .report.language_model import write_lm_report
-from .run_setup import _comparable, check_free_space, fingerprint, open_run_dir, resolve_device
+from .run_setup import _comparable, announce, check_free_space, fingerprint, open_run_dir, resolve_device
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
 from .tracking import check_trackers, make_trackers
@@ -285,13 +285,9 @@ def run_lm_pipeline(cfg: Config, out: str | Path, restart: bool = False, progres
     check_trackers(cfg.output.tracking, cfg.output.mlflow_uri)
     status = open_run_dir(out, cfg_dict, restart, force)
     try:
-        if status == "done":
-            log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
-            return json.loads((out / "summary.json").read_text())
-        if status == "resume":
-            log(f"resuming the run in {out}")
-        for note in prep.notes:
-            log(note)
+        finished = announce(status, out, prep.notes, log)
+        if finished is not None:
+            return finished
         token_dir = cfg.data.cache_dir or out / "tokens"
         build_token_arrays(cfg.data, prep.files, prep.tokenizer, prep.info, cfg.seed, token_dir, log)
         data = open_token_splits(token_dir, prep.info)
