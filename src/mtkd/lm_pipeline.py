@@ -108,6 +108,11 @@ def prepare_lm(cfg: Config) -> LmPrepared:
         if d.cache == "always":
             raise ConfigError("distill.cache: language-model teachers are cached as top-k log-probabilities plus "
                               "the tail mass; set distill.cache_storage: topk and distill.cache_topk (e.g. 64)")
+    if d.on_policy is not None and d.recipe != "offline":
+        raise ConfigError("distill.on_policy: the student's samples are scored by teachers; use recipe offline")
+    if d.on_policy is not None and d.on_policy.max_new_tokens >= cfg.data.seq_len:
+        raise ConfigError(f"distill.on_policy.max_new_tokens: {d.on_policy.max_new_tokens} must be smaller than "
+                          f"data.seq_len ({cfg.data.seq_len}), so every continuation has a prompt")
     files, tokenizer, info = prepare_text(cfg.data)
     seq = cfg.data.seq_len
     vocab = _student_vocab(cfg, info)
@@ -188,10 +193,13 @@ def uses_token_cache(d) -> bool:
 
 def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[str, nn.Module]], d, aggregator_options,
                     vocab: int, eos_id: int, pad_id: int, domain_names=(), teacher_weights=None,
-                    device: torch.device | str = "cpu", cache=None) -> nn.Module:
+                    device: torch.device | str = "cpu", cache=None, seed: int = 0) -> nn.Module:
     """The language-model recipe ``recipe_name`` ('offline' or 'scratch') over ``teachers`` (name, module),
     with the aggregator and loss of ``d`` (the distill settings); the pipeline and ``mtkd.distill`` call it."""
     if recipe_name == "scratch":
+        if d.on_policy is not None:
+            raise ConfigError("distill.on_policy: the student's samples are scored by teachers; recipe 'scratch' has "
+                              "none (remove on_policy or use recipe offline)")
         return LmScratchRecipe(student, eos_id, pad_id)
     if recipe_name != "offline":
         raise ConfigError(f"distill.recipe: {recipe_name!r} is not available for language models; "
@@ -205,7 +213,7 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
                             teacher_names=tuple(n for n, _ in teachers), domain_names=tuple(domain_names))
     aggregator = build_aggregator(d.aggregator, ctx, aggregator_options)
     return LmOfflineRecipe(student, teachers, aggregator, d.loss, eos_id, pad_id, d.temperature, d.alpha, d.beta,
-                           d.token_chunk, cache)
+                           d.token_chunk, cache, d.on_policy, seed)
 
 
 class LmRun:
@@ -248,9 +256,11 @@ class LmRun:
         info = prep.info
         teachers = [(name, m.to(prep.device)) for name, _, m, _ in prep.teachers]
         cache = self.token_cache() if recipe_name == "offline" and uses_token_cache(d) else None
+        if recipe_name == "scratch" and d.recipe != "scratch":  # the baseline: next-token cross-entropy only
+            d = d.model_copy(update={"on_policy": None})
         recipe = build_lm_recipe(recipe_name, student, teachers, d, self.cfg.aggregator_options, prep.vocab,
                                  info.eos_id, info.pad_id, self.data.domain_names, [w for *_, w in prep.teachers],
-                                 prep.device, cache)
+                                 prep.device, cache, cfg.seed)
         from .data import BatchLoader
 
         stage = "scratch" if stem == "student_scratch" else "distill"

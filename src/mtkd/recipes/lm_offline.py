@@ -24,6 +24,7 @@ from ..cache.tokens import expand_tokens
 from ..data.text import loss_mask
 from ..errors import MtkdError
 from ..losses.tokens import aggregated_token_loss, masked_positions
+from ..on_policy import is_on_policy_step, sample_continuations
 from .base import Traits
 
 
@@ -51,8 +52,12 @@ class LmOfflineRecipe(nn.Module):
 
     def __init__(self, student: nn.Module, teachers: Sequence[tuple[str, nn.Module]], aggregator: nn.Module,
                  loss: str, eos_id: int, pad_id: int, temperature: float = 1.0, alpha: float = 0.9,
-                 beta: float = 0.5, chunk: int = 1024, cache=None):
+                 beta: float = 0.5, chunk: int = 1024, cache=None, on_policy=None, seed: int = 0):
         super().__init__()
+        # on_policy: distill.on_policy (GKD's lambda, max_new_tokens, temperature) or None; the steps taken
+        # so far are a buffer, so a resumed run draws the same on-policy steps and samples (mtkd.on_policy)
+        self.on_policy, self.seed = on_policy, seed
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # cache: a mtkd.cache.tokens.TokenCache of the teachers' top-k + tail on the training rows (looked
         # up by row index), used instead of running the teachers; None = teachers run live
         self.cache = cache
@@ -65,8 +70,14 @@ class LmOfflineRecipe(nn.Module):
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         ids = x.long()  # [B, T]; y: [B] the row's domain
         mask = loss_mask(ids, self.eos_id, self.pad_id)  # [B, T] targets that do not cross a boundary
+        step = int(self.steps_done)
+        self.steps_done += 1
+        sampled = self.on_policy is not None and is_on_policy_step(self.seed, step, self.on_policy.lambda_)
+        if sampled:  # GKD: the student's own continuations of the rows' prompts; targets = generated tokens
+            batch = sample_continuations(self.student, ids, self.on_policy, self.seed, step, self.eos_id, self.pad_id)
+            ids, mask = batch.input_ids, batch.generated  # [B, T] each; the teachers score them live
         valid = mask[:, 1:]
-        if self.cache is not None:  # restored log-probabilities [K, B, T, V] (tail spread uniformly)
+        if self.cache is not None and not sampled:  # restored log-probabilities [K, B, T, V] (tail spread uniformly)
             values, top_ids, tail = self.cache.lookup(index)
             teacher_logits = expand_tokens(values, top_ids, tail, self.cache.vocab_size).to(ids.device)
         else:
@@ -80,6 +91,8 @@ class LmOfflineRecipe(nn.Module):
                                             self.loss, self.temperature, self.beta, self.chunk)
         ce = F.cross_entropy(student_rows.float(), targets) if len(targets) else student_rows.sum() * 0.0
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
+        if self.on_policy is not None:
+            losses["on_policy"] = ce.new_tensor(float(sampled))
         for name, value in getattr(self.aggregator, "logged", dict)().items():  # e.g. route: how often each teacher
             losses[name] = value
         for k, (name, _) in enumerate(self.teachers):
