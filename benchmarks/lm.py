@@ -177,6 +177,29 @@ def tables(results: dict) -> str:
     return text
 
 
+def write_tables(results: dict, out: Path) -> None:
+    corpus, seeds = results["corpus"], results["args"]["seeds"]
+    took = f"; {results['seconds']:.0f} s" if "seconds" in results else ""
+    header = (f"# Language models\n\nCorpus: code {corpus['code']['files']} files ({corpus['code']['bytes']:,} bytes), "
+              f"prose {corpus['prose']['files']} files ({corpus['prose']['bytes']:,} bytes); student seeds "
+              f"{', '.join(map(str, seeds))}{took}.\n\n")
+    write_text(out / "lm.md", header + tables(results))
+
+
+def report(out: Path) -> int:
+    """lm.md from lm.json, keeping the seeds whose every variant finished (a run cut short by time)."""
+    results = json.loads((out / "lm.json").read_text())
+    done = [s for s, runs in results["runs"].items() if set(runs) == set(VARIANTS)]
+    if len(done) < len(results["runs"]) or len(done) < len(results["args"]["seeds"]):
+        results["unfinished_seeds"] = [s for s in results["args"]["seeds"] if str(s) not in done]
+    results["runs"] = {s: results["runs"][s] for s in done}
+    results["args"]["seeds"] = [int(s) for s in done]
+    write_json(out / "lm.json", results)
+    write_tables(results, out)
+    print(tables(results))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -184,7 +207,11 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=1000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite lm.md from lm.json, with the seeds whose every variant finished")
     args = parser.parse_args(argv)
+    if args.report:
+        return report(Path(args.out))
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()
@@ -209,10 +236,7 @@ def main(argv=None) -> int:
             write_json(Path(args.out) / "lm.json", results)  # after every run: a partial result survives
     results["seconds"] = round(time.time() - started, 1)
     write_json(Path(args.out) / "lm.json", results)
-    header = (f"# Language models\n\nCorpus: code {corpus['code']['files']} files ({corpus['code']['bytes']:,} bytes), "
-              f"prose {corpus['prose']['files']} files ({corpus['prose']['bytes']:,} bytes); seeds {seeds}; "
-              f"{results['seconds']:.0f} s.\n\n")
-    write_text(Path(args.out) / "lm.md", header + tables(results))
+    write_tables(results, Path(args.out))
     print(tables(results))
     return 0
 

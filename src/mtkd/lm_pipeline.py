@@ -329,7 +329,7 @@ def _stages(prep: LmPrepared, data: TextSplits, out: Path, progress: bool, log, 
         summary["ensemble"] = record(teacher_models, rule=f"mean of {len(teacher_models)} (mixture of probabilities)")
     if scratch is not None:
         summary["scratch"] = record([scratch], arch=str(cfg.student.arch))
-    stage = run.stages.get("scratch" if d.recipe == "scratch" else "distill", {})
+    stage = run.stages.get("distill", {})  # the student's own stage (the baseline's is "scratch")
     summary["timing"] = {"distill_seconds": stage.get("seconds", 0.0), "steps": stage.get("steps", 0),
                          "tokens_per_second": stage.get("tokens_per_second", 0.0)}
     summary["data"] = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
