@@ -12,27 +12,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError
-from .common import ModelConfig
+from .common import AttentionConfig
 
 
-class GptConfig(ModelConfig):
+class GptConfig(AttentionConfig):
     arch: Literal["gpt"] = "gpt"
-    layers: int = Field(2, ge=1, description="transformer blocks")
     dim: int = Field(64, ge=1, description="width of the residual stream")
-    heads: int = Field(4, ge=1, description="attention heads (must divide dim)")
     context: int = Field(1024, ge=1, description="longest sequence the position embedding covers")
     mlp_ratio: int = Field(4, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self):
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        return self
 
 
 class Block(nn.Module):
