@@ -23,6 +23,7 @@ from .options import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
+from .compiling import channels_last_batch, slow_down, speed_up
 from .parallel import FullyShardedStudent, data_parallel, split_loader
 from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
@@ -298,6 +299,8 @@ class Trainer:
             self._shard(cfg)
         elif parallel:
             step_fn = data_parallel(self.recipe, self.device, sync_batchnorm=getattr(cfg, "sync_batchnorm", False))
+        channels_last = getattr(cfg, "channels_last", False)  # distill.compile / channels_last (mtkd.compiling)
+        speed_up(self.recipe.student, getattr(cfg, "compile", False), channels_last, self.device)
         # finiteness of the loss: read on the host every step on one CPU process (free there, and the
         # error names the exact step); otherwise kept on the device and read at the next step that
         # logs, evaluates or saves (a host read is a device sync on a GPU), and agreed by all processes
@@ -318,6 +321,8 @@ class Trainer:
                 if rows is not None:
                     x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if channels_last:
+                    x = channels_last_batch(x)
                 with autocast(self.device, self.amp):
                     losses = step_fn(x, y, index)
                 events = self.recipe.events  # e.g. a teacher dropped from this batch
@@ -375,6 +380,7 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            slow_down(self.recipe.student)
         if self.fsdp is not None:  # the caller's student module, trained, whole, on every process
             self.fsdp.finish()
             self.fsdp = None
