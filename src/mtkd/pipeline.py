@@ -431,7 +431,7 @@ class Run:
         save_model_file(path, model, arch, self.data.input_shape, num_classes, self.data.class_names or None,
                         self.data.preprocess)
         distributed.barrier()
-        trainer.checkpoint.unlink(missing_ok=True)
+        trainer.drop_checkpoint()
 
     def _save_extra_models(self, extra: list[dict]) -> None:
         """Evaluate the models an online recipe trains beside the student into ``peers.json``
