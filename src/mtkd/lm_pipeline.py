@@ -275,7 +275,7 @@ class LmRun:
                                                          / max(trainer.elapsed, 1e-9), 1)}
         write_json(self.state_path, self.stages)
         save_model_file(path, student, cfg.student, seq, prep.vocab)
-        trainer.checkpoint.unlink(missing_ok=True)
+        trainer.drop_checkpoint()
         return student
 
 
