@@ -4,6 +4,10 @@ semi-supervised gain. Prints mean and standard deviation of the student's test a
     python benchmarks/aggregators.py                      # 3 seeds, about 15 minutes on 2 cores
     python benchmarks/aggregators.py --seeds 0 --steps 1000 --unlabeled 2000   # a quick look
     python benchmarks/aggregators.py --parts semi --semi-configs 3 --good cnn transformer  # UEKD before/after
+    python benchmarks/aggregators.py --parts aggregators --aggregators mean entropy meta meta/bilevel \
+        --seeds 0 --jobs 1 --json seed0.json     # one seed; run seeds as separate processes, then
+    python benchmarks/aggregators.py --parts aggregators --aggregators mean entropy meta meta/bilevel \
+        --merge seed0.json seed1.json seed2.json --json all.json --out all.md
 
 Good pool: three competent teachers of different architectures (1-D CNN, GRU, transformer).
 Mixed pool: the good pool plus a weak teacher (linear, ~30 %) and a confidently wrong one (a CNN
@@ -48,6 +52,8 @@ SEMI = [("accuracy", {"labeled": "none"}), ("accuracy", {}), ("mean", {}),
         ("accuracy", {"selection": "weight", "floor": 0.1}), ("accuracy", {"selection": "sample"}),
         ("accuracy", {"selection": "uniform"}), ("accuracy", {"selection": "uniform", "unlabeled_batch_size": 300})]
 AGGREGATORS = ["mean", "accuracy", "best", "confidence", "entropy", "adaptive_temperature", "aekd", "meta"]
+# named forms that --aggregators also accepts: "name/form" runs aggregator name with option form
+FORMS = ["meta/bilevel", "meta/joint"]
 CACHE = Path(__file__).parent / ".cache"
 
 
@@ -114,6 +120,17 @@ def distill(job):
             "accuracy": mtkd.accuracy(student, data.test), "seconds": round(seconds, 1), "mean_weights": weights}
 
 
+def _split(spec: str) -> tuple[str, dict]:
+    """'meta/bilevel' -> ('meta', {'form': 'bilevel'}); 'mean' -> ('mean', {})."""
+    name, _, form = spec.partition("/")
+    return name, ({"form": form} if form else {})
+
+
+def _label(spec: str) -> str:
+    name, options = _split(spec)
+    return f"`{name}` (form: {options['form']})" if options else f"`{name}`"
+
+
 def _describe(options):
     return ", ".join(f"{k}: {v}" for k, v in options.items()) or \
         "defaults (labeled: uekd, selection: weight, floor: 1.0)"
@@ -133,20 +150,29 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--parts", nargs="+", default=["aggregators", "semi"], choices=["aggregators", "semi"])
     parser.add_argument("--semi-configs", type=int, default=len(SEMI), help="run the first N semi-supervised forms")
+    parser.add_argument("--aggregators", nargs="+", default=AGGREGATORS, choices=AGGREGATORS + FORMS,
+                        help="the aggregators of the pool comparison (name/form: that form of the aggregator)")
     parser.add_argument("--good", nargs="+", default=list(GOOD), choices=list(GOOD), help="the good pool's teachers")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "aggregators.json")
+    parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="run nothing: make the tables from these result files (e.g. one run per seed, each "
+                             "with --seeds N, run as separate processes), with the same other arguments")
     args = parser.parse_args(argv)
     shared = {"steps": args.steps, "unlabeled": args.unlabeled, "good": args.good}
     semi = SEMI[:args.semi_configs] if "semi" in args.parts else []
     start = time.perf_counter()
+    needed = args.good + (list(BAD) if "aggregators" in args.parts else [])
+    results = [r for f in args.merge for r in json.loads(f.read_text())["results"]]
+    if args.merge:
+        args.seeds = sorted({r["seed"] for r in results})
     with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:
-        needed = args.good + (list(BAD) if "aggregators" in args.parts else [])
-        results = []
-        for seed in args.seeds:  # seed by seed: an interrupted run still has whole comparisons
+        for seed in [] if args.merge else args.seeds:  # seed by seed: an interrupted run still has whole comparisons
             for name, _, seconds in pool.map(train_teacher, [(shared, seed, n) for n in needed]):
                 if seconds:
                     print(f"trained teacher {name} (seed {seed}) in {seconds:.0f} s", file=sys.stderr)
-            jobs = [(shared, seed, p, a, "offline", "pool", {}) for p in ("good", "mixed") for a in AGGREGATORS] \
+            jobs = [(shared, seed, p, name, "offline", "pool", options)
+                    for p in ("good", "mixed") for name, options in map(_split, args.aggregators)] \
                 if "aggregators" in args.parts else [(shared, seed, "good", "mean", "offline", "pool", {})]
             jobs = [(shared, seed, "good", a, "semi_supervised", "labeled", opts) for a, opts in semi] + jobs
             jobs += [(shared, seed, "good", "mean", "offline", "labeled", {}),
@@ -173,27 +199,35 @@ def main(argv=None):
              "teachers: " + ", ".join(f"{n} {m:.1f} ± {s:.1f}" for n, (m, s) in teacher_acc.items()), "",
              *(["| aggregator | good pool | mixed pool | change | weight on linear + permuted (mixed) |",
                 "|---|---:|---:|---:|---:|"] if "aggregators" in args.parts else [])]
-    for a in AGGREGATORS if "aggregators" in args.parts else []:
-        good = _stats([r["accuracy"] for r in pick(pool="good", aggregator=a, recipe="offline", transfer="pool")])
-        mixed_runs = pick(pool="mixed", aggregator=a, recipe="offline", transfer="pool")
+    for spec in args.aggregators if "aggregators" in args.parts else []:
+        a, options = _split(spec)
+        good = _stats([r["accuracy"] for r in pick(pool="good", aggregator=a, recipe="offline", transfer="pool",
+                                                   options=options)])
+        mixed_runs = pick(pool="mixed", aggregator=a, recipe="offline", transfer="pool", options=options)
         mixed = _stats([r["accuracy"] for r in mixed_runs])
         bad_weight = statistics.fmean(r["mean_weights"]["linear"] + r["mean_weights"]["permuted"] for r in mixed_runs)
-        lines.append(f"| `{a}` | {good[0]:.1f} ± {good[1]:.1f} | {mixed[0]:.1f} ± {mixed[1]:.1f} | "
+        lines.append(f"| {_label(spec)} | {good[0]:.1f} ± {good[1]:.1f} | {mixed[0]:.1f} ± {mixed[1]:.1f} | "
                      f"{mixed[0] - good[0]:+.1f} | {bad_weight:.2f} |")
     lines += ["", "| semi-supervised (good pool) | accuracy |", "|---|---:|"]
     rows = [("student from scratch (labels only)", pick(recipe="scratch")),
             ("offline `mean`, labeled samples only", pick(recipe="offline", transfer="labeled")),
             ("offline `mean`, labeled + unlabeled pool", pick(recipe="offline", transfer="pool", pool="good",
-                                                               aggregator="mean")),
+                                                               aggregator="mean", options={})),
             *[(f"`semi_supervised` + `{a}`, {_describe(o)}", pick(recipe="semi_supervised", aggregator=a, options=o))
               for a, o in semi]]
     for label, runs in rows:
         m, s = _stats([r["accuracy"] for r in runs])
         lines.append(f"| {label} | {m:.1f} ± {s:.1f} |")
-    lines.append(f"\n({time.perf_counter() - start:.0f} s in all, {args.jobs} processes)")
+    if args.merge:
+        lines.append(f"\n(merged from {', '.join(f.name for f in args.merge)}; per-run times in their `seconds`)")
+    else:
+        lines.append(f"\n({time.perf_counter() - start:.0f} s in all, {args.jobs} processes)")
     print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "teachers": teacher_acc,
+    paths = {"json": str(args.json), "out": args.out and str(args.out), "merge": [str(f) for f in args.merge]}
+    args.json.write_text(json.dumps({"args": vars(args) | paths, "teachers": teacher_acc,
                                      "results": results}, indent=1))
 
 

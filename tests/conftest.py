@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Subprocesses the tests start (examples, scripts) inherit one thread too: pytest-xdist runs one
+# worker per core, and a second thread per process would only make them compete.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -161,13 +161,13 @@ def test_out_dir_that_is_not_a_run_is_refused(tmp_path, capsys, tiny_raw_config)
     assert (out / "thesis.tex").exists()
 
 
-# mutual, okddip, ffl and codistillation train several networks per step, too slow for 1,500 steps
+# mutual, okddip, ffl and codistillation train several networks per step, too slow for 600 steps
 # here: tests/test_online.py interrupts and resumes them in-process (afd stands for them here)
 @pytest.mark.parametrize("recipe", sorted(set(RECIPES) - {"mutual", "okddip", "ffl", "codistillation"}))
 def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, tiny_raw_config, recipe):
     """Kill a real `mtkd run` process during training, run it again, compare with an unbroken run."""
     raw = dict(tiny_raw_config)
-    raw["distill"] = dict(raw["distill"], recipe=recipe, steps=1500, checkpoint_every=25, baseline=False)
+    raw["distill"] = dict(raw["distill"], recipe=recipe, steps=600, checkpoint_every=25, baseline=False)
     cfg = _write(tmp_path, raw)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "mtkd", "run", str(cfg), "--no-progress"]
@@ -183,7 +183,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, tiny_raw_config, re
     proc.wait()
     assert ckpt.exists(), "the run finished or failed before it could be killed"
     assert not (killed / "summary.json").exists()
-    assert load_torch(ckpt)["step"] < 1500
+    assert load_torch(ckpt)["step"] < 600
 
     assert subprocess.run(cmd + ["--out", str(killed)], env=env, capture_output=True).returncode == 0
     unbroken = tmp_path / "unbroken"

@@ -14,6 +14,7 @@ docs cannot go unexecuted; an entry whose command left the docs fails it too.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -293,6 +294,30 @@ def test_benchmark_pages_equal_the_generated_ones():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_docs.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def _gen_docs():
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_numbers_of_superseded_methods_are_marked_on_the_benchmark_pages():
+    gen_docs = _gen_docs()
+    tables = ("| `ffl` | 80.1 |\n| `waffle` | 2 |\n| FFL (fused) | 84.9 |\n| `local_targets (pool)` | 3 |\n"
+              "by `local_targets`: 90.6")
+    assert gen_docs.mark_superseded(tables, ["ffl", "local_targets", "local_targets (pool)"]) == (
+        "| `ffl` † | 80.1 |\n| `waffle` | 2 |\n| FFL † (fused) | 84.9 |\n| `local_targets (pool)` † | 3 |\n"
+        "by `local_targets` †: 90.6\n\n" + gen_docs.SUPERSEDED_NOTE)
+    assert gen_docs.mark_superseded("| `mean` | 87.6 |", ["ffl"]) == "| `mean` | 87.6 |"
+    # every page whose notes name superseded methods marks something and shows a re-run
+    for notes in sorted((ROOT / "benchmarks" / "notes").glob("*.md")):
+        meta, body = gen_docs._front_matter(notes.read_text())
+        if meta.get("superseded"):
+            page = gen_docs.page(notes.stem)
+            assert gen_docs.SUPERSEDED_NOTE in page, notes.name
+            assert "{{rerun " in body, f"{notes.name}: superseded methods but no re-run"
 
 
 def test_site_builds(tmp_path):

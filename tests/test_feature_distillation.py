@@ -404,3 +404,31 @@ def test_api_points_takd_to_the_pipeline():
     loader = mtkd.BatchLoader(mtkd.IndexedTensorDataset(x, y), 8, seed=0)
     with pytest.raises(ConfigError, match="trains a chain of stages"):
         mtkd.distill(build_model("mlp", (40,), 10), [build_model("mlp", (40,), 10)], loader, recipe="assistant")
+
+
+def test_takd_chain_levels_and_the_authors_kd_scale_by_hand():
+    """TAKD (Mirzadeh et al. 2020): teacher -> level 1 -> level 2 -> student, each level learning
+    from the one before; every stage's loss is the offline (1 - alpha) CE + alpha T^2 KL. Their
+    code's nn.KLDivLoss() averages the KL over batch x classes: their KD term is mtkd's / C."""
+    from mtkd.losses import kd_ce_loss
+    from mtkd.models import parse_model
+    from mtkd.recipes.assistant import AssistantOptions, chain
+
+    student = parse_model({"arch": "mlp", "hidden": [32]}, "student")
+    default = chain(AssistantOptions(), student)  # one assistant of the student's own arch and size
+    assert [[(n, c.arch) for n, c in level] for level in default] == [[("assistant1", "mlp")]]
+    levels = chain(AssistantOptions(assistants=[{"arch": "cnn1d", "channels": 16},
+                                                [{"arch": "mlp", "hidden": [64]}, {"arch": "cnn1d", "name": "small"}]]),
+                   student)
+    assert [[n for n, _ in level] for level in levels] == [["assistant1"], ["assistant2_1", "small"]]
+    # one stage's loss by hand: 2 samples, C = 2 classes, T = 2, alpha (their lambda) = 0.5
+    logits, labels = torch.zeros(2, 2), torch.tensor([0, 1])  # student softmax at T: [0.5, 0.5]
+    target = torch.tensor([[0.75, 0.25], [0.5, 0.5]])  # the assistant's softened outputs
+    ce = math.log(2)
+    kl = [0.75 * math.log(1.5) + 0.25 * math.log(0.5), 0.0]  # per sample, summed over classes
+    mtkd_kd = 4 * sum(kl) / 2  # T^2 x mean over samples
+    theirs_kd = 4 * sum(kl) / (2 * 2)  # T^2 x mean over batch x classes (nn.KLDivLoss())
+    out = kd_ce_loss(logits, labels, target, temperature=2.0, alpha=0.5)
+    assert out["kd"].item() == pytest.approx(mtkd_kd, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.5 * ce + 0.5 * mtkd_kd, rel=1e-6)
+    assert theirs_kd == pytest.approx(out["kd"].item() / 2, rel=1e-6)  # / C, as the fidelity page states

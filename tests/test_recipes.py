@@ -35,3 +35,21 @@ def test_recipe_and_aggregator_run_through_the_cli(tmp_path, capsys, tiny_raw_co
         fixed = {"mean": 0.5, "weighted": 0.75}
         if aggregator in fixed and recipe != "assistant":
             assert last["weight/cnn"] == pytest.approx(fixed[aggregator])
+
+
+def test_scratch_recipe_is_cross_entropy_on_the_labeled_samples_by_hand():
+    import math
+
+    import torch
+
+    from mtkd.recipes.scratch import ScratchRecipe
+
+    student = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # logits = x
+    x = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0], [5.0, -5.0]])
+    y = torch.tensor([0, 1, -1])  # the third sample is unlabeled: no signal without a teacher
+    out = ScratchRecipe(student).step(x, y, None)
+    expected = (-math.log(0.75) - math.log(0.5)) / 2  # softmax([ln 3, 0]) = [0.75, 0.25]; [0.5, 0.5]
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert out["ce"].item() == pytest.approx(expected, rel=1e-6)
