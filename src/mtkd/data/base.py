@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-UNLABELED = -1  # label of a sample in the unlabeled pool
+from ..labels import UNLABELED  # noqa: F401 - re-exported: the data code reads it from here
 
 
 class IndexedTensorDataset(torch.utils.data.Dataset):
