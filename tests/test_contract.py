@@ -101,10 +101,11 @@ def test_the_lazy_top_level_keeps_every_public_name():
             "names = [n for n in mtkd.__all__ if getattr(mtkd, n) is None]; "
             "from mtkd import distill, load_student; "
             "print(first, names, set(mtkd.__all__) <= set(dir(mtkd)), mtkd.distill.__module__, "
-            "mtkd.load_student.__module__, hasattr(mtkd, 'no_such_name'), mtkd.__version__ != '')")
+            "mtkd.load_student.__module__, hasattr(mtkd, 'no_such_name'), mtkd.__version__ != '', "
+            "mtkd.config.__name__)")  # a submodule is reachable as an attribute, as before
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert int(out[0]) <= 3  # mtkd and its version
-    assert out[1:] == ["[]", "True", "mtkd.api", "mtkd.student", "False", "True"]
+    assert out[1:] == ["[]", "True", "mtkd.api", "mtkd.student", "False", "True", "mtkd.config"]
 
 
 def test_drawing_a_report_does_not_switch_the_users_backend(tmp_path):

@@ -11,6 +11,7 @@ module (say ``mtkd.losses.kd``) loads only what that module needs.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from .version import __version__
@@ -40,9 +41,12 @@ __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name not in _PUBLIC:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. mtkd.config
+    else:
         raise AttributeError(f"module 'mtkd' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
