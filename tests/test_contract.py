@@ -139,7 +139,7 @@ def _documented_step_path() -> set[str]:
     return set(re.findall(r"^\| `([\w/]+\.py)` \|", section, re.M))
 
 
-def test_the_offline_mean_step_path_crosses_at_most_five_files(tmp_path, tiny_raw_config):
+def test_the_offline_mean_step_path_crosses_at_most_five_files(tmp_path, tiny_raw_config, monkeypatch):
     """Trace one step of ``mtkd run`` (offline + mean): every mtkd source file with a frame between
     the trainer's call of the recipe's step and the return of ``optimizer.step()``."""
     from mtkd.recipes.offline import OfflineRecipe
@@ -167,11 +167,19 @@ def test_the_offline_mean_step_path_crosses_at_most_five_files(tmp_path, tiny_ra
     raw["distill"] = dict(raw["distill"], recipe="offline", aggregator="mean", steps=1, baseline=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    sys.setprofile(profile)
-    try:
-        code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
-    finally:
-        sys.setprofile(None)
+    from mtkd.trainer import Trainer
+
+    fit = Trainer.fit
+
+    def profiled_fit(self):  # profile the student's stage only (the teachers' training is not traced)
+        sys.setprofile(profile if isinstance(self.recipe, OfflineRecipe) else None)
+        try:
+            return fit(self)
+        finally:
+            sys.setprofile(None)
+
+    monkeypatch.setattr(Trainer, "fit", profiled_fit)
+    code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 0 and state["done"]
     # the networks' own forward passes (student and teachers built from mtkd's model zoo) are not the path
     files = {f for f in entered if not f.startswith("models/")}
