@@ -124,7 +124,7 @@ def view_cache(teachers: Sequence, source: ViewSource, root: str | Path, opts: C
     from ..teachers.cached import CachedTeacher
 
     report = build_view_entries([(t.name, (lambda m=t.model: m)) for t in teachers], source, root, opts, device, log)
-    return [CachedTeacher(e, source, t.model).to(device) for e, t in zip(report.entries, teachers)]
+    return [CachedTeacher(e, source, t).to(device) for e, t in zip(report.entries, teachers)]
 
 
 def _data_fp(source: ViewSource) -> str:
