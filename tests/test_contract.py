@@ -1,5 +1,6 @@
 """The structure contracts: no import cycles, no import side effects, every recipe keeps the
 recipe protocol, and a new aggregator is one class plus one table entry."""
+import inspect
 import json
 from pathlib import Path
 import subprocess
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mtkd.aggregation import AGGREGATORS
-from mtkd.aggregation.base import Aggregate, AggregatorContext, softened
+from mtkd.aggregation.base import Aggregate, AggregatorContext, Capabilities, check_aggregator, softened
 from mtkd.cli import main
 from mtkd.config import parse_config
 from mtkd.errors import ConfigError
@@ -79,10 +80,46 @@ def test_the_cycle_check_finds_a_cycle():
     assert _cycles(Graph()) == [["a", "b", "c"]]
 
 
-def test_import_mtkd_loads_no_matplotlib_and_keeps_the_backend():
-    code = "import sys, mtkd; print(['matplotlib' in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[False]"
+IMPORTS = """
+import json, sys
+mtkd_modules = lambda: sorted(m for m in sys.modules if m == "mtkd" or m.startswith("mtkd."))
+import mtkd
+bare, matplotlib = mtkd_modules(), "matplotlib" in sys.modules
+import mtkd.losses.kd
+leaf = mtkd_modules()
+unresolved = [n for n in mtkd.__all__ if getattr(mtkd, n, None) is None]
+print(json.dumps({"bare": bare, "matplotlib": matplotlib, "leaf": leaf, "unresolved": unresolved,
+                  "in_dir": set(mtkd.__all__) <= set(dir(mtkd)), "distill": mtkd.distill.__module__,
+                  "load_student": mtkd.load_student.__module__, "unknown": hasattr(mtkd, "no_such_name"),
+                  "submodule": mtkd.config.__name__, "version": mtkd.__version__}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict:
+    """What a fresh interpreter loads: ``import mtkd``, then ``import mtkd.losses.kd``, then every public name."""
+    out = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_import_mtkd_loads_no_matplotlib_and_keeps_the_backend(fresh_imports):
+    assert fresh_imports["matplotlib"] is False
+
+
+def test_importing_one_module_loads_only_what_it_needs(fresh_imports):
+    """``mtkd/__init__`` loads its public names on first use (PEP 562): ``import mtkd`` loads the package
+    and its version, and importing the KD loss loads the loss package and its leaves, not the library."""
+    assert fresh_imports["bare"] == ["mtkd", "mtkd.version"]
+    leaf = fresh_imports["leaf"]
+    assert len(leaf) < 10, leaf
+    assert "mtkd.data" not in leaf and "mtkd.pipeline" not in leaf
+
+
+def test_the_lazy_top_level_keeps_every_public_name(fresh_imports):
+    got = fresh_imports
+    assert got["unresolved"] == [] and got["in_dir"] and not got["unknown"] and got["version"]
+    assert (got["distill"], got["load_student"]) == ("mtkd.api", "mtkd.student")
+    assert got["submodule"] == "mtkd.config"  # a submodule is reachable as an attribute, as before
 
 
 def test_drawing_a_report_does_not_switch_the_users_backend(tmp_path):
@@ -91,6 +128,63 @@ def test_drawing_a_report_does_not_switch_the_users_backend(tmp_path):
             "print(matplotlib.get_backend())") % (tmp_path / "a.png")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "svg" and (tmp_path / "a.png").stat().st_size > 0
+
+
+def _documented_step_path() -> set[str]:
+    """The files listed in docs/architecture.md's table of the offline + mean step."""
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    section = page.split("## The `offline` + `mean` step path")[1].split("\n## ")[0]
+    return set(re.findall(r"^\| `([\w/]+\.py)` \|", section, re.M))
+
+
+def test_the_offline_mean_step_path_crosses_at_most_five_files(tmp_path, tiny_raw_config, monkeypatch):
+    """Trace one step of ``mtkd run`` (offline + mean): every mtkd source file with a frame between
+    the trainer's call of the recipe's step and the return of ``optimizer.step()``."""
+    from mtkd.recipes.offline import OfflineRecipe
+
+    src = Path(__file__).parent.parent / "src" / "mtkd"
+    entered: list[str] = []
+    state = {"recording": False, "done": False}
+
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and code is OfflineRecipe.step.__code__ and not state["done"]:
+            state["recording"] = True  # called from the trainer's loop, whose frame is already running:
+            entered.append(Path(frame.f_back.f_code.co_filename).relative_to(src).as_posix())
+        if not state["recording"]:
+            return
+        if event == "call" and code.co_filename.startswith(str(src)):
+            entered.append(Path(code.co_filename).relative_to(src).as_posix())
+        # the optimizer's own step (torch/optim/adam.py or sgd.py) returning ends the step
+        if event == "return" and code.co_name == "step" and Path(code.co_filename).name in ("adam.py", "sgd.py") \
+                and Path(code.co_filename).parent.name == "optim":
+            state["recording"], state["done"] = False, True
+
+    raw = dict(tiny_raw_config)
+    raw["teachers"] = [dict(t, train={"steps": 2, "eval_every": 2}) for t in raw["teachers"]]
+    raw["distill"] = dict(raw["distill"], recipe="offline", aggregator="mean", steps=1, baseline=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    from mtkd.trainer import Trainer
+
+    fit = Trainer.fit
+
+    def profiled_fit(self):  # profile the student's stage only (the teachers' training is not traced)
+        sys.setprofile(profile if isinstance(self.recipe, OfflineRecipe) else None)
+        try:
+            return fit(self)
+        finally:
+            sys.setprofile(None)
+
+    monkeypatch.setattr(Trainer, "fit", profiled_fit)
+    code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0 and state["done"]
+    # the networks' own forward passes (student and teachers built from mtkd's model zoo) are not the path
+    files = {f for f in entered if not f.startswith("models/")}
+    assert len(files) <= 5, sorted(files)
+    assert files == _documented_step_path(), "docs/architecture.md lists other files than the step enters"
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -135,6 +229,7 @@ class ToyAggregator(nn.Module):
 
     description = "toy: teachers weighted by confidence ** sharpness"
     Options = ToyOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: ToyOptions | None = None):
         super().__init__()
@@ -145,6 +240,53 @@ class ToyAggregator(nn.Module):
         w = probs.amax(-1).t() ** self.sharpness  # [B, K]
         w = w / w.sum(1, keepdim=True)
         return Aggregate(torch.einsum("bk,kbc->bc", w, probs), w)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_every_aggregator_keeps_the_aggregator_interface(name):
+    """description, Options, forward, a Capabilities record (on the class, or set by __init__ from the
+    options) and every hook it declares; build_aggregator runs the same check."""
+    from mtkd.aggregation import build_aggregator
+    from mtkd.data import IndexedTensorDataset
+    from mtkd.teachers import FrozenTeacher
+
+    torch.manual_seed(0)
+    teachers = [FrozenTeacher(nn.Linear(4, 3), f"t{k}", 3) for k in range(2)]
+    val = IndexedTensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    aggregator = build_aggregator(name, AggregatorContext(teachers, 3, [1.0, 2.0], val, feature_dim=5))
+    check_aggregator(aggregator)
+    # what forward returns agrees with what it declared
+    z, y = torch.randn(2, 6, 3), torch.randint(0, 3, (6,))
+    out = aggregator(z, y, 2.0, student_logits=torch.randn(6, 3), features=torch.randn(6, 5))
+    assert (out.temperatures is not None) == aggregator.capabilities.per_teacher_temperatures
+
+
+@pytest.mark.parametrize("form", ["mmkd", "bilevel", "joint"])
+def test_the_meta_aggregator_declares_what_each_form_needs(form):
+    from mtkd.aggregation import build_aggregator
+    from mtkd.data import IndexedTensorDataset
+
+    teachers = [nn.Linear(4, 3), nn.Linear(4, 3)]
+    val = IndexedTensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    agg = build_aggregator("meta", AggregatorContext(teachers, 3, val_data=val, feature_dim=5),
+                           {"form": form})  # build_aggregator checks it
+    caps = agg.capabilities
+    assert (caps.needs_features, caps.looks_ahead, caps.adds_losses) == \
+        (form != "mmkd", form != "joint", form == "joint")
+
+
+def test_the_interface_check_refuses_a_missing_record_or_hook():
+    class Bare(ToyAggregator):
+        capabilities = None
+
+    with pytest.raises(TypeError, match=r"Bare.capabilities: an aggregation.base.Capabilities"):
+        check_aggregator(Bare)
+
+    class Claims(ToyAggregator):
+        capabilities = Capabilities(looks_ahead=True)
+
+    with pytest.raises(TypeError, match=r"capability looks_ahead=True but hook before_step\(\) is missing"):
+        check_aggregator(Claims)
 
 
 @pytest.fixture
@@ -163,11 +305,23 @@ def test_a_toy_aggregator_is_listed_and_validated(toy_table, capsys, tiny_raw_co
         parse_config(dict(tiny_raw_config, distill={"aggregator": {"name": "toy", "sharpness": -1}}))
 
 
-@pytest.mark.parametrize("recipe", sorted(n for n, c in RECIPES.items() if c.traits.uses_aggregator))
+# every recipe whose constructor takes an aggregator, and the options under which it uses one
+TAKES_AGGREGATOR = {name: {"teacher_free": {"mode": "reverse"}}.get(name, {}) for name, cls in RECIPES.items()
+                    if "aggregator" in inspect.signature(cls.__init__).parameters}
+
+
+def test_the_recipes_that_take_an_aggregator_are_the_ones_expected():
+    # uses_aggregator: takes any aggregator of the table; continual and teacher_free (mode reverse) take one too
+    assert {n for n, c in RECIPES.items() if c.traits.uses_aggregator} < set(TAKES_AGGREGATOR)
+    assert {"continual", "teacher_free", "offline", "progressive", "semi_supervised", "tas"} <= set(TAKES_AGGREGATOR)
+
+
+@pytest.mark.parametrize("recipe", sorted(TAKES_AGGREGATOR))
 def test_every_recipe_that_takes_an_aggregator_runs_the_toy_one(toy_table, tmp_path, tiny_raw_config, recipe):
     raw = dict(tiny_raw_config)
-    raw["distill"] = dict(raw["distill"], recipe=recipe, aggregator={"name": "toy", "sharpness": 1.5}, steps=6,
-                          baseline=False)
+    options = TAKES_AGGREGATOR[recipe]
+    raw["distill"] = dict(raw["distill"], recipe={"name": recipe, **options} if options else recipe,
+                          aggregator={"name": "toy", "sharpness": 1.5}, steps=6, baseline=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
@@ -285,3 +439,25 @@ def test_the_code_quoted_in_the_extending_page_is_the_code():
         for line in block.strip().splitlines()[1:]:
             code = " ".join(line.split("#")[0].split()).removesuffix(" ...")  # a stub's body
             assert code in source, f"{quoted[head].name} has no line {code!r}"
+
+
+# ---------------------------------------------------------------- user-facing text
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_user_facing_text_cites_papers_not_internal_documents():
+    """README, CONTRIBUTING, the docs, examples and the source (docstrings, errors) name no
+    "seed document" and no issue number a user could not resolve."""
+    import re
+
+    banned = re.compile(r"seed[ -]?doc|\bissues?\s*#?\s*\d+|\bthe issue\b", re.I)
+    files = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").rglob("*.md"),
+             *(ROOT / "src" / "mtkd").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    found = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in files
+             for i, line in enumerate(f.read_text().splitlines(), 1) if banned.search(line)]
+    assert found == []
+
+
+def test_the_readme_stays_short():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 200  # the rest lives in the docs site

@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from mtkd.aggregation import AggregatorContext, build_aggregator
-from mtkd.aggregation.base import aggregated_kd
+from mtkd.recipes.offline import TeacherTargets
 from mtkd.aggregation.coverage import coverage_mix
 from mtkd.config import parse_config
 from mtkd.errors import ConfigError, MtkdError
@@ -216,18 +216,19 @@ def test_aggregation_and_ensemble_renormalise_over_covering_teachers():
     full = Fixed(torch.log(torch.tensor([[0.2, 0.3, 0.5]])))
     partial = Fixed(torch.tensor([[float(np.log(0.6)), float(np.log(0.4)), MISSING_LOGIT]]), torch.tensor([True, True, False]))
     teachers = [FrozenTeacher(full, "full"), FrozenTeacher(partial, "partial")]
-    agg = build_aggregator("mean", AggregatorContext(teachers, 3))
-    assert torch.equal(agg.class_masks, torch.tensor([[True, True, True], [True, True, False]]))
+    targets = TeacherTargets(teachers, build_aggregator("mean", AggregatorContext(teachers, 3)), nn.Linear(4, 3), 1.0)
+    assert torch.equal(targets.class_masks, torch.tensor([[True, True, True], [True, True, False]]))
     x = torch.zeros(1, 4)
     logits = torch.stack([t(x) for t in teachers])  # [2, 1, 3]
     # equal weights: class 0: 0.4, class 1: 0.35, class 2: 0.5 (teacher 0 alone); sum 1.25
     expected = torch.tensor([[0.4, 0.35, 0.5]]) / 1.25
     student = torch.log(expected)  # a student already at the target has KD loss 0
-    kd, weights = aggregated_kd(agg, student, logits, torch.tensor([-1]), 1.0)
+    kd, weights = targets.kd(student, logits, torch.tensor([-1]))
     assert abs(float(kd)) < 1e-6 and torch.allclose(weights, torch.tensor([[0.5, 0.5]]))
     assert torch.allclose(ensemble_probs([full, partial], x), expected)
-    # full teachers only: no masks, the aggregator is untouched
-    assert build_aggregator("mean", AggregatorContext(teachers[:1], 3)).class_masks is None
+    # full teachers only: no masks, the aggregator's target is used as it is
+    assert TeacherTargets(teachers[:1], build_aggregator("mean", AggregatorContext(teachers[:1], 3)), nn.Linear(4, 3),
+                          1.0).class_masks is None
 
 
 def test_pipeline_runs_a_mixed_pool(torch_model, tmp_path):

@@ -97,3 +97,19 @@ def test_default_step_distils_on_labeled_and_unlabeled_batches():
     recipe.options = SemiSupervisedOptions(selection="weight", unlabeled_batch_size=64, floor=0.05, labeled="none")
     without = recipe.step(x, y, torch.arange(16))["kd"]
     assert with_labeled.item() != without.item()
+
+
+def test_an_aggregator_that_trains_through_its_own_loss_term_needs_labeled_aggregator():
+    """Meta's form joint declares adds_losses: its gate learns from the labeled samples the aggregator
+    is shown, which this recipe does only with labeled: aggregator (read from the declared record)."""
+    import pytest
+
+    from mtkd.errors import ConfigError
+
+    pool = IndexedTensorDataset(torch.randn(40, 2), torch.full((40,), -1), torch.arange(40))
+    teachers = [FrozenTeacher(Fixed(1), "a", 3), FrozenTeacher(Fixed(2), "b", 3)]
+    joint = build_aggregator("meta", AggregatorContext(teachers, 3, feature_dim=2), {"form": "joint"})
+    with pytest.raises(ConfigError, match="meta with form: joint"):
+        SemiSupervisedRecipe(nn.Linear(2, 3), teachers, joint, unlabeled=pool)
+    SemiSupervisedRecipe(nn.Linear(2, 3), teachers, joint, unlabeled=pool,
+                         options=SemiSupervisedOptions(labeled="aggregator"))

@@ -115,7 +115,7 @@ def test_run_teachers_stop_policy_names_the_teacher():
 
 def test_run_teachers_drop_policy_records_and_masks():
     from mtkd.aggregation import AggregatorContext, build_aggregator
-    from mtkd.aggregation.base import aggregated_kd
+    from mtkd.recipes.offline import TeacherTargets
     from mtkd.teachers import run_teachers
 
     good, flaky = FrozenTeacher(nn.Linear(4, 3), "good", 3), IndexAware(Flaky(), "flaky", 3)
@@ -127,7 +127,8 @@ def test_run_teachers_drop_policy_records_and_masks():
     # the dropped teacher gets weight 0; the target is the good teacher's alone
     agg = build_aggregator("mean", AggregatorContext([good, flaky]))
     student = torch.zeros(2, 3, requires_grad=True)
-    kd, weights = aggregated_kd(agg, student, logits, torch.tensor([-1, -1]), 2.0, alive=alive)
+    kd, weights = TeacherTargets([good, flaky], agg, nn.Linear(4, 3), 2.0).kd(student, logits, torch.tensor([-1, -1]),
+                                                                              alive)
     assert weights.tolist() == [[1.0, 0.0], [1.0, 0.0]]
     from mtkd.losses import kd_loss
     assert torch.allclose(kd, kd_loss(student, torch.softmax(good(x) / 2.0, -1), 2.0))

@@ -4,34 +4,69 @@ Merge many trained models (teachers) into one small, fast model (student)::
 
     import mtkd
     student = mtkd.distill(student, [teacher_a, teacher_b, teacher_c], train_loader, steps=3000)
+
+The names below are loaded on first use (PEP 562), so ``import mtkd`` is cheap and importing one
+module (say ``mtkd.losses.kd``) loads only what that module needs.
 """
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
 from .version import __version__
 
-from .api import distill, train  # noqa: E402
-from .config import load_config, parse_config  # noqa: E402
-from .data import BatchLoader, DataSplits, IndexedTensorDataset, load_data, load_dataset  # noqa: E402
-from .errors import ConfigError, MtkdError, TeacherError  # noqa: E402
-from .evaluation import describe, ensemble_probs  # noqa: E402
-from .models import build_model, count_params  # noqa: E402
-from .models.files import load_model_file, save_model_file  # noqa: E402
-from .pipeline import run_pipeline  # noqa: E402
-from .teachers import FrozenTeacher  # noqa: E402
-from .trainer import accuracy, predict_logits  # noqa: E402
+# public name -> the module that defines it
+_PUBLIC = {
+    "distill": ".api", "train": ".api",
+    "load_config": ".config", "parse_config": ".config",
+    "BatchLoader": ".data", "DataSplits": ".data", "IndexedTensorDataset": ".data", "load_data": ".data",
+    "load_dataset": ".data",
+    "ConfigError": ".errors", "MtkdError": ".errors", "TeacherError": ".errors",
+    "describe": ".evaluation", "ensemble_probs": ".evaluation",
+    "build_model": ".models", "count_params": ".models",
+    "load_model_file": ".models.files", "save_model_file": ".models.files",
+    "run_pipeline": ".pipeline",
+    "FrozenTeacher": ".teachers",
+    "accuracy": ".trainer", "predict_logits": ".trainer",
+    # reports, export
+    "export_model": ".export", "export_student": ".export",
+    "expected_calibration_error": ".report.calibration",
+    "compare_runs": ".report.compare",
+    # everyday use: a trained student with its class names and preprocessing
+    "Student": ".student", "load_student": ".student",
+}
 
-__all__ = [
-    "BatchLoader", "ConfigError", "DataSplits", "FrozenTeacher", "IndexedTensorDataset", "MtkdError", "TeacherError",
-    "accuracy", "build_model", "count_params", "describe", "distill", "ensemble_probs", "load_config",
-    "load_data", "load_dataset", "load_model_file", "parse_config", "predict_logits", "run_pipeline", "save_model_file", "train",
-]
+__all__ = sorted(_PUBLIC)
 
-# reports, export (kept apart from the list above so branches merge cleanly)
-from .export import export_model, export_student  # noqa: E402
-from .report.calibration import expected_calibration_error  # noqa: E402
-from .report.compare import compare_runs  # noqa: E402
 
-__all__ += ["compare_runs", "expected_calibration_error", "export_model", "export_student"]
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. mtkd.config
+    else:
+        raise AttributeError(f"module 'mtkd' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-# everyday use: a trained student with its class names and preprocessing
-from .student import Student, load_student  # noqa: E402
 
-__all__ += ["Student", "load_student"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # the same names for type checkers and the API reference (read statically)
+    from .api import distill, train
+    from .config import load_config, parse_config
+    from .data import BatchLoader, DataSplits, IndexedTensorDataset, load_data, load_dataset
+    from .errors import ConfigError, MtkdError, TeacherError
+    from .evaluation import describe, ensemble_probs
+    from .export import export_model, export_student
+    from .models import build_model, count_params
+    from .models.files import load_model_file, save_model_file
+    from .pipeline import run_pipeline
+    from .report.calibration import expected_calibration_error
+    from .report.compare import compare_runs
+    from .student import Student, load_student
+    from .teachers import FrozenTeacher
+    from .trainer import accuracy, predict_logits

@@ -1,13 +1,13 @@
 """Aggregators: teacher logits [K, B, C] (+ labels [B], temperature, and optionally the
 student's logits and features) -> soft target [B, C] and the per-teacher, per-sample
-weights [B, K] used. One file per strategy; this table is the only registry."""
+weights [B, K] used. One file per strategy against the interface in ``base.py``; this table is
+the only registry."""
 from __future__ import annotations
 
 from pydantic import BaseModel
 from torch import nn
 
-from .base import Aggregate, AggregatorContext, softened
-from .coverage import class_masks
+from .base import Aggregate, AggregatorContext, Capabilities, check_aggregator, softened
 from .accuracy import AccuracyAggregator
 from .adaptive_temperature import AdaptiveTemperatureAggregator
 from .aekd import AekdAggregator
@@ -39,9 +39,9 @@ def build_aggregator(name: str, ctx: AggregatorContext, options: BaseModel | dic
     if not isinstance(options, BaseModel):
         options = cls.Options.model_validate(options or {})
     aggregator = cls(ctx, options)
-    aggregator.class_masks = class_masks(ctx.teachers, ctx.num_classes)  # None unless a teacher is partial
+    check_aggregator(aggregator)  # its capabilities may depend on its options: checked once built
     return aggregator
 
 
-__all__ = ["AGGREGATORS", "Aggregate", "AggregatorContext", "MeanAggregator", "WeightedAggregator",
+__all__ = ["AGGREGATORS", "Aggregate", "AggregatorContext", "Capabilities", "MeanAggregator", "WeightedAggregator",
            "build_aggregator", "softened"]

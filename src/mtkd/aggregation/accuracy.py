@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Aggregate, AggregatorContext, mix, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mix, softened
 
 
 class AccuracyOptions(BaseModel):
@@ -39,6 +39,7 @@ def validation_accuracy(teachers, val_data, device) -> torch.Tensor:
 class AccuracyAggregator(nn.Module):
     description = "fixed weights softmax(validation accuracy / tau) per teacher (global, not per sample)"
     Options = AccuracyOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: AccuracyOptions | None = None):
         super().__init__()

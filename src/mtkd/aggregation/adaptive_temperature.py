@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .base import Aggregate, AggregatorContext, mix, pseudo_labels
+from .base import Aggregate, AggregatorContext, Capabilities, mix, pseudo_labels
 
 
 class AdaptiveTemperatureOptions(BaseModel):
@@ -41,6 +41,7 @@ def adaptive_temperatures(teacher_logits: torch.Tensor, temperature: float, spre
 class AdaptiveTemperatureAggregator(nn.Module):
     description = "ATMKD: per-teacher, per-sample temperature from confidence; confidence-weighted"
     Options = AdaptiveTemperatureOptions
+    capabilities = Capabilities(per_teacher_temperatures=True)
 
     def __init__(self, ctx: AggregatorContext, options: AdaptiveTemperatureOptions | None = None):
         super().__init__()

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .base import Aggregate, AggregatorContext, mix, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mix, softened
 
 
 class AekdOptions(BaseModel):
@@ -69,6 +69,7 @@ def min_norm_weights(vectors: torch.Tensor, cap: float = 1.0, tolerance: float =
 class AekdAggregator(nn.Module):
     description = "AE-KD: min-norm point of the teachers' KD gradients, weights capped (Du et al. 2020)"
     Options = AekdOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: AekdOptions | None = None):
         super().__init__()

@@ -1,24 +1,40 @@
-"""What every aggregator receives and returns.
+"""The aggregator interface: what every aggregator is, receives and returns.
 
 An aggregator is an ``nn.Module`` built once per run from an :class:`AggregatorContext`
 and its options (keys of the ``distill`` section), and called every step::
 
     aggregate = aggregator(teacher_logits, labels, temperature, student_logits=..., features=...)
 
-teacher_logits [K, B, C]; labels [B] (-1 = unlabeled); student_logits [B, C] and the
-student's penultimate features [B, F] are given for methods that look at the student.
+teacher_logits [K, B, C]; labels [B] (-1 = unlabeled); student_logits [B, C] (always given) and
+the student's penultimate features [B, F] (given when ``capabilities.needs_features``).
+
+Every aggregator class states, in a frozen :class:`Capabilities` record named ``capabilities``
+(a class attribute, or set in ``__init__`` when it depends on the options), what it needs and
+gives beyond that call; the teacher-targets component (``mtkd.recipes.offline.TeacherTargets``)
+branches on the record, never on ``hasattr``. A capability that declares a hook requires it,
+with the signature below (:func:`check_aggregator`, run by ``build_aggregator`` and over the
+``AGGREGATORS`` table by the tests):
+
+- ``needs_features``: ``forward`` also gets ``features=`` [B, F], the student's penultimate
+  features (a forward hook on the student's head reads them);
+- ``per_teacher_temperatures``: ``Aggregate.temperatures`` is [B, K]; the KD term becomes the
+  weighted sum of per-teacher terms, each at its own temperature;
+- ``looks_ahead``: ``before_step(student, features, x, y, teacher_logits, alive, temperature,
+  loss) -> None``, an update before the student's forward, given the student itself and
+  ``loss(student_logits, kd)``, the recipe's own loss;
+- ``adds_losses``: ``auxiliary_losses() -> dict[str, Tensor]``, terms added to the step's
+  ``"loss"`` (a gate trained end to end);
+- ``logs``: ``logged() -> dict[str, Tensor]``, values written to ``metrics.jsonl``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, NamedTuple, Protocol, Sequence
 
 import torch
 
 from ..data import IndexedTensorDataset
 from ..data.base import UNLABELED
-from .coverage import coverage_mix
-from ..losses import kd_loss, multi_temperature_kd_loss
 
 
 class Aggregate(NamedTuple):
@@ -27,6 +43,52 @@ class Aggregate(NamedTuple):
     # [B, K] per-teacher, per-sample temperatures, for methods that soften each teacher
     # differently (the KD loss is then a weighted sum of per-teacher KL terms); None = one T
     temperatures: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an aggregator needs and gives beyond ``forward``'s outputs (see the module docstring)."""
+
+    needs_features: bool = False  # forward(..., features=[B, F]): the student's penultimate features
+    per_teacher_temperatures: bool = False  # Aggregate.temperatures [B, K]: one temperature per teacher and sample
+    looks_ahead: bool = False  # before_step(...): an update before the student's forward
+    adds_losses: bool = False  # auxiliary_losses(): terms added to the step's loss
+    logs: bool = False  # logged(): values written to metrics.jsonl
+
+
+HOOKS = {"looks_ahead": "before_step", "adds_losses": "auxiliary_losses", "logs": "logged"}
+
+
+class Aggregator(Protocol):
+    """What every aggregator class provides (optional hooks: see the module docstring)."""
+
+    description: ClassVar[str]
+    Options: ClassVar[type]  # a pydantic model of its options (mtkd.options.NoOptions when none)
+    capabilities: Capabilities
+
+    def __init__(self, ctx: "AggregatorContext", options=None) -> None: ...
+
+    def __call__(self, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, *,
+                 student_logits: torch.Tensor | None = None, features: torch.Tensor | None = None) -> "Aggregate":
+        """The target [B, C] and the weights [B, K] (``nn.Module.__call__`` runs ``forward``)."""
+
+
+def check_aggregator(aggregator) -> None:
+    """Raise ``TypeError`` where an aggregator breaks the interface: no ``description``, ``Options`` or
+    ``forward``, no :class:`Capabilities`, or a declared hook missing. ``aggregator``: a class, or a
+    built one (whose capabilities may depend on its options)."""
+    name = aggregator.__name__ if isinstance(aggregator, type) else type(aggregator).__name__
+    for attr in ("description", "Options", "forward"):
+        if not hasattr(aggregator, attr):
+            raise TypeError(f"{name}: missing {attr!r}")
+    caps = getattr(aggregator, "capabilities", None)
+    if not isinstance(caps, Capabilities):
+        raise TypeError(f"{name}.capabilities: an aggregation.base.Capabilities, got {type(caps).__name__} "
+                        "(write capabilities = Capabilities() when it needs nothing more)")
+    for flag in fields(Capabilities):
+        hook = HOOKS.get(flag.name)
+        if hook and getattr(caps, flag.name) and not callable(getattr(aggregator, hook, None)):
+            raise TypeError(f"{name}: capability {flag.name}=True but hook {hook}() is missing")
 
 
 @dataclass
@@ -76,46 +138,3 @@ def mask_weights(weights: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     total = w.sum(1, keepdim=True)
     uniform = alive.to(weights.dtype).expand_as(w) / alive.sum()
     return torch.where(total > 0, w / total.clamp_min(1e-12), uniform)
-
-
-def aggregated_kd(aggregator, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                  temperature: float, features: torch.Tensor | None = None,
-                  sample_weights: torch.Tensor | None = None,
-                  alive: torch.Tensor | None = None,
-                  domains: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The KD term against what ``aggregator`` makes of the teachers, and the weights [B, K] it used.
-
-    With one temperature: KD to the aggregated target (optionally weighted per sample,
-    sample_weights [B]). With per-teacher temperatures (ATMKD): the weighted sum of
-    per-teacher terms, each at its own temperature. Teachers dropped from the batch
-    (alive [K] False, see ``run_teachers``) get weight 0 and the others are renormalised.
-    domains [B]: each sample's domain index, for aggregators that route by domain.
-    """
-
-    agg = aggregator(teacher_logits, labels, temperature, student_logits=student_logits, features=features,
-                     domains=domains)
-    masks = getattr(aggregator, "class_masks", None)  # [K, C] when some teacher covers only some classes
-    some_dropped = alive is not None and not bool(alive.all())  # one check (a device sync on a GPU)
-    if some_dropped or masks is not None:
-        weights = mask_weights(agg.weights, alive) if some_dropped else agg.weights
-        probs = softened(teacher_logits, temperature if agg.temperatures is None else agg.temperatures.t().unsqueeze(-1))
-        target = mix(probs, weights) if masks is None else coverage_mix(probs, weights, masks)
-        agg = agg._replace(target=target, weights=weights)
-    if agg.temperatures is None:
-        return kd_loss(student_logits, agg.target, temperature, sample_weights), agg.weights
-    weights = agg.weights
-    if sample_weights is not None:  # [B, K] * [B, 1], normalised so the mean sample weight is 1
-        weights = weights * (sample_weights / sample_weights.mean()).unsqueeze(1)
-    return multi_temperature_kd_loss(student_logits, teacher_logits, agg.temperatures, weights), agg.weights
-
-
-def add_aggregator_terms(losses: dict, aggregator, teachers, weights: torch.Tensor) -> dict:
-    """Finish a step's losses: add the aggregator's own training terms to ``"loss"`` (the joint
-    meta-weight network), record what it wants logged, and the mean weight of each teacher."""
-    for name, value in getattr(aggregator, "auxiliary_losses", dict)().items():
-        losses["loss"] = losses["loss"] + value
-        losses[name] = value
-    losses.update(getattr(aggregator, "logged", dict)())
-    for k, teacher in enumerate(teachers):
-        losses[f"weight/{teacher.name}"] = weights[:, k].mean().detach()
-    return losses

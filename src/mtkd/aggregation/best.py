@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from ..options import NoOptions
-from .base import Aggregate, AggregatorContext, mix, pseudo_labels, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mix, pseudo_labels, softened
 
 
 class BestTeacherAggregator(nn.Module):
     description = "per sample, the one teacher that is right with the highest confidence"
     Options = NoOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: NoOptions | None = None):
         super().__init__()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..options import NoOptions
-from .base import Aggregate, AggregatorContext, mix, pseudo_labels, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mix, pseudo_labels, softened
 
 
 def camkd_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -33,6 +33,7 @@ def camkd_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 class ConfidenceAggregator(nn.Module):
     description = "CA-MKD: weights from each teacher's cross-entropy on the label (Zhang et al. 2022)"
     Options = NoOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: NoOptions | None = None):
         super().__init__()

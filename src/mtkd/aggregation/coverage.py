@@ -27,13 +27,14 @@ from typing import Sequence
 import torch
 
 
-def class_masks(teachers: Sequence, num_classes: int) -> torch.Tensor | None:
+def class_masks(teachers: Sequence, num_classes: int | None = None) -> torch.Tensor | None:
     """[K, C] bool: the classes each teacher covers (``class_mask`` of an external teacher's
-    model; a teacher without one covers all). None when every teacher covers every class."""
-    rows = []
-    for t in teachers:
-        mask = getattr(getattr(t, "model", t), "class_mask", None)
-        rows.append(torch.ones(num_classes, dtype=torch.bool) if mask is None else mask.detach().cpu().bool())
+    model; a teacher without one covers all). None when every teacher covers every class.
+    ``num_classes`` defaults to the length of the teachers' masks."""
+    given = [getattr(getattr(t, "model", t), "class_mask", None) for t in teachers]
+    if num_classes is None:
+        num_classes = next((len(m) for m in given if m is not None), 0)
+    rows = [torch.ones(num_classes, dtype=torch.bool) if m is None else m.detach().cpu().bool() for m in given]
     masks = torch.stack(rows) if rows else torch.ones(0, num_classes, dtype=torch.bool)
     return None if bool(masks.all()) else masks
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..options import NoOptions
-from .base import Aggregate, AggregatorContext, mix, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mix, softened
 
 
 def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,7 @@ def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
 class EntropyAggregator(nn.Module):
     description = "EBKD: lower-entropy (more certain) teachers weigh more (Kwon et al. 2020)"
     Options = NoOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: NoOptions | None = None):
         super().__init__()

@@ -51,7 +51,7 @@ from torch.func import functional_call
 from ..data.base import UNLABELED
 from ..errors import ConfigError
 from ..losses.kd import kd_loss_per_sample
-from .base import Aggregate, AggregatorContext, mask_weights, mix, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mask_weights, mix, softened
 
 
 class MetaOptions(BaseModel):
@@ -100,11 +100,14 @@ def per_teacher_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
 class MetaAggregator(nn.Module):
     description = "meta-weight network: per-sample weights from student features + predictions (MMKD)"
     Options = MetaOptions
-    needs_features = True
 
     def __init__(self, ctx: AggregatorContext, options: MetaOptions | None = None):
         super().__init__()
         self.options = o = options or MetaOptions()
+        # what this form needs and gives: mmkd reads logits only; mmkd and bilevel update the network
+        # before the student's step (and log the outer loss); joint trains it through an extra loss term
+        self.capabilities = Capabilities(needs_features=o.form != "mmkd", looks_ahead=o.form != "joint",
+                                         adds_losses=o.form == "joint", logs=o.form != "joint")
         if not ctx.feature_dim and o.form != "mmkd":
             raise ConfigError("aggregator 'meta' needs the student's feature width (a student with an nn.Linear head)")
         self.net = MetaWeightNet(ctx.feature_dim or 0, ctx.num_teachers, ctx.num_classes, o.hidden,

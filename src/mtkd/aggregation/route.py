@@ -48,7 +48,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schema import did_you_mean
-from .base import Aggregate, AggregatorContext, labeled_mask, mix, softened
+from .base import Aggregate, AggregatorContext, Capabilities, labeled_mask, mix, softened
 
 
 class RouteOptions(BaseModel):
@@ -126,6 +126,7 @@ def min_loss_choice(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch
 class RouteAggregator(nn.Module):
     description = "routing: each sample's domain teachers (by: domain, MOPD) or its lowest-loss teacher (by: min_loss)"
     Options = RouteOptions
+    capabilities = Capabilities(logs=True)  # logged(): route/<teacher>, the share each teacher taught
 
     def __init__(self, ctx: AggregatorContext, options: RouteOptions | None = None):
         super().__init__()

@@ -8,12 +8,13 @@ from torch import nn
 
 from ..options import NoOptions
 from ..errors import ConfigError
-from .base import Aggregate, AggregatorContext, mix, softened
+from .base import Aggregate, AggregatorContext, Capabilities, mix, softened
 
 
 class WeightedAggregator(nn.Module):
     description = "fixed per-teacher weights (teachers[i].weight), normalized to sum to 1"
     Options = NoOptions
+    capabilities = Capabilities()
 
     def __init__(self, ctx: AggregatorContext, options: NoOptions | None = None):
         super().__init__()

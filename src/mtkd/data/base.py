@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from ..labels import UNLABELED  # noqa: F401 - re-exported: the data code reads it from here
+
 if TYPE_CHECKING:
     from .rows import RowConcat
 
-UNLABELED = -1  # label of a sample in the unlabeled pool
 CONCAT_LIMIT = 64 * 2**20  # transfer-set inputs up to this many bytes are concatenated; larger ones are a view
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.base import UNLABELED
+from ..labels import UNLABELED
 
 
 def kd_loss_per_sample(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:

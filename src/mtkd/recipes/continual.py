@@ -38,14 +38,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..errors import ConfigError
 from ..losses import ce_loss
-from ..teachers import FrozenTeacher, run_teachers
+from ..teachers import FrozenTeacher
 from ..trainer import predict_logits
-from ..aggregation.targets import TeacherTargets
 from .progressive import phase_of
 from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from .offline import TeacherTargets
 
 
 class ContinualOptions(BaseModel):
@@ -86,13 +85,6 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return out
 
 
-class _Named:
-    """A stand-in carrying a name, so a task's teachers are logged under the configured names."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-
 class ContinualRecipe(nn.Module):
     description = "continual learning of class groups: per-task teachers + LwF from the previous student"
     traits = Traits(prepares_teachers=True, checks_config=True, reports_results=True)
@@ -112,14 +104,12 @@ class ContinualRecipe(nn.Module):
         self.per_task = len(self.teachers) // n_tasks
         self.student, self.aggregator = student, aggregator if self.teachers else None
         self.temperature, self.alpha, self.total_steps = temperature, alpha, steps
-        self.on_teacher_error = on_teacher_error
-        self.events: list[dict] = []
         # copies before any hook is registered on the student (a deep copy would copy the hook)
         self.previous = _frozen_copy(student)  # the student as it ended the previous task (LwF)
         self.task_ends = nn.ModuleList(_frozen_copy(student) for _ in range(n_tasks - 1))  # for the results
-        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
-        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
-        self.features = self.targets.features
+        # teachers, aggregator, fault policy, the aggregator's view of the student (feature hook, look-ahead)
+        self.targets = TeacherTargets(self.teachers, self.aggregator, student, temperature, on_teacher_error)
+        self.events = self.targets.events  # teacher faults and task starts, written to metrics by the trainer
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("task", torch.zeros((), dtype=torch.long))  # the task being learned
 
@@ -185,14 +175,12 @@ class ContinualRecipe(nn.Module):
         ce = F.cross_entropy(logits[:, classes], target)
         loss, losses["ce"] = ce, ce
         if teacher_out is not None:
-            features = self.features.value if self.features is not None else None
-            kd, weights = aggregated_kd(self.aggregator, logits[:, classes], teacher_out[0], target, self.temperature,
-                                        features, alive=teacher_out[1])
+            kd, weights = self.targets.kd(logits[:, classes], teacher_out[0], target, teacher_out[1])
             loss = (1 - self.alpha) * ce + self.alpha * kd
             losses["kd"] = kd
             current = slice(t * self.per_task, (t + 1) * self.per_task)
-            names = [_Named(teacher.name.rsplit("-task", 1)[0]) for teacher in self.teachers[current]]
-            add_aggregator_terms(losses, self.aggregator, names, weights[:, current])
+            names = [teacher.name.rsplit("-task", 1)[0] for teacher in self.teachers[current]]  # as configured
+            self.targets.log_terms(losses, weights[:, current], names)
         if t > 0 and self.options.distillation and self.options.lwf_weight > 0:
             old = torch.tensor([c for task in self.tasks[:t] for c in task], device=y.device)  # [C_old]
             with torch.no_grad():
@@ -208,7 +196,7 @@ class ContinualRecipe(nn.Module):
         """Every teacher's slot [K_all, B, C_t] with only task t's teachers alive (the others are
         placeholders with weight 0), so aggregators built for all teachers see a fixed layout."""
         current = slice(t * self.per_task, (t + 1) * self.per_task)
-        logits, alive = run_teachers(self.teachers[current], x, index, self.on_teacher_error, self.events)
+        logits, alive = self.targets.teacher_logits(x, index, self.teachers[current])
         every = torch.zeros(len(self.teachers), *logits.shape[1:], device=logits.device)
         every[current] = logits
         alive_every = torch.zeros(len(self.teachers), dtype=torch.bool, device=alive.device)

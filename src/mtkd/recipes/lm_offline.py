@@ -93,8 +93,8 @@ class LmOfflineRecipe(nn.Module):
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
         if self.on_policy is not None:
             losses["on_policy"] = ce.new_tensor(float(sampled))
-        for name, value in getattr(self.aggregator, "logged", dict)().items():  # e.g. route: how often each teacher
-            losses[name] = value
+        if self.aggregator.capabilities.logs:  # e.g. route: the share of tokens each teacher taught
+            losses.update(self.aggregator.logged())
         for k, (name, _) in enumerate(self.teachers):
             losses[f"weight/{name}"] = weights[:, k].mean().detach() if len(weights) else ce.new_zeros(())
         return losses

@@ -39,13 +39,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..errors import ConfigError
 from ..io import load_torch
 from ..losses import ce_loss
-from ..teachers import FrozenTeacher, run_teachers
-from ..aggregation.targets import TeacherTargets
+from ..teachers import FrozenTeacher
 from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from .offline import TeacherTargets
 
 
 class ProgressiveOptions(BaseModel):
@@ -116,11 +115,9 @@ class ProgressiveRecipe(nn.Module):
         # temperature: the one in use at this step (read by aggregators such as meta), set from the schedule
         self.max_temperature = self.temperature = temperature
         self.alpha, self.total_steps = alpha, steps
-        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
-        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
-        self.features = self.targets.features
-        self.on_teacher_error = on_teacher_error
-        self.events: list[dict] = []
+        # teachers, aggregator, fault policy, the aggregator's view of the student (feature hook, look-ahead)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature, on_teacher_error)
+        self.events = self.targets.events
         # per teacher: its checkpoints in order, then the trained teacher itself (plain lists: frozen, not trained)
         self.stages = [[FrozenTeacher(m.to(t.device), t.name, t.num_classes) for m in trajectories[t.name]] + [t]
                        for t in self.teachers]
@@ -169,15 +166,14 @@ class ProgressiveRecipe(nn.Module):
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         phase, teachers, temperature = self.current()
         self.temperature = temperature
-        teacher_logits, alive = run_teachers(teachers, x, index, self.on_teacher_error, self.events)  # [K, B, C]
+        teacher_logits, alive = self.targets.teacher_logits(x, index, teachers)  # [K, B, C], [K]
         self.targets.before_step(x, y, teacher_logits, alive,  # e.g. the bilevel meta-weight update
                                  lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd, temperature)
         logits = self.student(x)  # [B, C]
-        features = self.features.value if self.features is not None else None
-        kd, weights = aggregated_kd(self.aggregator, logits, teacher_logits, y, temperature, features, alive=alive)
+        kd, weights = self.targets.kd(logits, teacher_logits, y, alive, temperature)
         ce = ce_loss(logits, y)
         self.steps_done += 1
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd,
                   "phase": torch.tensor(float(phase)), "temperature": torch.tensor(float(temperature))}
-        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
+        return self.targets.log_terms(losses, weights)
 

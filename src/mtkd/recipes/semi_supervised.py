@@ -44,12 +44,12 @@ from ..aggregation.disagreement import DISAGREEMENT
 from ..data import IndexedTensorDataset
 from ..data.base import UNLABELED
 from ..errors import ConfigError
-from ..aggregation.base import add_aggregator_terms, aggregated_kd, mix, softened
+from ..aggregation.base import mix, softened
 from ..losses import ce_loss
 from ..losses.kd import kd_loss_per_sample
 from ..teachers import FrozenTeacher, run_teachers
-from ..aggregation.targets import TeacherTargets
 from .base import Traits
+from .offline import TeacherTargets
 
 
 class SemiSupervisedOptions(BaseModel):
@@ -103,22 +103,21 @@ class SemiSupervisedRecipe(nn.Module):
                  temperature: float = 4.0, alpha: float = 0.9, options: SemiSupervisedOptions | None = None,
                  unlabeled: IndexedTensorDataset | None = None, seed: int = 0, on_teacher_error: str = "stop"):
         super().__init__()
-        self.on_teacher_error = on_teacher_error  # "stop" or "drop" (the teacher, for that batch)
-        self.events: list[dict] = []  # teacher faults of the last step, written to metrics by the trainer
         if unlabeled is None or len(unlabeled) == 0:
             raise ConfigError("recipe 'semi_supervised' needs an unlabeled pool: set data.unlabeled (mnist1d) "
                               "or x_unlabeled (npz)")
-        opts = getattr(aggregator, "options", None)
-        if getattr(opts, "form", None) == "joint" and (options or SemiSupervisedOptions()).labeled != "aggregator":
-            raise ConfigError("aggregator 'meta' with form: joint learns from labeled samples, which recipe "
-                              "'semi_supervised' only shows it with labeled: aggregator; set that or use form: bilevel")
+        if aggregator.capabilities.adds_losses and (options or SemiSupervisedOptions()).labeled != "aggregator":
+            # e.g. meta's form joint: its gate learns from the labeled samples the aggregator is shown
+            raise ConfigError("an aggregator that trains through its own loss term (meta with form: joint) learns "
+                              "from labeled samples, which recipe 'semi_supervised' only shows it with labeled: "
+                              "aggregator; set that or use another form (meta: form: bilevel)")
         self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
         self.temperature, self.alpha = temperature, alpha
         self.options = options or SemiSupervisedOptions()
         self.unlabeled, self.seed = unlabeled, seed
-        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
-        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
-        self.features = self.targets.features
+        # teachers, aggregator, fault policy, the aggregator's view of the student (feature hook, look-ahead)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature, on_teacher_error)
+        self.events = self.targets.events  # teacher faults of the last step, written to metrics by the trainer
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         scores = self._disagreement()  # [U], on the CPU where the pool is sampled; recomputed, never saved
         self.scores = scores + self.options.floor * scores.mean().clamp_min(1e-12)
@@ -148,21 +147,15 @@ class SemiSupervisedRecipe(nn.Module):
         return d.x[rows], d.index[rows], scores[rows]
 
     def _kd(self, x, labels, index, sample_weights=None, teachers_out=None):
-        teacher_logits, alive = teachers_out if teachers_out is not None else self.teacher_logits(x, index)
-        student_logits = self.student(x)
-        features = self.features.value if self.features is not None else None
-        kd, weights = aggregated_kd(self.aggregator, student_logits, teacher_logits, labels, self.temperature,
-                                    features, sample_weights, alive)
+        teacher_logits, alive = teachers_out if teachers_out is not None else self.targets.teacher_logits(x, index)
+        student_logits = self.student(x)  # [B, C]
+        kd, weights = self.targets.kd(student_logits, teacher_logits, labels, alive, sample_weights=sample_weights)
         return student_logits, kd, weights
-
-    def teacher_logits(self, x: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """([K, B, C] logits, no grad; alive [K]) under the teacher-fault policy."""
-        return run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         labeled_out = None  # teachers on the labeled batch, only when something needs them
         if self.targets.looks_ahead or self.options.labeled != "none":
-            labeled_out = self.teacher_logits(x, index)
+            labeled_out = self.targets.teacher_logits(x, index)
         if self.targets.looks_ahead:  # e.g. the bilevel meta-weight update
             self.targets.before_step(x, y, *labeled_out, lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
         device = x.device
@@ -184,4 +177,4 @@ class SemiSupervisedRecipe(nn.Module):
         self.steps_done += 1
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd,
                   "disagreement": scores.mean()}  # of the unlabeled samples drawn: selection at work
-        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
+        return self.targets.log_terms(losses, weights)

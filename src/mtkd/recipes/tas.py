@@ -37,14 +37,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..aggregation.base import add_aggregator_terms
 from ..errors import ConfigError
 from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
 from ..models.blocks import Blocks, model_blocks, run_blocks
 from ..models.projectors import LocalToGlobalProjector, Projector, to_channels
 from ..teachers import FrozenTeacher
-from ..aggregation.targets import TeacherTargets
 from .base import Traits
+from .offline import TeacherTargets
 
 
 class TasOptions(BaseModel):
@@ -160,9 +159,8 @@ class TasRecipe(nn.Module):
         self.events: list[dict] = []
         self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
         self.temperature, self.alpha = temperature, alpha  # temperature: for aggregators that use it (meta)
-        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
+        # the aggregator and its view of the student (feature hook, look-ahead updates such as meta's)
         self.targets = TeacherTargets(teachers, aggregator, student, temperature)
-        self.features = self.targets.features
         names = [t.name for t in self.teachers]
         if o.assistant_teacher is not None and o.assistant_teacher not in names:
             raise ConfigError(f"distill.assistant_teacher: no teacher named {o.assistant_teacher!r}; "
@@ -263,8 +261,7 @@ class TasRecipe(nn.Module):
         a_logits = self.assistant_late[-1](f_a).to(x.device)  # [B, C]
         f_a = f_a.to(x.device)
 
-        features = self.features.value if self.features is not None else None
-        agg = self.aggregator(teacher_logits, y, o.ofa_temperature, student_logits=s_logits, features=features)
+        agg = self.targets.aggregate(s_logits, teacher_logits, y, alive, o.ofa_temperature)
         target, weights = agg.target, agg.weights  # [B, C], [B, K]
         T, g = o.ofa_temperature, o.ofa_gamma
         ofa_ts = ofa_loss(s_logits, target, y, g, T)
@@ -292,4 +289,4 @@ class TasRecipe(nn.Module):
                   "ofa_assistant_student": ofa_as, "nce_teacher_student": nce_ts, "nce_teacher_assistant": nce_ta,
                   "nce_assistant_student": nce_as,
                   "nce_temperature": torch.as_tensor(tau, dtype=torch.float32, device=x.device).detach()}
-        return add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
+        return self.targets.log_terms(losses, weights)

@@ -45,14 +45,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..aggregation.base import add_aggregator_terms, aggregated_kd
 from ..data.base import UNLABELED
 from ..errors import ConfigError
 from ..losses import ce_loss
 from ..options import TeacherSpec, TrainConfig
-from ..teachers import FrozenTeacher, run_teachers
-from ..aggregation.targets import TeacherTargets
+from ..teachers import FrozenTeacher
 from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from .offline import TeacherTargets
 
 
 class TeacherFreeOptions(BaseModel):
@@ -114,11 +113,9 @@ class TeacherFreeRecipe(nn.Module):
                                  "as the teacher)" if self.options.mode == "self" else "the weaker model(s)"))
         self.student, self.aggregator, self.teachers = student, aggregator, list(teachers)
         self.temperature, self.alpha = temperature, alpha
-        self.on_teacher_error = on_teacher_error
-        self.events: list[dict] = []
-        # the aggregator's view of the student (feature hook, look-ahead updates such as meta's)
-        self.targets = TeacherTargets(teachers, aggregator, student, temperature)
-        self.features = self.targets.features
+        # teachers, aggregator, fault policy, the aggregator's view of the student (feature hook, look-ahead)
+        self.targets = TeacherTargets(teachers, aggregator, student, temperature, on_teacher_error)
+        self.events = self.targets.events
 
     # ------------------------------------------------------------ pipeline hooks
     @staticmethod
@@ -152,16 +149,14 @@ class TeacherFreeRecipe(nn.Module):
             kd = virtual_kd_loss(logits, y, self.options.correct_probability, self.temperature,
                                  self.options.soften_student)
         else:
-            teacher_logits, alive = run_teachers(self.teachers, x, index, self.on_teacher_error, self.events)
+            teacher_logits, alive = self.targets.teacher_logits(x, index)  # [K, B, C], [K]
             self.targets.before_step(x, y, teacher_logits, alive,  # e.g. the bilevel meta-weight update
                                      lambda logits, kd: (1 - self.alpha) * ce_loss(logits, y) + self.alpha * kd)
-            logits = self.student(x)
-            features = self.features.value if self.features is not None else None
-            kd, weights = aggregated_kd(self.aggregator, logits, teacher_logits, y, self.temperature, features,
-                                        alive=alive)
+            logits = self.student(x)  # [B, C]
+            kd, weights = self.targets.kd(logits, teacher_logits, y, alive)
         ce = ce_loss(logits, y)
         if self.options.kl_mean == "elements":  # the authors' nn.KLDivLoss(): mean over batch x classes
             kd = kd / logits.shape[-1]
         kd = self.options.multiplier * kd
         losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
-        return losses if weights is None else add_aggregator_terms(losses, self.aggregator, self.teachers, weights)
+        return losses if weights is None else self.targets.log_terms(losses, weights)
