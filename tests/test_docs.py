@@ -98,6 +98,8 @@ ELSEWHERE = {
     "cd examples/tabular": "the tabular tutorial's folder; tests/test_tabular_example.py runs the tutorial's "
                            "commands there",
     "python make_data.py": "tests/test_tabular_example.py runs it in a copy of examples/tabular",
+    "cd examples/lm && python make_tiny.py && mtkd run lm.yaml --out runs/lm":
+        "tests/test_lm.py runs make_tiny.py and lm.yaml (as written) in a copy of examples/lm",
     "mtkd run tabular.yaml": "tests/test_tabular_example.py runs it on the files make_data.py wrote (100 steps)",
     "mtkd predict runs/tabular data/test.csv --out predictions.csv":
         "tests/test_tabular_example.py predicts with the tutorial's student and checks the accuracy",
@@ -111,6 +113,8 @@ ELSEWHERE = {
 }
 # python blocks that are not run here: the README's quickstart is run by test_readme.py
 PYTHON_ELSEWHERE = {
+    "import mtkd\nfrom mtkd.data import BatchLoader\nfrom mtkd.data.text import TextConfig, load":
+        "tests/test_lm.py runs it in the folder make_tiny.py filled",
     "mkdocs build --strict --site-dir /tmp/mtkd-site": "test_site_builds below runs it into a temporary directory",
     "# make_teachers.py": "tests/test_docs_teachers.py runs it (and checks it equals examples/mixed_pool/)",
     "from mtkd.teachers import SklearnTeacher": "a fragment with a reader's objects (fitted_forest, my_torch_cnn); "
@@ -120,6 +124,8 @@ PYTHON_ELSEWHERE = {
     '    "sharpest": SharpestAggregator,': "its table entry; tests/test_contract.py adds it as written",
     "class Recipe(Protocol):": "a quote of recipes/base.py; tests/test_contract.py checks each line is there",
     "def step(self, x, y, index):": "a quote of recipes/offline.py; tests/test_contract.py checks each line is there",
+    "import torch\nfrom mtkd.cache.tokens import TokenCache": "tests/test_token_cache.py::test_the_docs_example_runs "
+                                                            "runs it as written",
     "from mtkd import export_model, export_student": "needs the demo's run; tests/test_export.py calls both",
     "# torchrun --standalone --nproc_per_node=2 train.py": "needs torchrun; tests/test_ddp.py runs the API under "
                                                            "torchrun with a user DistributedSampler (tests/ddp_worker.py), "

@@ -17,6 +17,7 @@ from torch import nn
 from . import distributed
 from .pipeline import resolve_device
 from .data import BatchLoader, IndexedTensorDataset
+from .data.text import TokenDataset
 from .errors import ConfigError
 from .recipes import RECIPES
 from .recipes.base import TrainedTeacher
@@ -112,6 +113,10 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
              val_data, unlabeled, checkpoint, metrics_path, progress, seed, trajectories, snapshot_dir,
              trackers) -> nn.Module:
     named = dict(teachers) if isinstance(teachers, Mapping) else {f"teacher{i}": t for i, t in enumerate(teachers)}
+    if isinstance(train_loader, BatchLoader) and isinstance(train_loader.dataset, TokenDataset):
+        return _distill_lm(student, named, train_loader, cfg, aggregator_options, teacher_weights=teacher_weights,
+                           checkpoint=checkpoint, metrics_path=metrics_path, progress=progress, trackers=trackers,
+                           seed=seed)
     traits = RECIPES[cfg.recipe].traits
     if traits.needs_teachers and not named:
         raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
@@ -147,6 +152,26 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
     Trainer(rec, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=val,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress,
             monitor=monitor, snapshot_dir=snapshot_dir).fit()
+    return student
+
+
+def _distill_lm(student, named, train_loader, cfg, aggregator_options, *, teacher_weights, checkpoint, metrics_path,
+                progress, trackers, seed) -> nn.Module:
+    """Causal language models on packed token rows (a BatchLoader over ``mtkd.data.text.TokenDataset``):
+    the token-level recipes of ``mtkd run`` with ``data.name: text`` (see :mod:`mtkd.lm_pipeline`)."""
+    from .lm_pipeline import build_lm_recipe
+
+    data = train_loader.dataset
+    device = resolve_device(cfg.device)
+    student.to(device)
+    with torch.no_grad():
+        out = student(data.x[:1].long().to(device))
+    vocab = getattr(out, "logits", out).shape[-1]  # [1, T, V]
+    teachers = [(name, m.to(device)) for name, m in named.items()]
+    recipe = build_lm_recipe(cfg.recipe, student, teachers, cfg, aggregator_options, vocab, data.eos_id, data.pad_id,
+                             data.domain_names, teacher_weights, device, seed=seed)
+    Trainer(recipe, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=None,
+            checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress).fit()
     return student
 
 

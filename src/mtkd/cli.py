@@ -136,7 +136,12 @@ def _run(cfg, out: Path, restart: bool, progress: bool, force: bool = False) -> 
         distributed.shutdown()  # under torchrun: leave the process group cleanly
     if not main_process:
         return
-    print(format_table(summary))
+    if summary.get("task") == "language_model":
+        from .report.language_model import lm_table
+
+        print(lm_table(summary))
+    else:
+        print(format_table(summary))
     print(f"\nrun directory: {out}  ({time.perf_counter() - start:.0f} s; report: {out / 'report.md'})")
 
 

@@ -194,6 +194,14 @@ def parse_config(raw: Any) -> Config:
                 and t.model.num_classes != student.num_classes:
             raise ConfigError(f"teachers: teacher {t.name!r} has {t.model.num_classes} classes "
                               f"but the student has {student.num_classes}")
+    if distill.on_policy is not None and data_name != "text":
+        raise ConfigError(f"distill.on_policy: on-policy distillation samples continuations from a language-model "
+                          f"student and needs data.name: text (data set {data_name!r} is not token sequences); "
+                          "remove distill.on_policy")
+    check = getattr(AGGREGATORS[distill.aggregator], "check_config", None)
+    if check is not None:  # options that must agree with the teachers and the data (route's domain map)
+        domains = getattr(data, "domains", None)
+        check(aggregator_options, names, list(domains) if domains else None, f"data set '{data_name}'")
     output = _validate(OutputConfig, raw.get("output") or {}, "output", "output")
     return Config(seed, data, teachers, student, distill, output, aggregator_options, recipe_options)
 
@@ -348,9 +356,21 @@ def resolve_paths(raw: Any, base: str | Path) -> Any:
                     section[key] = os.path.normpath(base / value)  # no "dir/../" left in messages
 
     fix(raw.get("data"), PATH_KEYS["data"])
+    domains = raw["data"].get("domains") if isinstance(raw.get("data"), dict) else None
+    for spec in domains.values() if isinstance(domains, dict) else []:  # text: glob patterns of each domain
+        if isinstance(spec, dict) and isinstance(spec.get("paths"), list):
+            spec["paths"] = [os.path.normpath(base / p) if isinstance(p, str) and p and not Path(p).is_absolute()
+                             else p for p in spec["paths"]]
+    def fix_hf(section: Any) -> None:  # arch: "hf:PATH" names a directory, an input like the others
+        arch = section.get("arch") if isinstance(section, dict) else None
+        if isinstance(arch, str) and arch.startswith("hf:") and len(arch) > 3 and not Path(arch[3:]).is_absolute():
+            section["arch"] = "hf:" + os.path.normpath(base / arch[3:])
+
     fix(raw.get("student"), PATH_KEYS["model"])
+    fix_hf(raw.get("student"))
     for teacher in raw.get("teachers") or [] if isinstance(raw.get("teachers"), list) else []:
         fix(teacher, PATH_KEYS["model"])
+        fix_hf(teacher)
     return raw
 
 

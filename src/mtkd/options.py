@@ -36,6 +36,18 @@ class TrainConfig(BaseModel):
                             "e.g. for recipe progressive); 0 = off")
 
 
+class OnPolicyConfig(BaseModel):
+    """``distill.on_policy``: GKD's on-policy mode for language models (see mtkd.on_policy)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+    lambda_: float = Field(0.5, ge=0, le=1, alias="lambda",
+                           description="probability that a batch is the student's own continuations")
+    max_new_tokens: int = Field(32, gt=0, description="tokens the student samples after each prompt (the "
+                                "prompt is the rest of the sequence, so the batch keeps its length)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the student's continuations")
+
+
 class DistillConfig(TrainConfig):
     recipe: str = Field("offline", description="training scheme, see `mtkd list`")
     aggregator: str = Field("mean", description="how teacher outputs become one target")
@@ -60,9 +72,19 @@ class DistillConfig(TrainConfig):
         "off", description="mixed precision autocast for teachers and student (fp16 on CUDA only)")
     monitor_every: int = Field(0, ge=0, description="every N steps the teachers score the student on the validation "
                                "split (agreement with each teacher and the ensemble); 0 = off")
+    # language models (data.name: text): the token-level divergence, see docs/methods/token-losses.md
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="language models: per-token divergence between the teachers' aggregate and the "
+        "student (forward KL, reverse KL, or GKD's generalised JSD)")
+    beta: float = Field(0.5, gt=0, lt=1, description="loss jsd: the mixture weight beta of JSD(beta)")
+    token_chunk: int = Field(1024, gt=0, description="language models: positions per chunk of the token loss "
+                             "(memory O(chunk x vocab))")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp = DistributedDataParallel (a full student per process), fsdp = FSDP2 "
         "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
+    on_policy: OnPolicyConfig | None = Field(
+        None, description="language models: with probability lambda a batch is the student's own samples, scored "
+        "by the teachers (GKD, Agarwal et al. 2024); off by default")
     sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
                                  "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
     sharded_checkpoints: bool = Field(False, description="with parallel: fsdp, each process writes its own shards "

@@ -37,11 +37,11 @@ def _scalars(record: dict) -> dict[str, float]:
 
 
 def final_metrics(summary: dict) -> dict[str, float]:
-    """Test accuracy and ECE of the student, the ensemble and the from-scratch baseline."""
+    """Test accuracy and ECE (language models: perplexity) of the student, the ensemble and the baseline."""
     out = {}
     for role in ("student", "ensemble", "scratch"):
-        for key in ("accuracy", "ece"):
-            if key in summary.get(role, {}):
+        for key in ("accuracy", "ece", "perplexity"):  # perplexity: language models
+            if summary.get(role, {}).get(key) is not None:
                 out[f"test_{key}/{role}"] = float(summary[role][key])
     return out
 

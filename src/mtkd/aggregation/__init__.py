@@ -16,6 +16,7 @@ from .confidence import ConfidenceAggregator
 from .entropy import EntropyAggregator
 from .mean import MeanAggregator
 from .meta import MetaAggregator
+from .route import RouteAggregator
 from .weighted import WeightedAggregator
 
 AGGREGATORS: dict[str, type[nn.Module]] = {
@@ -28,6 +29,7 @@ AGGREGATORS: dict[str, type[nn.Module]] = {
     "adaptive_temperature": AdaptiveTemperatureAggregator,
     "aekd": AekdAggregator,
     "meta": MetaAggregator,
+    "route": RouteAggregator,
 }
 
 

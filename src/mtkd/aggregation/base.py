@@ -101,6 +101,10 @@ class AggregatorContext:
     val_data: IndexedTensorDataset | None = None  # labeled, held out from training (never test)
     feature_dim: int | None = None  # width of the student's penultimate features
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # names of the teachers, in order (default: each teacher's .name), and of the data's domains
+    # (samples then carry domains= [B], indices into this tuple; empty: the data has no domains)
+    teacher_names: tuple[str, ...] = ()
+    domain_names: tuple[str, ...] = ()
 
     @property
     def num_teachers(self) -> int:

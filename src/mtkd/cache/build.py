@@ -112,6 +112,52 @@ def _fill(model: nn.Module, name: str, data: IndexedTensorDataset, tmp: Path, op
     return meta
 
 
+def reuse_or_build(load: TeacherLoader, name: str, key_of: Callable[[nn.Module], str], root: Path,
+                   fill: Callable[[nn.Module, Path], dict], device: torch.device, verify: str,
+                   log: Callable[[str], None]) -> tuple[Entry, float | None]:
+    """One teacher's entry ``root/name-key`` (key = ``key_of(model)``): reused if it exists and
+    verifies, else (re)built by ``fill(model, tmp)`` (which writes the .npy files into the temporary
+    directory ``tmp`` and returns the manifest's metadata) and committed atomically. The model is
+    loaded here and released before returning, so one teacher is in memory at a time.
+    Returns (entry, build seconds or None when reused)."""
+    model = load()
+    key = key_of(model)
+    path = root / f"{name}-{key}"
+    new_entry_root(root, name)
+    # one process per entry: a second one building the same entry stops with the holder's name
+    lock = exclusive(root / f".{name}-{key}.lock", f"teacher cache entry {path}")
+    try:
+        if path.exists():
+            try:
+                entry = open_entry(path, verify)
+                model = None  # the last reference: freed before the next teacher is loaded
+                _release(model, device)
+                log(f"teacher cache: reusing {path}")
+                return entry, None
+            except CacheError as exc:
+                log(f"{exc}; rebuilding it")
+        started = time.perf_counter()
+        model.to(device)
+        tmp = new_entry_dir(root, name, key)
+        try:
+            meta = fill(model, tmp)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            model = None
+            _release(model, device)
+        commit_entry(tmp, root, name, key, meta)
+        entry = open_entry(path, "size")  # just written and checksummed
+        seconds = time.perf_counter() - started
+        log(f"teacher cache: built {path} ({entry.bytes / 2**20:.1f} MiB, {seconds:.1f} s)")
+        return entry, seconds
+    finally:
+        lock.release()
+
+
 def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTensorDataset, root: str | Path,
                 options: CacheOptions | None = None, device: torch.device | str = "cpu", preprocessing: str = "",
                 augmentation: str | None = None, num_classes: int | None = None,
@@ -138,44 +184,20 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
     report = BuildReport(data_fingerprint=fingerprint_data(data) if fingerprint_data
                          else data_fingerprint(data.x, data.index))
     for name, load in teachers:
-        model = load()
-        key = entry_key(report.data_fingerprint, teacher_fingerprint(model), preprocessing, opts.storage_key())
-        path = root / f"{name}-{key}"
-        new_entry_root(root, name)
-        # one process per entry: a second one building the same entry stops with the holder's name
-        lock = exclusive(root / f".{name}-{key}.lock", f"teacher cache entry {path}")
-        try:
-            if path.exists():
-                try:
-                    report.entries.append(open_entry(path, opts.verify))
-                    _release(model, device)
-                    log(f"teacher cache: reusing {path}")
-                    continue
-                except CacheError as exc:
-                    log(f"{exc}; rebuilding it")
-            started = time.perf_counter()
-            model.to(device)
-            tmp = new_entry_dir(root, name, key)
-            try:
-                meta = _fill(model, name, data, tmp, opts, device, num_classes)
-            except BaseException:
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            finally:
-                _release(model, device)
-                model = None
+        def fill(model: nn.Module, tmp: Path, name=name) -> dict:
+            meta = _fill(model, name, data, tmp, opts, device, num_classes)
             meta.update({"data_fingerprint": report.data_fingerprint, "preprocessing": preprocessing,
                          "options": opts.storage_key(), **(extra_manifest or {})})
-            commit_entry(tmp, root, name, key, meta)
-            report.entries.append(open_entry(path, "size"))  # just written and checksummed
-            report.seconds[name] = time.perf_counter() - started
+            return meta
+
+        def key_of(model: nn.Module) -> str:
+            return entry_key(report.data_fingerprint, teacher_fingerprint(model), preprocessing, opts.storage_key())
+
+        entry, seconds = reuse_or_build(load, name, key_of, root, fill, device, opts.verify, log)
+        report.entries.append(entry)
+        if seconds is not None:
+            report.seconds[name] = seconds
             report.built.append(name)
-            log(f"teacher cache: built {path} ({report.entries[-1].bytes / 2**20:.1f} MiB, "
-                f"{report.seconds[name]:.1f} s)")
-        finally:
-            lock.release()
     return report
 
 

@@ -5,7 +5,7 @@ from typing import Callable, NamedTuple
 
 from pydantic import BaseModel
 
-from . import arrays, csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file
+from . import arrays, csv_files, digits, hf_disk, image_folder, mnist1d, npz_file, parquet_file, text
 from .base import UNLABELED, BatchLoader, DataSplits, IndexedTensorDataset
 from ..schema import pick, validate
 
@@ -30,6 +30,9 @@ DATASETS: dict[str, DataEntry] = {
                         "image folders root/{train,test}/<class>/*.png, read with Pillow (extra: images)"),
     "hf_disk": DataEntry(hf_disk.HfDiskConfig, hf_disk.load,
                          "a Hugging Face DatasetDict saved with save_to_disk, read with pyarrow (extra: parquet)"),
+    "text": DataEntry(text.TextConfig, text.load,
+                      "plain-text or code files by glob in named domains, tokenized and packed for language models "
+                      "(extra: hf)"),
 }
 
 

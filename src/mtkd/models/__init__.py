@@ -6,7 +6,7 @@ from typing import Callable, NamedTuple
 from pydantic import BaseModel
 from torch import nn
 
-from . import cnn1d, cnn2d, gru, linear, mlp, sources, transformer
+from . import cnn1d, cnn2d, gpt, gru, linear, mlp, sources, transformer
 from ..schema import pick, validate
 
 
@@ -24,6 +24,8 @@ MODELS: dict[str, ModelEntry] = {
     "transformer": ModelEntry(transformer.TransformerConfig, transformer.build,
                               "small pre-norm transformer over signal patches (dim: 32, layers: 2)"),
     "cnn2d": ModelEntry(cnn2d.Cnn2dConfig, cnn2d.build, "small 2-D CNN for images (channels: [16, 32])"),
+    "gpt": ModelEntry(gpt.GptConfig, gpt.build, "small GPT-style causal language model for data.name: text "
+                      "(layers: 2, dim: 64, heads: 4; tied embeddings)"),
 }
 
 

@@ -28,13 +28,14 @@ from torch import nn
 
 from ..errors import ConfigError, first_line
 from ..schema import validate
+from .causal_lm import build_hf_causal, context_length, is_causal_lm_dir
 from .common import ModelConfig
 
 SOURCES = {
     "timm": "timm models by name, e.g. timm:resnet18 (extra: vision; `mtkd list --models timm`)",
     "torchvision": "torchvision.models by name, e.g. torchvision:mobilenet_v3_small (extra: vision)",
-    "hf": "a local transformers save_pretrained directory, image or sequence classification, e.g. hf:teachers/vit "
-          "(extra: hf)",
+    "hf": "a local transformers save_pretrained directory: image or sequence classification, or a causal language "
+          "model, e.g. hf:teachers/vit (extra: hf)",
 }
 EXTRA = {"timm": "vision", "torchvision": "vision", "transformers": "hf"}
 
@@ -270,6 +271,10 @@ def build(cfg: LibraryModelConfig, input_shape: tuple[int, ...], num_classes: in
         model_chans = 3  # torchvision's classification models take RGB
         if cfg.weights is not None:  # every torchvision classification weight uses ImageNet's statistics
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    elif not image and is_causal_lm_dir(name):  # a causal LM: token ids [T] -> logits [T, V] (models/causal_lm.py)
+        model = build_hf_causal(name, cfg.options, where, library("transformers", where))
+        _check_lm_forward(model, input_shape, num_classes, where, cfg)
+        return model
     else:
         model, mean, std, size = _build_hf(name, cfg, num_classes, image, where)
         model_chans = getattr(model.model.config, "num_channels", in_chans)
@@ -350,6 +355,28 @@ def _check_forward(model: nn.Module, input_shape, num_classes: int, where: str, 
     if not isinstance(out, torch.Tensor) or out.shape != (1, num_classes):
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"{where}: {cfg.arch} returns {shape}, expected logits [batch, {num_classes}]")
+
+
+def _check_lm_forward(model: nn.Module, input_shape, vocab: int, where: str, cfg) -> None:
+    """A causal LM must take ``input_shape[0]`` tokens (its context) and give [1, T, vocab] logits."""
+    context = context_length(model)
+    if context is not None and input_shape[0] > context:
+        raise ConfigError(f"data.seq_len: {input_shape[0]} is longer than the context of {where} ({cfg.arch}: "
+                          f"{context} positions); lower data.seq_len")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, input_shape[0], dtype=torch.long))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{where}: {cfg.arch} cannot take {input_shape[0]} token ids "
+                          f"({type(exc).__name__}: {first_line(exc, 160)})") from None
+    finally:
+        model.train(was_training)
+    if out.shape != (1, input_shape[0], vocab):
+        raise ConfigError(f"{where}: {cfg.arch} returns logits {list(out.shape)} for {input_shape[0]} tokens; the "
+                          f"tokenizer has {vocab} tokens (expected [1, {input_shape[0]}, {vocab}]); a teacher must use "
+                          "the student's tokenizer")
 
 
 def list_library(source: str) -> list[str]:

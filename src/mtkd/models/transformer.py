@@ -5,27 +5,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError
-from .common import ModelConfig, as_sequence
+from .common import AttentionConfig, as_sequence
 
 
-class TransformerConfig(ModelConfig):
+class TransformerConfig(AttentionConfig):
     arch: Literal["transformer"] = "transformer"
     patch: int = Field(4, ge=1, description="positions per token")
-    dim: int = Field(32, ge=1)
-    heads: int = Field(4, ge=1)
-    layers: int = Field(2, ge=1)
     mlp_ratio: int = Field(2, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self):
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        return self
 
 
 class Transformer(nn.Module):

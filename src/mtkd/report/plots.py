@@ -47,7 +47,8 @@ def plot_curves(records: list[dict], path: Path) -> bool:
     axes[1].set(title="validation accuracy", xlabel="step", ylabel="accuracy (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a language-model run has no validation accuracy
+            ax.legend(fontsize=8)
     _save(fig, path)
     return True
 
