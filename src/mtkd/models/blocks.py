@@ -116,8 +116,14 @@ def model_blocks(model: nn.Module) -> Blocks:
                 for n, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
         body = body or [Stage([parts[0]], _sequential, "vector")]  # no hidden layer: the flatten alone
         return Blocks(body, Stage([parts[-1]], _sequential, "vector"))
+    from .library_blocks import library_blocks
+
+    blocks = library_blocks(model)  # timm / torchvision image classifiers
+    if blocks is not None:
+        return blocks
     raise MtkdError(f"{type(model).__name__} cannot be split into blocks; TAS needs a built-in 1-D model "
-                    "(cnn1d, mlp, gru, transformer) as student and teachers")
+                    "(cnn1d, mlp, gru, transformer) or a timm / torchvision image classifier (ViT, ResNet, "
+                    "ConvNeXt, EfficientNet, MobileNet) as student and teachers")
 
 
 def run_blocks(stages, x: torch.Tensor) -> torch.Tensor:

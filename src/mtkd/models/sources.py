@@ -139,7 +139,8 @@ class InputAdapter(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) if mean is not None else None)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) if std is not None else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def convert(self, x: torch.Tensor) -> torch.Tensor:
+        """The pipeline's tensor [B, C, H, W] -> the model's input (what ``forward`` feeds it)."""
         if self.channels and x.shape[1] == 1:
             x = x.expand(-1, self.channels, -1, -1)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
@@ -149,7 +150,10 @@ class InputAdapter(nn.Module):
             x = x - self.mean
         if self.std is not None:
             x = x / self.std
-        return self.model(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.convert(x))
 
 
 class HfLogits(nn.Module):
