@@ -3,11 +3,13 @@
 Per seed: three small teachers from timm and torchvision trained by mtkd on the augmented
 labels, then a timm ViT student (a) from scratch, (b) distilled from the live teachers
 (aggregator mean), (c) distilled from the view cache (distill.cache_views recorded views per
-sample). Every run goes through the same pipeline as `mtkd run`. Reports test accuracy
+sample), (d) the same with the confidence aggregator. Every run goes through the same pipeline as `mtkd run`. Reports test accuracy
 (mean ± std over seeds) and the distillation stage's examples per second, live vs cached.
 
     python benchmarks/vision.py                      # 3 seeds; results in benchmarks/results/vision.{json,md}
     python benchmarks/vision.py --seeds 0 --steps 100    # a quick look
+    python benchmarks/vision.py --part tas           # TAS, CNN -> ViT and ViT -> CNN; results in vision_tas.*
+    python benchmarks/vision.py --part overhead      # mtkd vs a hand-written loop; results in vision_overhead.*
 """
 from __future__ import annotations
 
@@ -44,14 +46,127 @@ def run(raw: dict) -> tuple[dict, dict]:
     return json.loads((out / "summary.json").read_text()), json.loads((out / "stages.json").read_text())
 
 
+CNN = {"arch": "timm:test_resnet"}  # the TAS pairs: a timm CNN and the ViT student's architecture
+VIT_TEACHER = {"arch": "timm:test_vit", "options": {"img_size": 16, "patch_size": 4}}
+
+
+def tas_part(args) -> None:
+    """TAS on real pairs, per seed: CNN teacher -> ViT student and ViT teacher -> CNN student, each
+    run with its student trained alone (baseline) and with plain KD (mean) for comparison."""
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        return write_tas([r for part in parts for r in part["rows"]], args, sum(part["wall_s"] for part in parts))
+    rows, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            row = {"seed": seed}
+            for pair, teacher, student in (("cnn_to_vit", CNN, STUDENT), ("vit_to_cnn", VIT_TEACHER, CNN)):
+                base = Path(tmp) / f"s{seed}" / pair
+                teachers = [{"name": "t", **teacher, "train": {"steps": args.steps, "batch_size": 64, "lr": 3e-3}}]
+                raw = config(seed, base / "tas", args.steps, teachers, recipe="tas", baseline=True)
+                raw["student"] = student
+                tas, _ = run(raw)
+                kd_raw = config(seed, base / "kd", args.steps,
+                                [{"name": "t", "checkpoint": str(base / "tas" / "teachers" / "t.pt")}])
+                kd_raw["student"] = student
+                kd, _ = run(kd_raw)
+                row[pair] = {"teacher": tas["teachers"][0]["accuracy"], "scratch": tas["scratch"]["accuracy"],
+                             "kd": kd["student"]["accuracy"], "tas": tas["student"]["accuracy"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    write_tas(rows, args, time.perf_counter() - started)
+
+
+def write_tas(rows: list[dict], args, wall: float) -> None:
+    args.seeds = [r["seed"] for r in rows]
+    out = args.out.with_name(args.out.name + "_tas")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                    "rows": rows, "wall_s": round(wall, 1)}, indent=1))
+    lines = [f"digits 16x16, augmented; {args.steps} steps (batch 64); seeds {args.seeds}; test accuracy %, "
+             "mean ± std", "", "| pair | teacher | student alone | KD (mean) | TAS |", "|---|---:|---:|---:|---:|"]
+    for pair, label in (("cnn_to_vit", f"{CNN['arch']} -> {STUDENT['arch']}"),
+                        ("vit_to_cnn", f"{VIT_TEACHER['arch']} -> {CNN['arch']}")):
+        cells = []
+        for key in ("teacher", "scratch", "kd", "tas"):
+            vals = [100 * r[pair][key] for r in rows]
+            cells.append(f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"wall time {wall:.0f} s (summed over the runs)"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def overhead_part(args) -> None:
+    """Per-step process CPU time of the library's offline + mean recipe with K = 3 live library
+    teachers against a hand-written PyTorch loop doing the same math (mtkd.bench's), interleaved
+    repeats (paired), one thread, no augmentation; the teachers are randomly initialised (the
+    time of a step does not depend on the weights)."""
+    import copy
+    import types
+
+    from mtkd.bench import _HandLoop, _LibraryRun, _measure
+    from mtkd.data import load_dataset
+    from mtkd.models.sources import build, parse
+    from mtkd.options import DistillConfig, NoOptions
+    from mtkd.recipes.build import build_recipe
+    from mtkd.teachers import FrozenTeacher
+
+    data = load_dataset("digits", size=[16, 16])
+    transfer = data.transfer_set()
+    cfg = DistillConfig(steps=10**9, batch_size=64, eval_every=10**9, checkpoint_every=10**9)
+    torch.manual_seed(0)
+    teachers = [build(parse({"arch": a, "options": o}, "teacher", "teacher"), data.input_shape, 10).eval()
+                for _, a, o in TEACHERS]
+    student0 = build(parse(dict(STUDENT), "student", "student"), data.input_shape, 10)
+    frozen = [FrozenTeacher(m, n, 10) for m, (n, _, _) in zip(teachers, TEACHERS)]
+    recipe = build_recipe("offline", copy.deepcopy(student0), frozen, cfg, recipe_options=NoOptions(),
+                          aggregator_options=NoOptions(), num_classes=10, input_shape=data.input_shape,
+                          example=None, device=torch.device("cpu"), monitor=False).recipe
+    settings = [({"mode": "hand_loop", "teachers": 3},
+                 _HandLoop(copy.deepcopy(student0), teachers, transfer, cfg, torch.device("cpu"), "off")),
+                ({"mode": "live", "teachers": 3}, _LibraryRun(recipe, transfer, cfg, torch.device("cpu"), "off"))]
+    opts = types.SimpleNamespace(warmup=10, repeats=args.repeats, steps=10, clock="cpu")
+    started = time.perf_counter()
+    records = _measure(settings, opts, torch.device("cpu"))
+    wall = time.perf_counter() - started
+    live = next(r for r in records if r["mode"] == "live")
+    out = args.out.with_name(args.out.name + "_overhead")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"records": records, "repeats": args.repeats, "steps": 10,
+                                                    "wall_s": round(wall, 1)}, indent=1))
+    lines = [f"K = 3 live teachers ({', '.join(a for _, a, _ in TEACHERS)}), student {STUDENT['arch']}, digits "
+             f"16x16, batch 64, 1 thread; process CPU time per step, {args.repeats} interleaved repeats of 10 steps",
+             "", "| loop | step ms (median) | min-max ms |", "|---|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['mode']} | {1000 * r['step_seconds']:.1f} | "
+                     f"{1000 * r['step_seconds_min']:.1f}-{1000 * r['step_seconds_max']:.1f} |")
+    lines += ["", f"mtkd / hand-written loop: {live['ratio_to_hand_loop']:.3f}x (medians), "
+                  f"{live['ratio_to_hand_loop_min']:.3f}x (minimums); goal <= 1.02x"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=["kd", "tas", "overhead"], default="kd",
+                   help="kd: scratch / KD live / KD from the view cache; tas: TAS on CNN -> ViT and ViT -> CNN; "
+                        "overhead: mtkd vs a hand-written loop, K = 3 live teachers")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="teacher and student steps")
     p.add_argument("--views", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=15, help="overhead: interleaved repeats")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vision")
+    p.add_argument("--merge", nargs="+", help="kd, tas: write the table of these per-seed .json results instead")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.part == "tas":
+        return tas_part(args)
+    if args.part == "overhead":
+        return overhead_part(args)
+    if args.merge:  # per-seed result files (seeds run as separate processes) -> one table
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        return write_kd([r for part in parts for r in part["rows"]], args, sum(part["wall_s"] for part in parts))
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -62,17 +177,25 @@ def main() -> None:
             trained = [{"name": t["name"], "checkpoint": str(base / "live" / "teachers" / f"{t['name']}.pt")}
                        for t in teachers]
             cached, cached_stages = run(config(seed, base / "cached", args.steps, trained, cache="always",
-                                               cache_views=args.views))
+                                               cache_views=args.views, cache_dir=str(base / "cache")))
+            # the same recorded views and cache entries, weighted per sample by the teachers' confidence
+            confident, _ = run(config(seed, base / "confidence", args.steps, trained, cache="always",
+                                      cache_views=args.views, cache_dir=str(base / "cache"), aggregator="confidence"))
             row = {"seed": seed,
                    "teachers": {t["name"]: t["accuracy"] for t in live["teachers"]},
                    "ensemble": live["ensemble"]["accuracy"] if "ensemble" in live else None,
                    "scratch": live["scratch"]["accuracy"], "kd_live": live["student"]["accuracy"],
                    "kd_views": cached["student"]["accuracy"],
+                   "kd_views_confidence": confident["student"]["accuracy"],
                    "live_examples_per_s": live_stages["distill"]["examples_per_second"],
                    "cached_examples_per_s": cached_stages["distill"]["examples_per_second"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    wall = time.perf_counter() - started
+    write_kd(rows, args, time.perf_counter() - started)
+
+
+def write_kd(rows: list[dict], args, wall: float) -> None:
+    args.seeds = [r["seed"] for r in rows]
 
     def ms(key):
         vals = [100 * r[key] for r in rows]
@@ -90,10 +213,11 @@ def main() -> None:
         lines.append(f"| teacher {name} ({arch}) | {statistics.mean(vals):.1f} |")
     lines += [f"| student {STUDENT['arch']} alone | {ms('scratch')} |",
               f"| student, KD (mean) from live teachers | {ms('kd_live')} |",
-              f"| student, KD (mean) from the view cache ({args.views} views) | {ms('kd_views')} |", "",
+              f"| student, KD (mean) from the view cache ({args.views} views) | {ms('kd_views')} |",
+              f"| student, KD (confidence) from the view cache ({args.views} views) | {ms('kd_views_confidence')} |", "",
               f"distillation examples/s, cached / live: {', '.join(f'{r:.2f}' for r in ratio)} "
               f"(mean {statistics.mean(ratio):.2f}x; wall-clock on a shared machine)", "",
-              f"wall time {wall:.0f} s"]
+              f"wall time {wall:.0f} s (summed over the runs)"]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
