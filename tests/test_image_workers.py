@@ -161,3 +161,35 @@ def test_sigkilled_augmented_image_run_with_workers_resumes_bit_exact(tmp_path, 
     a = torch.load(killed / "student.pt", weights_only=True)["state_dict"]
     b = torch.load(unbroken / "student.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_of_a_timm_student_with_converted_input_matches_the_run(tmp_path, image_root, capsys):
+    """A timm ViT student that sees its images resized (8x8 -> 32x32) and normalised inside the
+    model: the file `mtkd run` saves, loaded alone, and its ONNX export give the run's test accuracy."""
+    import onnxruntime
+
+    from mtkd.student import load_student
+
+    raw = {"seed": 0,
+           "data": {"name": "images", "root": str(image_root), "mode": "RGB", "workers": 2},
+           "teachers": [{"name": "mlp", "arch": "mlp", "hidden": [16], "train": {"steps": 4, "batch_size": 4}}],
+           "student": {"arch": "timm:test_vit", "options": {"img_size": 32, "patch_size": 8, "depth": 1},
+                       "input": {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}},
+           "distill": {"steps": 6, "batch_size": 4, "eval_every": 3, "baseline": False},
+           "output": {"dir": str(tmp_path / "run"), "plots": False, "tracking": []}}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    reported = json.loads((run / "summary.json").read_text())["student"]["accuracy"]
+    test = load_dataset("images", root=image_root, mode="RGB").test  # decoded at load this time
+    student = load_student(run)
+    assert type(student.model).__name__ == "InputAdapter"  # the conversion is saved with the student
+    with torch.no_grad():
+        logits = student.model.eval()(test.x)
+    assert float((logits.argmax(1) == test.y).float().mean()) == pytest.approx(reported, abs=1e-9)
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    session = onnxruntime.InferenceSession(str(run / "student.onnx"))
+    exported = session.run(None, {session.get_inputs()[0].name: test.x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(exported), logits, atol=1e-4)

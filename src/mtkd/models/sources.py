@@ -144,8 +144,11 @@ class InputAdapter(nn.Module):
         if self.channels and x.shape[1] == 1:
             x = x.expand(-1, self.channels, -1, -1)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            # antialiasing matters only when a side shrinks; without it an upsampling resize is the plain
+            # (bi)linear op, which ONNX exports (its antialiased form has no ONNX operator)
+            shrinks = any(int(t) < int(s) for t, s in zip(self.size, x.shape[-2:]))
             x = F.interpolate(x, size=self.size, mode=self.interpolation,
-                              **({} if self.interpolation == "nearest" else {"align_corners": False, "antialias": True}))
+                              **({} if self.interpolation == "nearest" else {"align_corners": False, "antialias": shrinks}))
         if self.mean is not None:
             x = x - self.mean
         if self.std is not None:
