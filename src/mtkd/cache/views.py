@@ -133,9 +133,15 @@ def view_cache(teachers: Sequence, source: ViewSource, root: str | Path, opts: C
                device: torch.device, log: Callable[[str], None] = lambda m: None) -> list:
     """FrozenTeachers -> CachedTeachers reading their outputs on the recorded views (built or reused);
     each keeps its live model for other inputs (validation batches)."""
+    from .. import distributed
     from ..teachers.cached import CachedTeacher
 
-    report = build_view_entries([(t.name, (lambda m=t.model: m)) for t in teachers], source, root, opts, device, log)
+    loaders = [(t.name, (lambda m=t.model: m)) for t in teachers]
+    if distributed.is_main():  # under torchrun one process builds, the others wait and then open what it built
+        report = build_view_entries(loaders, source, root, opts, device, log)
+    distributed.barrier()
+    if not distributed.is_main():
+        report = build_view_entries(loaders, source, root, opts, device)
     return [CachedTeacher(e, source, t.model).to(device) for e, t in zip(report.entries, teachers)]
 
 
