@@ -7,17 +7,10 @@ import torch
 import yaml
 
 from mtkd.cli import main
+from optional_libs import usable
 
 
-def _vision() -> bool:
-    try:
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _vision(), reason="torchvision not usable here (extra: vision)")
+pytestmark = pytest.mark.skipif(not usable("torchvision"), reason="torchvision not usable here (extra: vision)")
 pytest.importorskip("sklearn")
 
 AUGMENT = [{"RandomResizedCrop": {"size": [8, 8], "scale": [0.6, 1.0], "antialias": True}},

@@ -14,18 +14,11 @@ import torch
 import yaml
 
 from mtkd.cli import main
+from optional_libs import usable
 from mtkd.data import BatchLoader, load_dataset
 
 
-def _vision() -> bool:
-    try:
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _vision(), reason="torchvision not usable here (extra: vision)")
+pytestmark = pytest.mark.skipif(not usable("torchvision"), reason="torchvision not usable here (extra: vision)")
 Image = pytest.importorskip("PIL.Image")
 
 AUGMENT = [{"RandomResizedCrop": {"size": [8, 8], "scale": [0.5, 1.0], "antialias": True}},
@@ -166,7 +159,7 @@ def test_sigkilled_augmented_image_run_with_workers_resumes_bit_exact(tmp_path, 
 def test_export_of_a_timm_student_with_converted_input_matches_the_run(tmp_path, image_root, capsys):
     """A timm ViT student that sees its images resized (8x8 -> 32x32) and normalised inside the
     model: the file `mtkd run` saves, loaded alone, and its ONNX export give the run's test accuracy."""
-    import onnxruntime
+    onnxruntime = pytest.importorskip("onnxruntime")
 
     from mtkd.student import load_student
 

@@ -7,18 +7,11 @@ import torch
 import yaml
 
 from mtkd.cli import main
+from optional_libs import usable
 
 
-def _vision() -> bool:
-    try:
-        import timm  # noqa: F401
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _vision(), reason="timm / torchvision not usable here (extra: vision)")
+pytestmark = pytest.mark.skipif(not usable("timm", "torchvision"),
+                                reason="timm / torchvision not usable here (extra: vision)")
 
 SHAPE = (1, 16, 16)
 RESNET = {"arch": "timm:test_resnet"}
