@@ -79,7 +79,7 @@ def _read_split(cfg: HfDiskConfig, split: str):
         import io
 
         from ..teachers.external import require
-        from .image_folder import decode
+        from .lazy_images import decode
 
         if cfg.image not in table.column_names:
             raise MtkdError(f"data.image: column {cfg.image!r} not in {folder}; columns are {table.column_names}")

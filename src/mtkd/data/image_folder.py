@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import MtkdError
 from .base import DataSplits
+from .lazy_images import decode
 from .tables import label_names, make_splits
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -28,20 +29,6 @@ class ImageFolderConfig(BaseModel):
     workers: int | None = Field(None, ge=0, le=64, description="decode images lazily, a batch at a time, in this many "
                                 "DataLoader worker processes (0: in the training process); null: decode all at load")
     seed: int = 0
-
-
-def decode(image, source, mode: str, size) -> np.ndarray:
-    """One image (a path or a file object; ``image`` is PIL.Image) -> [channels, H, W] float32 in [0, 1],
-    resized to ``size`` (default: its own)."""
-    try:
-        with image.open(source) as img:
-            img = img.convert(mode)
-            if size is not None and (img.height, img.width) != tuple(size):
-                img = img.resize((size[1], size[0]))
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise MtkdError(f"data: cannot read image {getattr(source, 'name', source)} ({exc})") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _files(folder: Path, root: Path) -> tuple[list[Path], list[str], list[str]]:

@@ -20,6 +20,20 @@ import torch
 from ..errors import MtkdError
 
 
+def decode(image, source, mode: str, size) -> np.ndarray:
+    """One image (a path or a file object; ``image`` is PIL.Image) -> [channels, H, W] float32 in [0, 1],
+    resized to ``size`` (default: its own)."""
+    try:
+        with image.open(source) as img:
+            img = img.convert(mode)
+            if size is not None and (img.height, img.width) != tuple(size):
+                img = img.resize((size[1], size[0]))
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise MtkdError(f"data: cannot read image {getattr(source, 'name', source)} ({exc})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 def _pil():
     from ..optional import require
 
@@ -44,8 +58,6 @@ class LazyImages:
         return len(self.sources)
 
     def _decode(self, i: int) -> np.ndarray:
-        from .image_folder import decode
-
         src = self.sources[i]
         return decode(_pil(), io.BytesIO(src) if isinstance(src, bytes) else src, self.mode, self.size)
 

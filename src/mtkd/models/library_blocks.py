@@ -112,8 +112,8 @@ class _Head(nn.Module):
 
 def library_blocks(model: nn.Module):
     """``Blocks`` of a timm / torchvision classifier (see the module doc), or None for another model."""
-    from .blocks import Blocks, Stage
     from .layers import library_model
+    from .stages import Blocks, Stage
 
     inner, _ = library_model(model)
     convert = [_Convert(model)] if type(model).__name__ == "InputAdapter" else []
@@ -172,7 +172,7 @@ def _units(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]]:
 @torch.no_grad()
 def check_composition(model: nn.Module, blocks, input_shape, where: str) -> None:
     """The stages and head give the model's own logits on a random input (eval mode); else one line."""
-    from .blocks import run_blocks
+    from .stages import run_blocks
 
     was = model.training
     model.eval()
