@@ -200,7 +200,7 @@ def combine(out: Path) -> None:
             raw[part] = json.loads(path.with_suffix(".json").read_text())
     seeds = sorted({r["seed"] for part in ("kd", "tas") for r in raw.get(part, {}).get("rows", [])})
     out.with_suffix(".md").write_text("\n\n".join(sections) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, **raw}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({**({"seeds": seeds} if seeds else {}), **raw}, indent=1))
 
 
 def main() -> None:
