@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU verification in one go (under 8 minutes on one GPU): the CUDA tests, a bf16 and an fp16 run,
-# a 1-GPU DistributedDataParallel run through torchrun with NCCL, and `mtkd bench --device cuda`;
+# a compiled run with the teachers taking turns on the GPU, a 1-GPU DistributedDataParallel run through
+# torchrun with NCCL, and `mtkd bench --device cuda` (with the `turns` mode);
 # prints one table (check | device | result | seconds) and exits 1 if any check failed.
 #
 #   scripts/gpu_check.sh          # on a machine with a CUDA GPU
@@ -48,8 +49,11 @@ EOF
 
 if [[ "$DEVICE" == cuda ]]; then
   # every test that needs CUDA (they skip themselves on a CPU-only machine)
-  check cuda-tests "$PY" -m pytest tests/test_precision.py tests/test_trainer.py -q -x -p no:cacheprovider
+  check cuda-tests "$PY" -m pytest tests/test_precision.py tests/test_trainer.py tests/test_placement.py -q -x -p no:cacheprovider
   check fp16-run "$PY" -m mtkd run "$WORK/check.yaml" --out "$WORK/fp16" --no-progress --set distill.amp=fp16
+  # torch.compile of the student, and the teachers taking turns on the GPU (one at a time)
+  check compile-turns-run "$PY" -m mtkd run "$WORK/check.yaml" --out "$WORK/compiled" --no-progress \
+    --set distill.compile=true --set distill.teachers_on_device=1
 fi
 check bf16-run "$PY" -m mtkd run "$WORK/check.yaml" --out "$WORK/bf16" --no-progress --set distill.amp=bf16
 if [[ "$DEVICE" == cuda ]]; then  # one process, NCCL: DistributedDataParallel's CUDA path
@@ -60,7 +64,8 @@ else  # two processes, gloo
     -m mtkd run "$WORK/check.yaml" --out "$WORK/ddp" --no-progress
 fi
 if [[ "$DEVICE" == cuda ]]; then
-  check bench "$PY" -m mtkd bench --device cuda --teachers 1,8 --steps 20 --repeats 5 --json "$WORK/bench.json"
+  check bench "$PY" -m mtkd bench --device cuda --teachers 1,8 --steps 20 --repeats 5 \
+    --modes student_only,hand_loop,live,turns,cached --json "$WORK/bench.json"
 else
   check bench "$PY" -m mtkd bench --device cpu --teachers 1 --steps 2 --repeats 1 --warmup 0 --samples 200 \
     --unlabeled 200 --json "$WORK/bench.json"

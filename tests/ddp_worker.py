@@ -5,7 +5,8 @@ usage: ddp_worker.py OUT_DIR LOADER [SLEEP_S]
 LOADER: ``batch`` (mtkd's BatchLoader) or ``sampler`` (a torch DataLoader; under torchrun with a
 DistributedSampler that gives each process its half of every global batch).
 SLEEP_S: pause after each step (so the test can kill the run mid-way).
-MTKD_TEST_PARALLEL (environment): distill.parallel, ddp (default) or fsdp.
+MTKD_TEST_PARALLEL (environment): distill.parallel, ddp (default) or fsdp; MTKD_TEST_SHARDED=1:
+distill.sharded_checkpoints (torch.distributed.checkpoint shards under fsdp).
 """
 import os
 import sys
@@ -42,7 +43,8 @@ else:  # index order 0..63; with 2 processes: even rows on rank 0, odd on rank 1
 
 if pause:
     student.register_forward_hook(lambda *_: time.sleep(pause))
-mtkd.distill(student, [teacher], loader, steps=int(os.environ.get("STEPS", 24)), lr=0.05, optimizer=os.environ.get("OPT", "adam"), parallel=os.environ.get("MTKD_TEST_PARALLEL", "ddp"), checkpoint=out / "ckpt.pt", checkpoint_every=4,
+mtkd.distill(student, [teacher], loader, steps=int(os.environ.get("STEPS", 24)), lr=0.05, optimizer=os.environ.get("OPT", "adam"), parallel=os.environ.get("MTKD_TEST_PARALLEL", "ddp"),
+             sharded_checkpoints=os.environ.get("MTKD_TEST_SHARDED") == "1", checkpoint=out / "ckpt.pt", checkpoint_every=4,
              log_every=4, eval_every=100, progress=False, metrics_path=out / "metrics.jsonl")
 if distributed.is_main():
     torch.save(student.state_dict(), out / f"student.world{distributed.world_size()}.pt")

@@ -20,15 +20,37 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def _torchrun(out, kind, *extra, wait=True, parallel="ddp"):
+def _torchrun(out, kind, *extra, wait=True, parallel="ddp", sharded=False):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
            str(out), kind, *extra]
-    env = dict(ENV, MTKD_TEST_PARALLEL=parallel)
+    env = dict(ENV, MTKD_TEST_PARALLEL=parallel, MTKD_TEST_SHARDED="1" if sharded else "0")
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _kill_tree(pid):
+    """SIGKILL a torchrun launcher and every process below it: its workers run in sessions of their own,
+    so killing the launcher's process group would leave them training (and writing checkpoints)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _one(out, kind):
@@ -59,7 +81,7 @@ def test_two_processes_train_the_one_process_model_and_resume_after_sigkill(tmp_
     deadline = time.time() + 120
     while not (first / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+    _kill_tree(proc.pid)  # the launcher and both workers, mid-run
     proc.wait()
     assert (first / "ckpt.pt").exists() and not (first / "student.world2.pt").exists()
     step = torch.load(first / "ckpt.pt", weights_only=False)["step"]
@@ -70,6 +92,32 @@ def test_two_processes_train_the_one_process_model_and_resume_after_sigkill(tmp_
     (mixed / "ckpt.pt").write_bytes((first / "ckpt.pt").read_bytes())
     _close(_one(mixed, "batch"), one_process)
     _torchrun(first, "batch", parallel=parallel)  # two processes resume from the checkpoint the killed run left
+    _close(torch.load(first / "student.world2.pt"), one_process)
+
+
+def test_fsdp_sharded_checkpoints_resume_in_two_processes_or_one(tmp_path, one_process):
+    """distill.sharded_checkpoints: each process writes its shards (torch.distributed.checkpoint); a run
+    killed mid-way resumes from them with two processes, or with one (DCP reshards on load)."""
+    import shutil
+
+    first = tmp_path / "killed"
+    first.mkdir()
+    proc = _torchrun(first, "batch", "0.15", wait=False, parallel="fsdp", sharded=True)
+    deadline = time.time() + 120
+    while not (first / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    _kill_tree(proc.pid)
+    proc.wait()
+    state = torch.load(first / "ckpt.pt", weights_only=False)
+    assert state["recipe"] is None and state["optimizer"] is None  # the weights are in the shards, not here
+    shards = first / "ckpt.pt.shards" / state["shards"]
+    assert (shards / ".metadata").is_file() and len(list(shards.glob("*.distcp"))) == 2  # one file per process
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(first / "ckpt.pt", mixed / "ckpt.pt")
+    shutil.copytree(first / "ckpt.pt.shards", mixed / "ckpt.pt.shards")
+    _close(_one(mixed, "batch"), one_process)  # one process resumes what two sharded processes wrote
+    _torchrun(first, "batch", parallel="fsdp", sharded=True)
     _close(torch.load(first / "student.world2.pt"), one_process)
 
 

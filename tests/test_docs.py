@@ -102,8 +102,6 @@ ELSEWHERE = {
         "tests/test_tabular_example.py predicts with the tutorial's student and checks the accuracy",
     "python score.py predictions.csv data/test.csv": "tests/test_tabular_example.py scores the predictions",
     "mtkd export runs/tabular": "tests/test_tabular.py exports a tabular run and checks the preprocessing inside",
-    "python benchmarks/memory.py --mib 256": "a benchmark that grows the data to 1 GiB; tests/test_scale.py checks "
-                                             "the memory-mapped arrays data set",
     "mtkd list --models timm": "needs the vision extra; tests/test_model_sources.py runs it",
     "mtkd run configs/digits-vision.yaml --out runs/vision": "needs the vision extra; tests/test_model_sources.py "
         "and tests/test_augment_views.py run the same sources, augmentation and view cache on tiny models",

@@ -6,6 +6,9 @@ Settings (every one trains the same student with the same batches, batch size an
   with the ``mean`` aggregator: no-grad teacher forwards, mean of softened probabilities,
   (1 - alpha) CE on labeled samples + alpha T^2 KL, Adam, the same cosine schedule;
 - ``live`` (K teachers): the library's ``offline`` recipe with FrozenTeachers, through the Trainer;
+- ``turns`` (K teachers): ``live`` with the teachers kept in CPU memory and moved onto the device one
+  at a time per batch (``distill.teachers_on_device: 1``; on the CPU nothing moves, so this measures
+  the bookkeeping alone);
 - ``cached`` (K teachers): the same with teacher outputs read from the on-disk cache.
 
 Teachers are untrained (random) ``cnn1d`` models: step time does not depend on what the
@@ -30,6 +33,7 @@ from .options import NoOptions
 from .recipes import ScratchRecipe
 from .recipes.build import build_recipe
 from .teachers import FrozenTeacher, run_teachers
+from .teachers.placement import DeviceTurns
 from .errors import ConfigError
 from .io import write_json
 from .precision import grad_scaler
@@ -232,6 +236,13 @@ def run_bench(args) -> tuple[list[dict], dict]:
             frozen = [FrozenTeacher(m, f"t{i}", data.num_classes) for i, m in enumerate(teacher_models[:k])]
             settings.append(({"mode": "live", "teachers": k}, _LibraryRun(offline(frozen), transfer, cfg, device,
                                                                             args.amp)))
+    if "turns" in modes:  # live teachers kept in CPU memory, one at a time on the device (teachers_on_device: 1)
+        for k in ks:
+            turns = DeviceTurns(1, device)
+            frozen = [FrozenTeacher(copy.deepcopy(m), f"t{i}", data.num_classes).take_turns(turns)
+                      for i, m in enumerate(teacher_models[:k])]
+            settings.append(({"mode": "turns", "teachers": k}, _LibraryRun(offline(frozen), transfer, cfg, device,
+                                                                             args.amp)))
     if "cached" in modes:
         with tempfile.TemporaryDirectory() as scratch:
             root = args.cache_dir or Path(scratch) / "cache"
@@ -287,7 +298,7 @@ def _measure(settings, args, device) -> list[dict]:
         hand = {r["teachers"]: r[stat] for r in records if r["mode"] == "hand_loop"}
         for r in records:
             r["ratio_to_student_only" + suffix] = round(r[stat] / base, 4) if base else None
-            if r["mode"] == "live" and r["teachers"] in hand:
+            if r["mode"] in ("live", "turns") and r["teachers"] in hand:
                 r["ratio_to_hand_loop" + suffix] = round(r[stat] / hand[r["teachers"]], 4)
     return records
 
@@ -329,9 +340,10 @@ def main(args) -> None:
         raise ConfigError(f"--teachers: a comma-separated list of teacher counts, e.g. 1,2,4,8 (got {args.teachers!r})") from None
     if not ks or min(ks) <= 0:
         raise ConfigError(f"--teachers: teacher counts must be positive (got {args.teachers!r})")
-    unknown = set(m.strip() for m in args.modes.split(",")) - {"student_only", "hand_loop", "live", "cached"}
+    unknown = set(m.strip() for m in args.modes.split(",")) - {"student_only", "hand_loop", "live", "turns", "cached"}
     if unknown:
-        raise ConfigError(f"--modes: unknown {sorted(unknown)}; choose from student_only, hand_loop, live, cached")
+        raise ConfigError(f"--modes: unknown {sorted(unknown)}; choose from student_only, hand_loop, live, turns, "
+                          "cached")
     records, info = run_bench(args)
     print(format_table(records, info))
     if args.json:  # a list of records; each carries the run's settings, cached ones the cache's numbers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,8 @@ class Config:
                 if t.model is not None:
                     entry.update(t.model.model_dump(mode="json"))
                 entry["weight"] = t.weight
+                if t.device is not None:
+                    entry["device"] = t.device
                 teachers.append(entry)
                 continue
             if t.model is not None:
@@ -60,6 +63,8 @@ class Config:
             if t.checkpoint is not None:
                 entry["checkpoint"] = str(t.checkpoint)
             entry["weight"] = t.weight
+            if t.device is not None:
+                entry["device"] = t.device
             entry["train"] = t.train.model_dump(mode="json")
             teachers.append(entry)
         return {
@@ -76,7 +81,19 @@ class Config:
 
 # ---------------------------------------------------------------- validation helpers
 
-TEACHER_KEYS = ("name", "checkpoint", "weight", "train")
+TEACHER_KEYS = ("name", "checkpoint", "weight", "train", "device")
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _device(raw: dict, where: str) -> str | None:
+    """``teachers[i].device``: where that teacher runs ('cpu', 'cuda', 'cuda:N'), or None (beside the student)."""
+    device = raw.get("device")
+    if device is None:
+        return None
+    if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device):
+        raise ConfigError(f"{where}.device: 'cpu', 'cuda' or 'cuda:N' (a GPU index), got {device!r}; "
+                          "leave it out to run the teacher beside the student")
+    return device
 
 
 def _teacher(raw: Any, i: int) -> TeacherSpec:
@@ -102,7 +119,7 @@ def _teacher(raw: Any, i: int) -> TeacherSpec:
     model = _model(model_keys, where) if "arch" in model_keys else None
     weight = _weight(raw, where)
     train = _validate(TrainConfig, raw.get("train") or {}, f"{where}.train", "teacher training")
-    return TeacherSpec(name, model, checkpoint, weight, train)
+    return TeacherSpec(name, model, checkpoint, weight, train, device=_device(raw, where))
 
 
 def _weight(raw: dict, where: str) -> float:
@@ -117,7 +134,7 @@ def _external_teacher(raw: dict, where: str, name: str) -> TeacherSpec:
     kind = _pick(TEACHER_KINDS, raw, "kind", where, "teacher kind")
     entry = TEACHER_KINDS[kind]
     fields = entry.Options.model_fields
-    rest = {k: v for k, v in raw.items() if k not in fields and k not in ("name", "weight")}
+    rest = {k: v for k, v in raw.items() if k not in fields and k not in ("name", "weight", "device")}
     model = None
     if entry.needs_arch:
         if "arch" not in rest:
@@ -125,12 +142,13 @@ def _external_teacher(raw: dict, where: str, name: str) -> TeacherSpec:
         model = _model(rest, where)
     elif rest:
         raise ConfigError(f"{where}.{sorted(rest)[0]}: unknown key for a teacher of kind {kind!r}"
-                          f"{did_you_mean(sorted(rest)[0], [*fields, 'name', 'weight'])}; "
-                          f"allowed keys: name, weight, {', '.join(fields)}")
+                          f"{did_you_mean(sorted(rest)[0], [*fields, 'name', 'weight', 'device'])}; "
+                          f"allowed keys: name, weight, device, {', '.join(fields)}")
     opts = _validate(entry.Options, {k: v for k, v in raw.items() if k in fields}, where, f"teacher kind '{kind}'")
     if not opts.path.exists():
         raise ConfigError(f"{where}.path: not found: {opts.path}")
-    return TeacherSpec(name, model, None, _weight(raw, where), TrainConfig(), external=opts)
+    return TeacherSpec(name, model, None, _weight(raw, where), TrainConfig(), external=opts,
+                       device=_device(raw, where))
 
 
 def parse_config(raw: Any) -> Config:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .aggregation.coverage import class_masks, ensemble_mean
 from .data import IndexedTensorDataset
+from .teachers.placement import visiting
 from .trainer import predict_logits
 
 
@@ -39,7 +40,10 @@ class TeacherMonitor:
         self.student, self.device = student, device
         self.x, self.y = data.x[:max_samples], data.y[:max_samples]
         # frozen teachers: their predictions on the fixed batch never change, compute them once
-        logits = [predict_logits(t.model, self.x, device) for t in teachers]  # K x [N, C]
+        logits = []  # K x [N, C]; a teacher kept in CPU memory (taking turns) visits the device for it
+        for t in teachers:
+            with visiting(t.model, device) as where:
+                logits.append(predict_logits(t.model, self.x, where))
         self.names = [t.name for t in teachers]
         self.teacher_pred = [lg.argmax(-1) for lg in logits]  # K x [N]
         self.classes = logits[0].shape[-1]

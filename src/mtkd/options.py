@@ -65,6 +65,15 @@ class DistillConfig(TrainConfig):
         "fully_shard (the student's parameters, gradients and optimizer state split over processes)")
     sync_batchnorm: bool = Field(False, description="under torchrun: the student's BatchNorm layers use the whole "
                                  "global batch's statistics (nn.SyncBatchNorm; CUDA only)")
+    sharded_checkpoints: bool = Field(False, description="with parallel: fsdp, each process writes its own shards "
+                                      "of the student and optimizer (torch.distributed.checkpoint), nothing gathered; "
+                                      "off: consolidated checkpoints in the one-process format")
+    teachers_on_device: int = Field(0, ge=0, description="teachers that do not fit beside the student: at most N "
+                                    "of them on the compute device at once, the others in CPU memory, moved in turn "
+                                    "for each batch (0 = every teacher stays on the device)")
+    compile: bool = Field(False, description="torch.compile the student's forward (needs a C++ compiler on the CPU)")
+    channels_last: bool = Field(False, description="convolutional students on images: weights and input batches in "
+                                "channels-last memory format (faster convolutions on GPUs)")
 
 
 class OutputConfig(BaseModel):
@@ -84,3 +93,4 @@ class TeacherSpec:
     weight: float
     train: TrainConfig
     external: BaseModel | None = None  # options of a teacher with a 'kind:' (ONNX, scikit-learn, ...)
+    device: str | None = None  # 'cpu', 'cuda' or 'cuda:N': where this teacher runs (None: beside the student)

@@ -153,6 +153,30 @@ class FullyShardedStudent:
         self.recipe.student = self.original
 
 
+def save_shards(directory, recipe: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The recipe's and optimizer's state as ``torch.distributed.checkpoint`` (DCP) files in ``directory``:
+    each process writes the shards it holds (nothing is gathered), rank 0 the metadata. A collective
+    under torchrun; in one process it writes the whole state. Keys are the recipe's parameter names,
+    so the files load into a sharded or a plain recipe alike (DCP reshards on load)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(recipe, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+
+
+def load_shards(directory, recipe: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load what :func:`save_shards` wrote into ``recipe`` and ``optimizer``, sharded (FSDP2, any number
+    of processes) or not (one process)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(recipe, optimizer)  # also creates the optimizer's state slots
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(directory))
+    set_state_dict(recipe, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
 def distributed_sampler(loader: Any) -> Any:
     """The loader's ``DistributedSampler`` (as its sampler or its batch sampler's), or None."""
     from torch.utils.data.distributed import DistributedSampler
@@ -195,4 +219,5 @@ def split_loader(loader: Any, data_parallel: bool) -> bool:
     return True
 
 
-__all__ = ["FullyShardedStudent", "RecipeStep", "data_parallel", "distributed_sampler", "ignored", "self_optimized", "split_loader"]
+__all__ = ["FullyShardedStudent", "RecipeStep", "data_parallel", "distributed_sampler", "ignored", "load_shards",
+           "save_shards", "self_optimized", "split_loader"]

@@ -34,6 +34,7 @@ from .recipes.build import build_recipe
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
 from .teachers.kinds import load_external
+from .teachers.placement import visiting
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer, predict_logits
 from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
@@ -146,6 +147,7 @@ def prepare(cfg: Config) -> Prepared:
                                 f"{str(probe.dtype).removeprefix('torch.')} ({type(exc).__name__}: {detail})") from None
         plans.append(TeacherPlan(spec, arch, classes, model))
     device = resolve_device(cfg.distill.device)
+    check_placement(cfg, data.input_shape, device)
     if d.amp == "fp16" and device.type != "cuda":
         raise ConfigError("distill.amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU, or 'off'")
     if traits.checks_models:  # e.g. hint layer names, before any training
@@ -159,6 +161,24 @@ def prepare(cfg: Config) -> Prepared:
     if traits.checks_config:  # recipe-specific checks of the prepared run, before any work
         recipe_cls.check_config(prep)
     return prep
+
+
+def check_placement(cfg: Config, input_shape: tuple, device: torch.device) -> None:
+    """teachers[i].device, distill.compile and distill.channels_last: refused now if they cannot work here."""
+    for i, spec in enumerate(cfg.teachers):
+        if spec.device is not None and spec.device.startswith("cuda"):
+            index = int(spec.device.partition(":")[2] or 0)
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if index >= count:
+                raise ConfigError(f"teachers[{i}].device: {spec.device!r}, but torch sees {count} CUDA device(s); "
+                                  "use 'cpu', another GPU index, or leave it out")
+    if cfg.distill.channels_last and len(input_shape) != 3:
+        raise ConfigError(f"distill.channels_last: for image inputs [channels, height, width]; these inputs have "
+                          f"shape {list(input_shape)}; set distill.channels_last: false")
+    if cfg.distill.compile:
+        from .compiling import check_compile
+
+        check_compile(device)
 
 
 # ---------------------------------------------------------------- run directory
@@ -374,8 +394,8 @@ class Run:
             return recipe_cls.prepare_teachers(self)
         if not recipe_cls.traits.needs_teachers:
             return PreparedTeachers([])
-        return PreparedTeachers([TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight)
-                                 for i, p in enumerate(self.prep.teachers)])
+        return PreparedTeachers([TrainedTeacher(p.spec.name, p.arch.arch, self.teacher(i, p), p.spec.weight,
+                                                p.spec.device) for i, p in enumerate(self.prep.teachers)])
 
     def student(self, recipe_name: str, teachers: list[TrainedTeacher], extra: dict | None = None) -> nn.Module:
         """Train the student with ``recipe_name``; the same seed gives every recipe the same initial student."""
@@ -413,7 +433,7 @@ class Run:
         save_model_file(path, model, arch, self.data.input_shape, num_classes, self.data.class_names or None,
                         self.data.preprocess)
         distributed.barrier()
-        trainer.checkpoint.unlink(missing_ok=True)
+        trainer.drop_checkpoint()
 
     def _save_extra_models(self, extra: list[dict]) -> None:
         """Evaluate the models an online recipe trains beside the student into ``peers.json``
@@ -497,7 +517,12 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
     device, test = prep.device, prep.data.test
     # test-split probabilities, computed once (each teacher runs once): accuracy, ECE, reliability
     # bins and agreement use them; the ensemble is the evaluation's rule (ensemble_mean) over them
-    raw = [torch.softmax(predict_logits(m, test.x, device), dim=-1) for m in teachers]  # K x [N, C]
+    # each teacher runs where it ran in training: beside the student, on its own device, or visiting the
+    # device from CPU memory (teachers taking turns)
+    raw = []  # K x [N, C]
+    for m in teachers:
+        with visiting(m, device) as where:
+            raw.append(torch.softmax(predict_logits(m, test.x, where), dim=-1))
     masks = class_masks(teachers, prep.num_classes)
     probs_t = [ensemble_mean(torch.stack(raw), [k], masks) for k in range(len(teachers))]
     probs_e = ensemble_mean(torch.stack(raw), range(len(teachers)), masks) if len(teachers) > 1 else None
@@ -510,10 +535,19 @@ def _stages(prep: Prepared, cfg: Config, out: Path, progress: bool, log: Callabl
         ensemble_rule = f"weighted mean of {len(teachers)}"
     probs_s = predict_probs([student], test, device)
     probs_b = predict_probs([scratch], test, device) if scratch else None
+    rows = []
+    for t, pr in zip(named, probs_t):
+        with visiting(t.model, device) as where:
+            rows.append({"name": t.name, "arch": t.arch, **describe([t.model], test, where, pr)})
+    ensemble = None
+    if len(teachers) > 1 and (d.teachers_on_device or any(t.device for t in named)):
+        # the teachers never sit on one device together: the ensemble's time is theirs in turn
+        ensemble = describe(teachers, test, device, probs_e, ms=sum(r["ms_per_1000"] for r in rows))
+    elif len(teachers) > 1:
+        ensemble = describe(teachers, test, device, probs_e)
     results = {
-        "teachers": [{"name": t.name, "arch": t.arch, **describe([t.model], test, device, pr)}
-                     for t, pr in zip(named, probs_t)],
-        "ensemble": {"rule": ensemble_rule, **describe(teachers, test, device, probs_e)} if len(teachers) > 1 else None,
+        "teachers": rows,
+        "ensemble": {"rule": ensemble_rule, **ensemble} if ensemble is not None else None,
         "student": {"arch": cfg.student.arch, **describe([student], test, device, probs_s)},
         "scratch": {"arch": cfg.student.arch, **describe([scratch], test, device, probs_b)} if scratch else None,
         "assistants": [{"name": a["name"], "arch": a["arch"], "level": a["level"],

@@ -23,6 +23,7 @@ from .options import TrainConfig
 from .data import BatchLoader, IndexedTensorDataset
 from .errors import MtkdError
 from .io import load_torch, save_torch
+from .compiling import channels_last_batch, slow_down, speed_up
 from .parallel import FullyShardedStudent, data_parallel, split_loader
 from .precision import autocast, grad_scaler
 from .seeding import rng_state, set_rng_state
@@ -209,22 +210,76 @@ class Trainer:
         # None: read the loss's finiteness every step on one CPU process, else at host reads (see fit)
         self.check_every_step: bool | None = None
         self.fsdp: FullyShardedStudent | None = None  # while fit() trains a sharded student
+        self._pending_shards: Path | None = None  # a sharded checkpoint's directory, loaded once fit() has sharded
 
     # ------------------------------------------------------------ checkpoints
-    def _state(self) -> dict:
+    def _state(self, weights: bool = True) -> dict:
+        """The checkpoint; ``weights=False``: without the recipe's and optimizer's state (sharded checkpoints
+        keep those in their own directory)."""
+        if weights:
+            recipe = self.fsdp.model_state() if self.fsdp else self.recipe.state_dict()
+            optimizer = self.fsdp.optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict()
+        else:
+            recipe = optimizer = None
         return {
             "format": CHECKPOINT_FORMAT, "stage": self.stage, "fingerprint": self.fingerprint,
             "step": self.step, "elapsed": self.elapsed, "best_accuracy": self.best_accuracy,
-            "recipe": self.fsdp.model_state() if self.fsdp else self.recipe.state_dict(),
-            "optimizer": self.fsdp.optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict(),
+            "recipe": recipe, "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
             "loader": self.loader.state_dict() if isinstance(self.loader, BatchLoader) else None,
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint is not None:
-            save_torch(self.checkpoint, self._state(), every_rank=self.independent)
+        if self.checkpoint is None:
+            return
+        if self.fsdp is not None and getattr(self.cfg, "sharded_checkpoints", False):
+            self._save_sharded()
+            return
+        save_torch(self.checkpoint, self._state(), every_rank=self.independent)
+
+    def drop_checkpoint(self) -> None:
+        """Delete the finished stage's checkpoint (and its shard directory, if sharded)."""
+        if self.checkpoint is None:
+            return
+        self.checkpoint.unlink(missing_ok=True)
+        if distributed.is_main() and self._shards_root().is_dir():
+            import shutil
+
+            shutil.rmtree(self._shards_root(), ignore_errors=True)
+
+    def _shards_root(self) -> Path:
+        return self.checkpoint.with_name(self.checkpoint.name + ".shards")  # student.pt -> student.pt.shards/
+
+    def _save_sharded(self) -> None:
+        """FSDP2 without a gather: every process writes its shards (torch.distributed.checkpoint) into
+        ``<checkpoint>.shards/step-N``, built under a temporary name and renamed when complete; then the
+        checkpoint file (everything but the weights and optimizer state, which it names the directory of)
+        replaces the previous one, and older step directories go. A kill at any point leaves the last
+        complete checkpoint in place."""
+        import shutil
+
+        from .parallel import save_shards
+        from .rundir import note_written
+
+        root = self._shards_root()
+        final, tmp = root / f"step-{self.step:06d}", root / f".step-{self.step:06d}.tmp"
+        if distributed.is_main():
+            note_written(root)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        save_shards(tmp, self.recipe, self.optimizer)  # a collective: every process writes its own part
+        distributed.barrier()
+        if distributed.is_main():
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            state = self._state(weights=False)
+            save_torch(self.checkpoint, {**state, "shards": final.name})
+            for old in root.iterdir():
+                if old.name != final.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
 
     def resume(self) -> bool:
         """Load the checkpoint if there is one; True if training continues from it."""
@@ -246,8 +301,14 @@ class Trainer:
         if state.get("fingerprint") != self.fingerprint and not self.force:
             raise MtkdError(f"checkpoint {self.checkpoint} was written by a different configuration or mtkd "
                             "version; use --restart to start over, or --force to continue from it anyway")
-        self.recipe.load_state_dict(state["recipe"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("shards"):  # a sharded checkpoint: weights and optimizer load once the student is (or is not) sharded
+            self._pending_shards = self._shards_root() / state["shards"]
+            if not self._pending_shards.is_dir():
+                raise MtkdError(f"checkpoint {self.checkpoint} names the shard directory {self._pending_shards}, "
+                                "which is missing; restore it, delete the checkpoint or use --restart")
+        else:
+            self.recipe.load_state_dict(state["recipe"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         if state["loader"] is not None and isinstance(self.loader, BatchLoader):
@@ -298,6 +359,13 @@ class Trainer:
             self._shard(cfg)
         elif parallel:
             step_fn = data_parallel(self.recipe, self.device, sync_batchnorm=getattr(cfg, "sync_batchnorm", False))
+        if self._pending_shards is not None:  # into the sharded student, or into the plain one (DCP reshards)
+            from .parallel import load_shards
+
+            load_shards(self._pending_shards, self.recipe, self.optimizer)
+            self._pending_shards = None
+        channels_last = getattr(cfg, "channels_last", False)  # distill.compile / channels_last (mtkd.compiling)
+        speed_up(self.recipe.student, getattr(cfg, "compile", False), channels_last, self.device)
         # finiteness of the loss: read on the host every step on one CPU process (free there, and the
         # error names the exact step); otherwise kept on the device and read at the next step that
         # logs, evaluates or saves (a host read is a device sync on a GPU), and agreed by all processes
@@ -318,6 +386,8 @@ class Trainer:
                 if rows is not None:
                     x, y, index = x[rows], y[rows], index[rows] if index is not None else None
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if channels_last:
+                    x = channels_last_batch(x)
                 with autocast(self.device, self.amp):
                     losses = step_fn(x, y, index)
                 events = self.recipe.events  # e.g. a teacher dropped from this batch
@@ -375,6 +445,7 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            slow_down(self.recipe.student)
         if self.fsdp is not None:  # the caller's student module, trained, whole, on every process
             self.fsdp.finish()
             self.fsdp = None

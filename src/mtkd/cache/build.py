@@ -180,10 +180,11 @@ def build_cache(teachers: Sequence[tuple[str, TeacherLoader]], data: IndexedTens
 
 
 def open_cached_teachers(report: BuildReport, data: IndexedTensorDataset,
-                         models: Sequence[nn.Module | None] | None = None, stacked: bool = True) -> list:
+                         models: Sequence | None = None, stacked: bool = True) -> list:
     """CachedTeacher objects over the entries of ``report`` (built on ``data``), sharing one input check.
 
-    models: optional live models, one per entry, used for inputs outside the cache.
+    models: optional live models (or FrozenTeachers, which keep their placement), one per entry, used
+    for inputs outside the cache.
     stacked: also keep every teacher's logits in one [K, N, C] tensor (full storage only), so
     a step reads the whole pool with one gather; costs one in-memory copy of the entries, so it is
     done only up to ``STACK_LIMIT`` bytes: larger pools are read through their memory maps."""
@@ -229,4 +230,4 @@ def cached_pool(teachers: Sequence, data: IndexedTensorDataset, root: str | Path
             log(f"teacher cache: '{e.teacher}' top-{distill.cache_topk} float16 storage costs KL "
                 f"{err['kl_mean']:.2e} nats on average (max {err['kl_max']:.2e}) at T={err['temperature']:g}, "
                 f"top-1 agreement {err['top1_agreement']:.4f}")
-    return [c.to(device) for c in open_cached_teachers(report, data, [t.model for t in teachers])]
+    return [c.to(device) for c in open_cached_teachers(report, data, teachers)]

@@ -142,7 +142,7 @@ def view_cache(teachers: Sequence, source: ViewSource, root: str | Path, opts: C
     distributed.barrier()
     if not distributed.is_main():
         report = build_view_entries(loaders, source, root, opts, device)
-    return [CachedTeacher(e, source, t.model).to(device) for e, t in zip(report.entries, teachers)]
+    return [CachedTeacher(e, source, t).to(device) for e, t in zip(report.entries, teachers)]
 
 
 def _data_fp(source: ViewSource) -> str:

@@ -94,6 +94,7 @@ class TrainedTeacher(NamedTuple):
     arch: str
     model: nn.Module
     weight: float = 1.0
+    device: str | None = None  # a device of its own ('cuda:1'); None: beside the student (or in turns)
 
 
 @dataclass

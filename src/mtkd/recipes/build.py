@@ -20,6 +20,7 @@ from ..data import IndexedTensorDataset
 from ..errors import ConfigError
 from ..models.features import head_layer
 from ..teachers import FrozenTeacher
+from ..teachers.placement import place_teachers
 from . import RECIPES
 from .base import BUILD_INPUTS, Built, TrainedTeacher
 from ..cache.build import cached_pool, options_from
@@ -28,15 +29,17 @@ from ..monitoring import TeacherMonitor
 
 
 def freeze(teachers: Sequence[TrainedTeacher | FrozenTeacher], device: torch.device, example: torch.Tensor | None,
-           num_classes: int) -> list[FrozenTeacher]:
-    """FrozenTeachers on ``device`` (one given as a FrozenTeacher keeps its own name), each
-    checked to output ``num_classes`` logits on ``example`` [1, ...]."""
-    frozen = []
-    for t in teachers:
-        f = t.to(device) if isinstance(t, FrozenTeacher) else FrozenTeacher(t.model.to(device), t.name)
-        if example is not None:
+           num_classes: int, on_device: int = 0) -> list[FrozenTeacher]:
+    """FrozenTeachers placed for compute ``device`` (one given as a FrozenTeacher keeps its own name;
+    a TrainedTeacher's ``device`` gives it a device of its own; ``on_device`` > 0: the others take
+    turns, see :func:`mtkd.teachers.placement.place_teachers`), each checked to output
+    ``num_classes`` logits on ``example`` [1, ...]."""
+    frozen = [t if isinstance(t, FrozenTeacher) else FrozenTeacher(t.model, t.name, device=getattr(t, "device", None))
+              for t in teachers]
+    place_teachers(frozen, device, on_device)
+    if example is not None:
+        for f in frozen:
             f.check_classes(example, num_classes)
-        frozen.append(f)
     return frozen
 
 
@@ -60,7 +63,8 @@ def build_recipe(name: str, student: nn.Module, teachers: Sequence[TrainedTeache
     example: a few training inputs [n, ...] (class-count checks, shape probes); None skips the checks.
     """
     cls = RECIPES[name]
-    frozen = freeze(teachers, device, example[:1].to(device) if example is not None else None, num_classes)
+    frozen = freeze(teachers, device, example[:1].to(device) if example is not None else None, num_classes,
+                    on_device=getattr(settings, "teachers_on_device", 0))
     if teacher_weights is None and teachers and all(isinstance(t, TrainedTeacher) for t in teachers):
         teacher_weights = [t.weight for t in teachers]
     if frozen and cls.traits.cacheable and settings.cache != "off":

@@ -82,7 +82,11 @@ class TransferSet:
 
 
 class CachedTeacher(FrozenTeacher):
-    def __init__(self, entry: Entry, transfer: TransferSet, model: nn.Module | None = None):
+    def __init__(self, entry: Entry, transfer: TransferSet, model: "nn.Module | FrozenTeacher | None" = None):
+        # a FrozenTeacher as the fallback keeps its placement (a device of its own, or turns on the device)
+        self.placement = model.placement if isinstance(model, FrozenTeacher) else None
+        self.turns = model.turns if isinstance(model, FrozenTeacher) else None
+        model = model.model if isinstance(model, FrozenTeacher) else model
         if model is not None:
             model.eval()
             model.requires_grad_(False)
@@ -107,7 +111,7 @@ class CachedTeacher(FrozenTeacher):
 
         device = torch.device(device)
         if self._model is not None:
-            self._model.to(device)
+            FrozenTeacher.to(self, device)  # the live fallback: beside the student, on its own device, or home
         if device != self._device:
             if self.entry.bytes <= STACK_LIMIT or device.type == "cpu":
                 self.arrays = {k: v.to(device) for k, v in self.arrays.items()}

@@ -4,6 +4,11 @@ As in timm's ``DistillationTeacher``, the wrapper owns the model but does not re
 as a submodule, so ``student_or_recipe.parameters()`` never yields teacher weights and an
 optimizer can never step them. Every output is checked: shape [B, num_classes] and finite,
 with the teacher's name and the offending sample indices in the error.
+
+Where it runs (see :mod:`mtkd.teachers.placement`): on the device its weights are on (beside the
+student, by default); on a device of its own (``device=``: inputs move there, logits come back);
+or in turns with other teachers (:meth:`FrozenTeacher.take_turns`: weights in CPU memory, brought
+onto the compute device just before the forward).
 """
 from __future__ import annotations
 
@@ -11,16 +16,23 @@ import torch
 from torch import nn
 
 from ..errors import TeacherError
+from .placement import DeviceTurns
 
 
 class FrozenTeacher:
-    def __init__(self, model: nn.Module, name: str, num_classes: int | None = None):
+    def __init__(self, model: nn.Module, name: str, num_classes: int | None = None,
+                 device: torch.device | str | None = None):
         model.eval()  # a model handed over in train mode: dropout off, batch-norm statistics frozen
         for p in model.parameters():  # not model.requires_grad_: a ScriptModule (torch.jit.load) lacks it
             p.requires_grad_(False)
         self._model = model  # deliberately a plain attribute, not a registered submodule
         self.name = name
         self.num_classes = num_classes
+        # a device of its own ("cuda:1"): the weights stay there whatever the compute device
+        self.placement = torch.device(device) if device is not None else None
+        self.turns: DeviceTurns | None = None  # set by take_turns: weights in CPU memory between forwards
+        if self.placement is not None:
+            model.to(self.placement)
 
     @property
     def model(self) -> nn.Module:
@@ -32,7 +44,20 @@ class FrozenTeacher:
         return next(self._model.parameters(), torch.zeros(())).device
 
     def to(self, device) -> "FrozenTeacher":
-        self._model.to(device)
+        """Move the weights to the compute ``device``; a teacher with a device of its own stays there,
+        one that takes turns goes (or stays) home to CPU memory until its next forward."""
+        if self.placement is not None:
+            self._model.to(self.placement)
+        elif self.turns is not None:
+            self.turns.release(self._model)
+        else:
+            self._model.to(device)
+        return self
+
+    def take_turns(self, turns: "DeviceTurns") -> "FrozenTeacher":
+        """Keep the weights in CPU memory and borrow one of ``turns``' device slots for each forward."""
+        turns.add(self._model)
+        self.turns = turns
         return self
 
     def check_classes(self, example: torch.Tensor, num_classes: int) -> None:
@@ -50,9 +75,12 @@ class FrozenTeacher:
         no_grad); the output is cloned out of it, so losses may save it for their backward."""
         if self._model.training:  # in case someone switched it back to train mode (eval() walks every module)
             self._model.eval()
+        source = x.device
+        run_on = self.turns.acquire(self._model) if self.turns is not None else self.placement
         with torch.inference_mode():
-            out = logits_of(self._model(x), self.name)
-        out = out.clone()  # [B, C], an ordinary tensor outside inference mode
+            out = logits_of(self._model(x if run_on is None else x.to(run_on, non_blocking=True)), self.name)
+        # [B, C] back beside the inputs, an ordinary tensor outside inference mode (one copy either way)
+        out = out.to(source, copy=True)
         if check:
             self.validate(out, len(x), indices)
         return out
@@ -110,10 +138,11 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
         stacked = pool.lookup_all(teachers, x, index)
         if stacked is not None:
             return stacked, torch.ones(len(teachers), dtype=torch.bool, device=stacked.device)
-    outs: list[torch.Tensor | None] = []
-    for t in teachers:
+    outs: list[torch.Tensor | None] = [None] * len(teachers)
+    for i in run_order(teachers):
+        t = teachers[i]
         try:
-            outs.append(t(x, index))
+            outs[i] = t(x, index)
         except Exception as exc:  # noqa: BLE001 - any failure of a teacher is handled by the policy
             error = exc if isinstance(exc, TeacherError) else TeacherError(
                 f"teacher '{t.name}' raised {type(exc).__name__}: {exc}, on samples {sample_list(index)}")
@@ -121,7 +150,6 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
                 raise error from exc
             if events is not None:
                 events.append({"event": "teacher_dropped", "teacher": t.name, "error": str(error)})
-            outs.append(None)
     if all(o is not None for o in outs):  # the common case: no bookkeeping tensors to build and test
         logits = torch.stack(outs)
         return logits, torch.ones(len(outs), dtype=torch.bool, device=logits.device)
@@ -131,3 +159,13 @@ def run_teachers(teachers, x: torch.Tensor, index: torch.Tensor | None, policy: 
     shape = next(o for o in outs if o is not None)
     logits = torch.stack([o if o is not None else torch.zeros_like(shape) for o in outs])
     return logits, alive.to(logits.device)
+
+
+def run_order(teachers) -> list[int]:
+    """Positions of ``teachers`` in the order to run them: as given, except that teachers taking turns
+    on the device (one shared :class:`~mtkd.teachers.placement.DeviceTurns`) start with those already
+    there, which saves a move per batch and slot; their outputs keep the given order."""
+    turns = getattr(teachers[0], "turns", None) if len(teachers) else None
+    if turns is None or any(getattr(t, "turns", None) is not turns for t in teachers):
+        return list(range(len(teachers)))
+    return turns.order([t.model for t in teachers])
