@@ -7,17 +7,10 @@ import torch
 import yaml
 
 from mtkd.cli import main
+from optional_libs import usable
 
 
-def _vision() -> bool:
-    try:
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _vision(), reason="torchvision not usable here (extra: vision)")
+pytestmark = pytest.mark.skipif(not usable("torchvision"), reason="torchvision not usable here (extra: vision)")
 pytest.importorskip("sklearn")
 
 AUGMENT = [{"RandomResizedCrop": {"size": [8, 8], "scale": [0.6, 1.0], "antialias": True}},
@@ -161,3 +154,34 @@ def test_hf_dataset_on_disk_with_an_image_column(tmp_path):
     assert 0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1
     flipped = data.augment(data.train.x, data.train.index, seed=0, stream=0)
     assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(flipped, data.train.x))
+
+
+def test_under_torchrun_only_rank_0_builds_the_view_cache(tmp_path, monkeypatch):
+    """Rank 0 builds the entries before the barrier; another rank waits at the barrier and then
+    opens (verifies, never rebuilds) what rank 0 wrote."""
+    from mtkd import distributed
+    from mtkd.cache.build import CacheOptions
+    from mtkd.cache.views import ViewSource, view_cache
+    from mtkd.data.augment import Augment
+    from mtkd.teachers.frozen import FrozenTeacher
+
+    x, index = torch.rand(6, 1, 8, 8), torch.arange(6)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    source = ViewSource(x, index, Augment(AUGMENT, (1, 8, 8)), seed=7, views=2)
+    events = []
+    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
+    logged = []
+    monkeypatch.setattr(distributed, "is_main", lambda: True)
+    view_cache([FrozenTeacher(net, "t", 3)], source, tmp_path, CacheOptions(), torch.device("cpu"), logged.append)
+    entry = next(p for p in tmp_path.iterdir() if not p.name.startswith("."))
+    built_at = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+    assert events == ["barrier"] and logged  # rank 0 built (and logged) before the barrier
+
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    teachers = view_cache([FrozenTeacher(net, "t", 3)], source, tmp_path, CacheOptions(), torch.device("cpu"),
+                          lambda m: pytest.fail(f"another rank logged: {m}"))
+    assert events == ["barrier", "barrier"]
+    assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == built_at  # opened, not rebuilt
+    batch = source.draw(x[[1, 4]], index[[1, 4]], loader_seed=0, epoch=0)
+    with torch.no_grad():
+        assert torch.allclose(teachers[0](batch, index[[1, 4]]), net(batch), atol=1e-6)

@@ -222,6 +222,8 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
         data = _run_data(config)
         student, teachers, missing = _run_models(run_dir, config, data, allow_code)
         x = data.test.x
+        if getattr(x, "decoded_on_read", False):  # data.workers: images kept encoded until read
+            x = x[:]
         from .student import load_student
 
         usable = load_student(run_dir)  # class names and the run's preprocessing

@@ -205,8 +205,10 @@ class Run:
     def _train(self, stage: str, recipe: nn.Module, dataset, settings, seed: int, ckpt: str, best: str | None,
                snapshot_dir: Path | None = None, monitor: Callable[[], dict] | None = None, views=None):
         # training batches are augmented (data.augment); with a view cache, by one of the recorded views
+        # data.workers: batches read (images decoded, augmented) in DataLoader processes; pinned for a GPU
         loader = BatchLoader(dataset, settings.batch_size, shuffle=True, seed=seed,
-                             augment=views.draw if views is not None else self.data.augment)
+                             augment=views if views is not None else self.data.augment,
+                             workers=self.data.workers or 0, pin_memory=torch.device(self.prep.device).type == "cuda")
         trainer = Trainer(recipe, loader, settings, stage=stage, val_data=self.data.val,
                           checkpoint=self.out / "checkpoints" / ckpt,
                           best_path=self.out / best if best and self.main else None, metrics=self.metrics,

@@ -65,7 +65,10 @@ def _hash_tensor(h: "hashlib._Hash", t: torch.Tensor, chunk_bytes: int = 1 << 24
 def data_fingerprint(x: torch.Tensor, index: torch.Tensor) -> str:
     """sha256 of the transfer set as the teachers see it: inputs [N, ...] and sample indices [N]."""
     h = hashlib.sha256()
-    _hash_tensor(h, x)
+    if getattr(x, "decoded_on_read", False):  # images kept encoded: their files' bytes (mtkd.data.lazy_images)
+        x.digest_into(h)
+    else:
+        _hash_tensor(h, x)
     _hash_tensor(h, index)
     return h.hexdigest()
 

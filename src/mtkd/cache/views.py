@@ -52,16 +52,28 @@ class ViewSource:
         pos, view = rows // self.views, rows % self.views
         return self.augment(self.x[pos], self.index[pos], self.seed, view, kind=VIEW)
 
-    def draw(self, x: torch.Tensor, index: torch.Tensor, loader_seed: int, epoch: int) -> torch.Tensor:
-        """A training batch: per sample one recorded view, chosen from (loader seed, epoch, index)."""
+    def _chosen(self, index: torch.Tensor, loader_seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(view [B], cache row [B]) each sample of a batch reads: one recorded view per sample,
+        chosen from (loader seed, epoch, index)."""
         pos = self.row_of[index.long()]
         if bool((pos < 0).any()):
             raise CacheError("view cache: the training batch holds samples that are not in the cached transfer set")
         view = torch.tensor([sample_seed(loader_seed, CHOICE, epoch, int(i)) % self.views for i in index])
-        rows = pos * self.views + view
+        return view, pos * self.views + view
+
+    def draw(self, x: torch.Tensor, index: torch.Tensor, loader_seed: int, epoch: int) -> torch.Tensor:
+        """A training batch: per sample one recorded view, chosen from (loader seed, epoch, index)."""
+        view, rows = self._chosen(index, loader_seed, epoch)
         out = self.augment(x, index, self.seed, view, kind=VIEW)
         self.last = (out, rows)
         return out
+
+    __call__ = draw  # the training loader's augment
+
+    def remember(self, x: torch.Tensor, index: torch.Tensor, loader_seed: int, epoch: int) -> None:
+        """Record that ``x`` is the batch of ``index`` drawn in ``epoch`` -- called by the training
+        loader when a worker process drew it (the worker's own ``last`` is lost with it)."""
+        self.last = (x, self._chosen(index, loader_seed, epoch)[1])
 
     def rows(self, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor | None:
         """Cache rows of the batch the loader yielded last, or None for any other input. On the CPU
@@ -121,9 +133,15 @@ def view_cache(teachers: Sequence, source: ViewSource, root: str | Path, opts: C
                device: torch.device, log: Callable[[str], None] = lambda m: None) -> list:
     """FrozenTeachers -> CachedTeachers reading their outputs on the recorded views (built or reused);
     each keeps its live model for other inputs (validation batches)."""
+    from .. import distributed
     from ..teachers.cached import CachedTeacher
 
-    report = build_view_entries([(t.name, (lambda m=t.model: m)) for t in teachers], source, root, opts, device, log)
+    loaders = [(t.name, (lambda m=t.model: m)) for t in teachers]
+    if distributed.is_main():  # under torchrun one process builds, the others wait and then open what it built
+        report = build_view_entries(loaders, source, root, opts, device, log)
+    distributed.barrier()
+    if not distributed.is_main():
+        report = build_view_entries(loaders, source, root, opts, device)
     return [CachedTeacher(e, source, t).to(device) for e, t in zip(report.entries, teachers)]
 
 

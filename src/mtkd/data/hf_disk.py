@@ -39,6 +39,9 @@ class HfDiskConfig(BaseModel):
     mode: Literal["L", "RGB"] = Field("RGB", description="image column: L grayscale, RGB 3 channels")
     augment: list[dict] | None = Field(None, description="torchvision.transforms.v2 transforms for training "
                                        "batches of an image column (extra: vision)")
+    workers: int | None = Field(None, ge=0, le=64, description="image column: keep the images encoded and decode "
+                                "them a batch at a time in this many DataLoader worker processes (0: in the "
+                                "training process); null: decode all at load")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
 
@@ -76,17 +79,25 @@ def _read_split(cfg: HfDiskConfig, split: str):
         import io
 
         from ..teachers.external import require
-        from .image_folder import decode
+        from .lazy_images import decode
 
         if cfg.image not in table.column_names:
             raise MtkdError(f"data.image: column {cfg.image!r} not in {folder}; columns are {table.column_names}")
-        image, size, rows = require("PIL.Image", "images", "data.image"), cfg.size, []
+        image, size, rows, sources = require("PIL.Image", "images", "data.image"), cfg.size, [], []
         for cell in table.column(cfg.image).to_pylist():
             if not isinstance(cell, dict) or not (cell.get("bytes") or cell.get("path")):
                 raise MtkdError(f"data.image: column {cfg.image!r} of {folder} is not an image column")
-            rows.append(decode(image, io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"], cfg.mode, size))
-            size = rows[-1].shape[1:]
-        x = np.stack(rows)  # [N, C, H, W]
+            sources.append(bytes(cell["bytes"]) if cell.get("bytes") else str(cell["path"]))
+        if cfg.workers is not None:  # kept encoded: decoded a batch at a time by the training loader
+            from .lazy_images import LazyImages, check_readable, first_size
+
+            check_readable(sources, "data.image")
+            x = LazyImages(sources, cfg.mode, first_size(sources, cfg.size))
+        else:
+            for src in sources:
+                rows.append(decode(image, io.BytesIO(src) if isinstance(src, bytes) else src, cfg.mode, size))
+                size = rows[-1].shape[1:]
+            x = np.stack(rows)  # [N, C, H, W]
     else:
         features = cfg.features or [c for c in table.column_names if c != cfg.label]
         missing = [c for c in features if c not in table.column_names]
@@ -114,7 +125,11 @@ def load(cfg: HfDiskConfig) -> DataSplits:
         if x_tr.shape[1:] != x_te.shape[1:]:
             raise MtkdError(f"data: train and test images differ ({list(x_tr.shape[1:])} vs {list(x_te.shape[1:])}); "
                             "set data.size")
-        return make_splits("hf_disk", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed, names=names)
+        data = make_splits("hf_disk", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed, names=names)
+        data.workers = cfg.workers
+        return data
+    if cfg.workers is not None:
+        raise MtkdError("data.workers: lazily decoded batches need an image column (data.image)")
     if x_tr.shape[1] != x_te.shape[1]:
         raise MtkdError(f"data: train and test samples differ in size ({x_tr.shape[1]} vs {x_te.shape[1]} values)")
     if cfg.shape:

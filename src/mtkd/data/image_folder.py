@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import MtkdError
 from .base import DataSplits
+from .lazy_images import decode
 from .tables import label_names, make_splits
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -25,43 +26,47 @@ class ImageFolderConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     augment: list[dict] | None = Field(None, description="torchvision.transforms.v2 transforms for training batches, "
                                        "e.g. [{RandomHorizontalFlip: {}}] (extra: vision)")
+    workers: int | None = Field(None, ge=0, le=64, description="decode images lazily, a batch at a time, in this many "
+                                "DataLoader worker processes (0: in the training process); null: decode all at load")
     seed: int = 0
 
 
-def decode(image, source, mode: str, size) -> np.ndarray:
-    """One image (a path or a file object; ``image`` is PIL.Image) -> [channels, H, W] float32 in [0, 1],
-    resized to ``size`` (default: its own)."""
-    try:
-        with image.open(source) as img:
-            img = img.convert(mode)
-            if size is not None and (img.height, img.width) != tuple(size):
-                img = img.resize((size[1], size[0]))
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise MtkdError(f"data: cannot read image {getattr(source, 'name', source)} ({exc})") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+def _files(folder: Path, root: Path) -> tuple[list[Path], list[str], list[str]]:
+    """Image files, their labels (folder names) and the sorted class names of one split."""
+    if not folder.is_dir():
+        raise MtkdError(f"data.root: folder not found: {folder} (expected {root}/train and {root}/test)")
+    classes = label_names([p.name for p in folder.iterdir() if p.is_dir()])  # "2" before "10"
+    files, labels = [], []
+    for name in classes:
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in EXTENSIONS):
+            files.append(path)
+            labels.append(name)
+    if not files:
+        raise MtkdError(f"data: no images in the class folders of {folder}")
+    return files, labels, classes
 
 
 def _read(folder: Path, cfg: ImageFolderConfig, size):
     from ..optional import require
 
     image = require("PIL.Image", "images", "data set 'images'")
-    if not folder.is_dir():
-        raise MtkdError(f"data.root: folder not found: {folder} (expected {cfg.root}/train and {cfg.root}/test)")
-    classes = label_names([p.name for p in folder.iterdir() if p.is_dir()])  # "2" before "10"
-    arrays, labels = [], []
-    for name in classes:
-        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in EXTENSIONS):
-            arr = decode(image, path, cfg.mode, size)
-            size = arr.shape[1:]
-            arrays.append(arr)
-            labels.append(name)
-    if not arrays:
-        raise MtkdError(f"data: no images in the class folders of {folder}")
+    files, labels, classes = _files(folder, cfg.root)
+    if cfg.workers is not None:  # kept encoded: decoded a batch at a time by the training loader
+        from .lazy_images import LazyImages, check_readable, first_size
+
+        check_readable(files, "data")
+        size = first_size(files, size)
+        return LazyImages([str(f) for f in files], cfg.mode, size), labels, classes, size
+    arrays = []
+    for path in files:
+        arrays.append(decode(image, path, cfg.mode, size))
+        size = arrays[-1].shape[1:]
     return np.stack(arrays), labels, classes, size
 
 
 def load(cfg: ImageFolderConfig) -> DataSplits:
     x_tr, lab_tr, classes, size = _read(cfg.root / "train", cfg, cfg.size)
     x_te, lab_te, _, _ = _read(cfg.root / "test", cfg, size)
-    return make_splits("images", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed, names=classes)
+    data = make_splits("images", x_tr, lab_tr, x_te, lab_te, cfg.val_fraction, cfg.seed, names=classes)
+    data.workers = cfg.workers
+    return data

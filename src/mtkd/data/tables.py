@@ -20,6 +20,11 @@ def label_names(values: Sequence[str]) -> list[str]:
     return sorted(set(values), key=key)
 
 
+def _inputs(x):
+    """An array [N, ...] as a float32 tensor; lazily decoded images (``LazyImages``) as they are."""
+    return x if getattr(x, "decoded_on_read", False) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
 def make_splits(name: str, x_tr: np.ndarray, lab_tr: list[str], x_te: np.ndarray, lab_te: list[str],
                 val_fraction: float, seed: int, names: list[str] | None = None, x_unl: np.ndarray | None = None,
                 prep: tuple[list[str], str, str] | None = None) -> DataSplits:
@@ -37,10 +42,8 @@ def make_splits(name: str, x_tr: np.ndarray, lab_tr: list[str], x_te: np.ndarray
     unknown = sorted(set(lab_te) - set(lookup)) + sorted(set(lab_tr) - set(lookup))
     if unknown:
         raise MtkdError(f"data: labels {unknown[:5]} are not among the classes {names[:10]}")
-    train = IndexedTensorDataset(torch.as_tensor(np.asarray(x_tr, dtype=np.float32)),
-                                 torch.tensor([lookup[v] for v in lab_tr], dtype=torch.long))
-    test = IndexedTensorDataset(torch.as_tensor(np.asarray(x_te, dtype=np.float32)),
-                                torch.tensor([lookup[v] for v in lab_te], dtype=torch.long))
+    train = IndexedTensorDataset(_inputs(x_tr), torch.tensor([lookup[v] for v in lab_tr], dtype=torch.long))
+    test = IndexedTensorDataset(_inputs(x_te), torch.tensor([lookup[v] for v in lab_te], dtype=torch.long))
     train, val = split_off(train, val_fraction, seed)
     unlabeled = None
     if x_unl is not None:

@@ -14,33 +14,14 @@ Every model's first block takes the input as [B, C, L] (a 1-D signal is [B, 1, L
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
 import torch
 from torch import nn
 
 from ..errors import MtkdError
 from .cnn1d import Cnn1d
 from .gru import Gru
+from .stages import Blocks, Stage, run_blocks  # noqa: F401 - Blocks and run_blocks are used from here too
 from .transformer import Transformer
-
-
-class Stage(nn.Module):
-    """A block of a model: ``fn(parts, x)`` over submodules ``parts`` borrowed from the model."""
-
-    def __init__(self, parts: list[nn.Module], fn: Callable, layout: str):
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-        self.fn = fn  # a module-level function, so deepcopy and pickling keep working
-        self.layout = layout  # layout of the output: vector, channels or tokens
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.parts, x)
-
-
-class Blocks(NamedTuple):
-    body: list[Stage]  # the feature blocks, in order
-    head: Stage  # features of the last body block -> logits [B, num_classes]
 
 
 def _as_channels(x: torch.Tensor) -> torch.Tensor:
@@ -116,11 +97,12 @@ def model_blocks(model: nn.Module) -> Blocks:
                 for n, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
         body = body or [Stage([parts[0]], _sequential, "vector")]  # no hidden layer: the flatten alone
         return Blocks(body, Stage([parts[-1]], _sequential, "vector"))
+    from .library_blocks import library_blocks
+
+    blocks = library_blocks(model)  # timm / torchvision image classifiers
+    if blocks is not None:
+        return blocks
     raise MtkdError(f"{type(model).__name__} cannot be split into blocks; TAS needs a built-in 1-D model "
-                    "(cnn1d, mlp, gru, transformer) as student and teachers")
+                    "(cnn1d, mlp, gru, transformer) or a timm / torchvision image classifier (ViT, ResNet, "
+                    "ConvNeXt, EfficientNet, MobileNet) as student and teachers")
 
-
-def run_blocks(stages, x: torch.Tensor) -> torch.Tensor:
-    for stage in stages:
-        x = stage(x)
-    return x

@@ -21,26 +21,52 @@ TOKEN_MODULES = (nn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLa
                  nn.MultiheadAttention, nn.Linear, nn.LayerNorm, nn.Embedding)
 
 
+# wrappers mtkd puts around a library's model (mtkd.models.sources: input conversion, Hugging Face
+# logits); their layers are named as the library names them, without the wrapper's "model." prefix
+WRAPPERS = ("InputAdapter", "HfLogits")
+# class names of library modules that work on [B, T, D] token sequences (timm's ViT Block and
+# PatchEmbed, transformers' ViTLayer / ViTEmbeddings / encoders)
+TOKEN_CLASS_HINTS = ("Block", "PatchEmbed", "Layer", "Attention", "Embeddings", "Encoder", "Mlp")
+
+
+def library_model(model: nn.Module) -> tuple[nn.Module, str]:
+    """(the model inside mtkd's wrappers, the prefix its layers have in ``model.named_modules()``)."""
+    prefix = ""
+    while type(model).__name__ in WRAPPERS and isinstance(getattr(model, "model", None), nn.Module):
+        model, prefix = model.model, prefix + "model."
+    return model, prefix
+
+
 def layer_names(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_modules() if name]
+    inner, _ = library_model(model)
+    return [name for name, _ in inner.named_modules() if name]
 
 
 def find_layer(model: nn.Module, name: str | None, where: str = "model") -> nn.Module:
-    """The submodule called ``name``; an error listing every layer name when there is none."""
+    """The submodule called ``name`` (as the library names it: ``layer3``, ``blocks.1``, ``stages.2``);
+    an error listing every layer name when there is none."""
     if name is None:
         return head_layer(model)
-    modules = dict(model.named_modules())
+    inner, _ = library_model(model)
+    modules = dict(inner.named_modules())
     if not name or name not in modules:
-        raise ConfigError(f"{where}: {type(model).__name__} has no layer {name!r}; its layers are: "
+        raise ConfigError(f"{where}: {type(inner).__name__} has no layer {name!r}; its layers are: "
                           f"{', '.join(layer_names(model))}")
     return modules[name]
+
+
+def _works_on_tokens(module: nn.Module) -> bool:
+    if isinstance(module, TOKEN_MODULES):
+        return True
+    return (any(h in type(module).__name__ for h in TOKEN_CLASS_HINTS)
+            and not any(isinstance(m, nn.Conv1d) for m in module.modules()))  # a 1-D conv block is channels
 
 
 def layout_of(module: nn.Module, value: torch.Tensor) -> str:
     """Guess the layout of a layer's output [B, ...]: vector, channels (CNN) or tokens."""
     if value.dim() == 2:
         return "vector"
-    if value.dim() == 3 and isinstance(module, TOKEN_MODULES):
+    if value.dim() == 3 and _works_on_tokens(module):
         return "tokens"
     return "channels"
 

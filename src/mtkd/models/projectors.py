@@ -22,6 +22,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Layout = Literal["vector", "channels", "tokens"]
@@ -54,9 +55,32 @@ def from_channels(x: torch.Tensor, shape: tuple[int, ...], layout: str) -> torch
     return x.reshape(len(x), *shape)
 
 
+def align_positions(h: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """[B, C, *positions] -> [B, C, *size], positions being [L] (tokens) or [H, W] (a feature map):
+    adaptive average pooling when every dimension shrinks (or stays), else (bi)linear interpolation
+    (align_corners=False). Nothing is learned: a conv map's grid stays a grid."""
+    size = tuple(size)
+    if tuple(h.shape[2:]) == size:
+        return h
+    if all(a >= b for a, b in zip(h.shape[2:], size)):
+        return F.adaptive_avg_pool2d(h, size) if len(size) == 2 else F.adaptive_avg_pool1d(h, size)
+    return F.interpolate(h, size=size, mode="bilinear" if len(size) == 2 else "linear", align_corners=False)
+
+
 class Projector(nn.Module):
     """Maps features of per-sample shape ``in_shape`` (layout ``in_layout``) to ``out_shape``
-    (layout ``out_layout``): [B, *in_shape] -> [B, *out_shape]."""
+    (layout ``out_layout``): [B, *in_shape] -> [B, *out_shape].
+
+    Two layouts keep their structure instead of going through the canonical form:
+
+    - conv feature maps on both sides, [C, H, W] -> [C', H', W'] (FitNet's case on CNNs): a
+      ``kernel`` x ``kernel`` ``nn.Conv2d`` (FitNet's 1x1 regressor by default), then the map is
+      brought to [H', W'] by :func:`align_positions` (adaptive average pooling down, bilinear up);
+    - token sequences on both sides, [T, D] -> [T', D'] (transformer layers, e.g. ViT blocks): a
+      linear map of each token D -> D' (``kernel`` 1), then the sequence brought to T' tokens by
+      :func:`align_positions` (pooling or linear interpolation along the sequence).
+
+    Unless ``mix_positions`` asks for the learned map across positions (TAS's projector)."""
 
     def __init__(self, in_shape, in_layout: str, out_shape, out_layout: str, kernel: int = 1,
                  mix_positions: bool = False):
@@ -65,13 +89,25 @@ class Projector(nn.Module):
         self.in_layout, self.out_layout = in_layout, out_layout
         c_in, l_in = canonical_shape(self.in_shape, in_layout)
         c_out, l_out = canonical_shape(self.out_shape, out_layout)
-        self.local = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)  # same length for odd kernels
-        # positions are mixed when the lengths differ (or when asked: the "global" half of TAS's projector)
-        self.globl = nn.Linear(l_in, l_out) if (l_in != l_out or mix_positions) else None
+        maps = in_layout == out_layout == "channels" and len(self.in_shape) == len(self.out_shape) == 3
+        tokens = in_layout == out_layout == "tokens" and len(self.in_shape) == len(self.out_shape) == 2
+        self.aligned = (maps or tokens) and not mix_positions  # positions pooled/interpolated, not learned
+        if self.aligned and maps:
+            self.local = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)  # [B, C, H, W] -> [B, C', H, W]
+            self.positions = self.out_shape[1:]
+        else:
+            self.local = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)  # same length for odd kernels
+            self.positions = (self.out_shape[0],) if tokens else None
+        # otherwise positions are mixed when the lengths differ (or when asked: the "global" half of TAS's projector)
+        self.globl = nn.Linear(l_in, l_out) if not self.aligned and (l_in != l_out or mix_positions) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.aligned and len(self.positions) == 2:  # [B, C, H, W] -> [B, C', H', W']
+            return align_positions(self.local(x), self.positions)
         h = self.local(to_channels(x, self.in_layout))  # [B, C', L]
-        if self.globl is not None:
+        if self.aligned:
+            h = align_positions(h, self.positions)  # [B, D', T] -> [B, D', T']
+        elif self.globl is not None:
             h = self.globl(h)  # [B, C', L']
         return from_channels(h, self.out_shape, self.out_layout)
 

@@ -140,17 +140,24 @@ class InputAdapter(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) if mean is not None else None)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) if std is not None else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def convert(self, x: torch.Tensor) -> torch.Tensor:
+        """The pipeline's tensor [B, C, H, W] -> the model's input (what ``forward`` feeds it)."""
         if self.channels and x.shape[1] == 1:
             x = x.expand(-1, self.channels, -1, -1)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            # antialiasing matters only when a side shrinks; without it an upsampling resize is the plain
+            # (bi)linear op, which ONNX exports (its antialiased form has no ONNX operator)
+            shrinks = any(int(t) < int(s) for t, s in zip(self.size, x.shape[-2:]))
             x = F.interpolate(x, size=self.size, mode=self.interpolation,
-                              **({} if self.interpolation == "nearest" else {"align_corners": False, "antialias": True}))
+                              **({} if self.interpolation == "nearest" else {"align_corners": False, "antialias": shrinks}))
         if self.mean is not None:
             x = x - self.mean
         if self.std is not None:
             x = x / self.std
-        return self.model(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.convert(x))
 
 
 class HfLogits(nn.Module):

@@ -10,6 +10,12 @@ three paths, teacher -> assistant, teacher -> student and assistant -> student, 
 loss on logits (Hao et al., NeurIPS 2023, see ``mtkd.losses.ofa``) and a spatial-agnostic InfoNCE
 loss, with a learned temperature, on spatially smoothed features (``mtkd.losses.infonce``).
 
+Stages: the built-in 1-D models' blocks (``mtkd.models.blocks``), or for timm and torchvision image
+classifiers the stages found by ``mtkd.models.library_blocks`` (timm's ``feature_info`` stages,
+torchvision's ResNet layers / ``features`` modules, a ViT's embedding and blocks), checked to
+reproduce the model's output before training. On images the L2G projector sees a CNN stage's map
+[C, H, W] as C channels over H*W positions (our 1-D form of the paper's 2-D projector).
+
 Our version for the 1-D models (``mtkd.models.blocks``): a CNN student with a transformer (or GRU,
 MLP) teacher gives the student's first conv blocks -> L2G -> the teacher's last layers and head; a
 CNN teacher with a transformer student gives the teacher's first conv blocks -> L2G -> the
@@ -40,6 +46,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import ce_loss, infonce_loss, infonce_loss_per_sample, ofa_loss, spatial_smooth
 from ..models.blocks import Blocks, model_blocks, run_blocks
+from ..models.library_blocks import check_composition
 from ..models.projectors import LocalToGlobalProjector, Projector, to_channels
 from ..teachers import FrozenTeacher
 from .base import Traits
@@ -217,8 +224,9 @@ class TasRecipe(nn.Module):
             raise ConfigError(f"distill.assistant_teacher: no teacher named {options.assistant_teacher!r}; "
                               f"teachers are: {', '.join(names)}")
         source = names.index(options.assistant_teacher) if options.assistant_teacher else 0
-        for name, model in teachers:
-            model_blocks(model)
+        for name, model in [("student", student)] + [(f"teachers ({n})", m) for n, m in teachers]:
+            # library models (timm, torchvision): the stages found must reproduce the model's output
+            check_composition(model, model_blocks(model), input_shape, name)
         _split(options, student, teachers[source][1])
 
     @torch.no_grad()
