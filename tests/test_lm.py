@@ -263,3 +263,41 @@ def test_on_policy_batches_are_the_students_samples_scored_by_the_teachers(root,
              if '"on_policy"' in line]
     assert len(flags) == 8 and 0 < sum(flags) < 8
     assert json.loads((out / "summary.json").read_text())["student"]["perplexity"] > 1
+
+
+def test_teachers_taking_turns_give_the_same_student_and_move_one_teacher_per_batch(root, raw, finished):
+    """distill.teachers_on_device: 1 keeps the two teachers in CPU memory and lets one at a time onto the
+    device: on the CPU nothing really moves, so the student is the live run's bit for bit; the mixture row
+    (every teacher on one device at once) is left out. teacher_token_logits runs the resident teacher
+    first, so two teachers with one slot cost one load per batch after the first."""
+    from mtkd.recipes.lm_offline import teacher_token_logits
+    from mtkd.teachers.placement import DeviceTurns
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(raw)
+    cfg["distill"].update(teachers_on_device=1)
+    out = root / "runs" / "turns"
+    assert main(["run", str(_write(root, cfg, "turns")), "--out", str(out), "--no-progress"]) == 0
+    a = load_torch(out / "student.pt")["state_dict"]
+    b = load_torch(finished / "student.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    s = json.loads((out / "summary.json").read_text())
+    assert "ensemble" not in s and len(s["teachers"]) == 2
+
+    models = [AutoModelForCausalLM.from_pretrained(str(root / "teachers" / n)) for n in ("code", "prose")]
+    pairs = list(zip(("code", "prose"), models))
+    ids = torch.randint(0, models[0].config.vocab_size, (2, 8))
+    expected = teacher_token_logits(pairs, ids)  # [2, 2, 8, V], each where its weights are
+    turns = DeviceTurns(1, "cpu")
+    for m in models:
+        turns.add(m)
+    for batch in range(3):
+        assert torch.equal(teacher_token_logits(pairs, ids, turns), expected)
+        assert turns.moves == 2 + batch  # 2 loads for the first batch, then 1 per batch
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without that many GPUs")
+def test_a_teacher_device_torch_cannot_see_is_one_line(root, raw, capsys):
+    _bad(root, raw, capsys, lambda c: c["teachers"][0].update(device="cuda:7"), "torch sees 0 CUDA device(s)",
+         "teacher-device")
+    _bad(root, raw, capsys, lambda c: c["distill"].update(channels_last=True), "for image inputs", "channels-last")

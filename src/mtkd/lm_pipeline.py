@@ -27,9 +27,11 @@ from .models.files import arch_config, load_model_file, save_model_file
 from .recipes.lm_offline import LmOfflineRecipe
 from .recipes.lm_scratch import LmScratchRecipe
 from .report.language_model import write_lm_report
-from .run_setup import _comparable, announce, check_free_space, fingerprint, open_run_dir, resolve_device
+from .run_setup import (_comparable, announce, check_free_space, check_placement, fingerprint, open_run_dir,
+                        resolve_device)
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
+from .teachers.placement import DeviceTurns, visiting
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer
 
@@ -162,6 +164,7 @@ def prepare_lm(cfg: Config) -> LmPrepared:
     if d.recipe == "offline" and not teachers:
         raise ConfigError("teachers: recipe 'offline' needs at least one teacher")
     device = resolve_device(d.device)
+    check_placement(cfg, (cfg.data.seq_len,), device)  # teachers[i].device, compile, channels_last (refused: 1-D)
     if d.cache == "auto" and teachers and d.recipe == "offline" and not uses_token_cache(d):
         notes.append("note: distill.cache 'auto' with cache_storage other than topk: language-model teachers run "
                      "live (set cache_storage: topk and cache_topk to cache them)")
@@ -193,7 +196,8 @@ def uses_token_cache(d) -> bool:
 
 def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[str, nn.Module]], d, aggregator_options,
                     vocab: int, eos_id: int, pad_id: int, domain_names=(), teacher_weights=None,
-                    device: torch.device | str = "cpu", cache=None, seed: int = 0) -> nn.Module:
+                    device: torch.device | str = "cpu", cache=None, seed: int = 0,
+                    turns: DeviceTurns | None = None) -> nn.Module:
     """The language-model recipe ``recipe_name`` ('offline' or 'scratch') over ``teachers`` (name, module),
     with the aggregator and loss of ``d`` (the distill settings); the pipeline and ``mtkd.distill`` call it."""
     if recipe_name == "scratch":
@@ -213,7 +217,27 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
                             teacher_names=tuple(n for n, _ in teachers), domain_names=tuple(domain_names))
     aggregator = build_aggregator(d.aggregator, ctx, aggregator_options)
     return LmOfflineRecipe(student, teachers, aggregator, d.loss, eos_id, pad_id, d.temperature, d.alpha, d.beta,
-                           d.token_chunk, cache, d.on_policy, seed)
+                           d.token_chunk, cache, d.on_policy, seed, turns)
+
+
+def place_lm_teachers(prep: LmPrepared) -> tuple[list[tuple[str, nn.Module]], DeviceTurns | None]:
+    """(name, teacher) pairs placed as the config says: a teacher with ``device`` of its own goes there;
+    the others sit beside the student, or, with ``0 < distill.teachers_on_device <`` their number, stay in
+    CPU memory and take turns on the compute device (the returned DeviceTurns; None otherwise)."""
+    own = {spec.name: spec.device for spec in prep.cfg.teachers if spec.device}
+    movable = [m for name, _, m, _ in prep.teachers if name not in own]
+    slots = prep.cfg.distill.teachers_on_device
+    turns = DeviceTurns(slots, prep.device) if 0 < slots < len(movable) else None
+    placed = []
+    for name, _, model, _ in prep.teachers:
+        if name in own:
+            model = model.to(resolve_device(own[name]))
+        elif turns is not None:
+            turns.add(model)
+        else:
+            model = model.to(prep.device)
+        placed.append((name, model))
+    return placed, turns
 
 
 class LmRun:
@@ -254,13 +278,13 @@ class LmRun:
         seq = self.data.input_shape
         student = build_model(cfg.student, seq, prep.vocab)
         info = prep.info
-        teachers = [(name, m.to(prep.device)) for name, _, m, _ in prep.teachers]
+        teachers, turns = place_lm_teachers(prep)
         cache = self.token_cache() if recipe_name == "offline" and uses_token_cache(d) else None
         if recipe_name == "scratch" and d.recipe != "scratch":  # the baseline: next-token cross-entropy only
             d = d.model_copy(update={"on_policy": None})
         recipe = build_lm_recipe(recipe_name, student, teachers, d, self.cfg.aggregator_options, prep.vocab,
                                  info.eos_id, info.pad_id, self.data.domain_names, [w for *_, w in prep.teachers],
-                                 prep.device, cache, cfg.seed)
+                                 prep.device, cache, cfg.seed, turns)
         from .data import BatchLoader
 
         stage = "scratch" if stem == "student_scratch" else "distill"
@@ -317,15 +341,20 @@ def _stages(prep: LmPrepared, data: TextSplits, out: Path, progress: bool, log, 
         return {**extra, "params": sum(count_params(m) for m in models),
                 **perplexities([m.to(device) for m in models], data.test, names, device)}
 
+    def teacher_record(model, **extra):  # where the teacher ran in training: its own device, or a visit
+        with visiting(model, device) as where:
+            return {**extra, "params": count_params(model), **perplexities([model], data.test, names, where)}
+
     teacher_models = [m for _, _, m, _ in prep.teachers]
     summary = {
         "dataset": "text", "task": "language_model", "recipe": d.recipe,
         "aggregator": d.aggregator if d.recipe == "offline" else None,
         "loss": d.loss if d.recipe == "offline" else "cross_entropy", "seed": cfg.seed,
         "student": record([student], arch=str(cfg.student.arch)),
-        "teachers": [record([m], name=name, arch=arch) for name, arch, m, _ in prep.teachers],
+        "teachers": [teacher_record(m, name=name, arch=arch) for name, arch, m, _ in prep.teachers],
     }
-    if len(teacher_models) > 1:
+    apart = 0 < d.teachers_on_device < len(teacher_models) or any(spec.device for spec in cfg.teachers)
+    if len(teacher_models) > 1 and not apart:  # the mixture needs every teacher on one device at once
         summary["ensemble"] = record(teacher_models, rule=f"mean of {len(teacher_models)} (mixture of probabilities)")
     if scratch is not None:
         summary["scratch"] = record([scratch], arch=str(cfg.student.arch))

@@ -36,7 +36,7 @@ from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer, predict_logits
 from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
 from .recipes.assistant import train_chain
-from .run_setup import MIN_FREE_BYTES, _comparable, announce, check_free_space, fingerprint, open_run_dir, resolve_device  # noqa: F401,E501
+from .run_setup import MIN_FREE_BYTES, _comparable, announce, check_free_space, check_placement, fingerprint, open_run_dir, resolve_device  # noqa: F401,E501
 
 
 @dataclass
@@ -152,24 +152,6 @@ def prepare(cfg: Config) -> Prepared:
     if traits.checks_config:  # recipe-specific checks of the prepared run, before any work
         recipe_cls.check_config(prep)
     return prep
-
-
-def check_placement(cfg: Config, input_shape: tuple, device: torch.device) -> None:
-    """teachers[i].device, distill.compile and distill.channels_last: refused now if they cannot work here."""
-    for i, spec in enumerate(cfg.teachers):
-        if spec.device is not None and spec.device.startswith("cuda"):
-            index = int(spec.device.partition(":")[2] or 0)
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if index >= count:
-                raise ConfigError(f"teachers[{i}].device: {spec.device!r}, but torch sees {count} CUDA device(s); "
-                                  "use 'cpu', another GPU index, or leave it out")
-    if cfg.distill.channels_last and len(input_shape) != 3:
-        raise ConfigError(f"distill.channels_last: for image inputs [channels, height, width]; these inputs have "
-                          f"shape {list(input_shape)}; set distill.channels_last: false")
-    if cfg.distill.compile:
-        from .compiling import check_compile
-
-        check_compile(device)
 
 
 

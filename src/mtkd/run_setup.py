@@ -23,6 +23,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_placement(cfg, input_shape: tuple, device: torch.device) -> None:
+    """cfg: a Config. teachers[i].device, distill.compile and distill.channels_last: refused now if they cannot work here."""
+    for i, spec in enumerate(cfg.teachers):
+        if spec.device is not None and spec.device.startswith("cuda"):
+            index = int(spec.device.partition(":")[2] or 0)
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if index >= count:
+                raise ConfigError(f"teachers[{i}].device: {spec.device!r}, but torch sees {count} CUDA device(s); "
+                                  "use 'cpu', another GPU index, or leave it out")
+    if cfg.distill.channels_last and len(input_shape) != 3:
+        raise ConfigError(f"distill.channels_last: for image inputs [channels, height, width]; these inputs have "
+                          f"shape {list(input_shape)}; set distill.channels_last: false")
+    if cfg.distill.compile:
+        from .compiling import check_compile
+
+        check_compile(device)
+
+
 # ---------------------------------------------------------------- run directory
 
 def _comparable(cfg_dict: dict) -> dict:

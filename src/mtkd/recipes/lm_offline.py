@@ -14,6 +14,7 @@ with several teachers the per-token form of You et al. (KDD 2017)'s averaged sof
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -25,24 +26,34 @@ from ..data.text import loss_mask
 from ..errors import MtkdError
 from ..losses.tokens import aggregated_token_loss, masked_positions
 from ..on_policy import is_on_policy_step, sample_continuations
+from ..teachers.placement import DeviceTurns, model_device
 from .base import Traits
 
 
-def teacher_token_logits(teachers: Sequence[tuple[str, nn.Module]], ids: torch.Tensor) -> torch.Tensor:
-    """Every teacher's next-token logits on ``ids`` [B, T]: [K, B, T, V], outside autograd."""
-    outs = []
-    for name, model in teachers:
+def teacher_token_logits(teachers: Sequence[tuple[str, nn.Module]], ids: torch.Tensor,
+                         turns: DeviceTurns | None = None) -> torch.Tensor:
+    """Every teacher's next-token logits on ``ids`` [B, T]: [K, B, T, V] on ``ids``' device, outside autograd.
+
+    Each teacher runs where its weights are (beside the student, or a device of its own), or, with
+    ``turns`` (``distill.teachers_on_device``), on the compute device when its turn comes: the ones
+    already there first, so K teachers with one slot cost K - 1 moves per batch, not K."""
+    outs: list[torch.Tensor | None] = [None] * len(teachers)
+    order = turns.order([m for _, m in teachers]) if turns is not None else range(len(teachers))
+    for i in order:
+        name, model = teachers[i]
         if model.training:
             model.eval()
-        with torch.inference_mode():
-            out = model(ids)
-        out = getattr(out, "logits", out).clone()  # a transformers model returns an output with .logits  # an ordinary tensor outside inference mode
+        with (turns.use(model) if turns is not None else nullcontext(model_device(model))) as where:
+            with torch.inference_mode():
+                out = model(ids.to(where))
+        # a transformers model returns an output with .logits; clone: an ordinary tensor outside inference mode
+        out = getattr(out, "logits", out).clone().to(ids.device)
         if out.dim() != 3 or out.shape[:2] != ids.shape:
             raise MtkdError(f"teacher '{name}' returned logits {list(out.shape)} for token ids {list(ids.shape)}; "
                             "expected [batch, seq_len, vocab]")
         if not bool(torch.isfinite(out).all()):
             raise MtkdError(f"teacher '{name}' returned NaN or infinite logits")
-        outs.append(out)
+        outs[i] = out
     return torch.stack(outs)
 
 
@@ -52,7 +63,8 @@ class LmOfflineRecipe(nn.Module):
 
     def __init__(self, student: nn.Module, teachers: Sequence[tuple[str, nn.Module]], aggregator: nn.Module,
                  loss: str, eos_id: int, pad_id: int, temperature: float = 1.0, alpha: float = 0.9,
-                 beta: float = 0.5, chunk: int = 1024, cache=None, on_policy=None, seed: int = 0):
+                 beta: float = 0.5, chunk: int = 1024, cache=None, on_policy=None, seed: int = 0,
+                 turns: DeviceTurns | None = None):
         super().__init__()
         # on_policy: distill.on_policy (GKD's lambda, max_new_tokens, temperature) or None; the steps taken
         # so far are a buffer, so a resumed run draws the same on-policy steps and samples (mtkd.on_policy)
@@ -61,6 +73,9 @@ class LmOfflineRecipe(nn.Module):
         # cache: a mtkd.cache.tokens.TokenCache of the teachers' top-k + tail on the training rows (looked
         # up by row index), used instead of running the teachers; None = teachers run live
         self.cache = cache
+        # turns: teachers kept in CPU memory, at most turns.slots of them on the device at once
+        # (distill.teachers_on_device; mtkd.teachers.placement); None = each runs where its weights are
+        self.turns = turns
         self.student, self.aggregator = student, aggregator
         self.teachers = list(teachers)  # a plain list: their weights stay out of parameters()
         self.loss, self.eos_id, self.pad_id = loss, eos_id, pad_id
@@ -81,7 +96,7 @@ class LmOfflineRecipe(nn.Module):
             values, top_ids, tail = self.cache.lookup(index)
             teacher_logits = expand_tokens(values, top_ids, tail, self.cache.vocab_size).to(ids.device)
         else:
-            teacher_logits = teacher_token_logits(self.teachers, ids)  # [K, B, T, V]
+            teacher_logits = teacher_token_logits(self.teachers, ids, self.turns)  # [K, B, T, V]
         teacher_rows = masked_positions(teacher_logits, mask)  # [K, N, V]
         out = self.student(ids)  # [B, T, V] (a transformers model: an output with .logits)
         student_rows = masked_positions(getattr(out, "logits", out), mask)  # [N, V]
