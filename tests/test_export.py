@@ -64,10 +64,12 @@ def test_exported_student_matches_pytorch(run_dir, tmp_path, capsys, fmt):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_every_built_in_model_exports(tmp_path, arch, fmt):
     torch.manual_seed(0)
-    for shape in [(40,), (1, 8, 8), (3, 32, 32)]:  # the first input shape the model accepts
+    token_ids = lambda *size: torch.randint(0, 10, size).float()  # noqa: E731 - a language model's inputs
+    # the first input the model accepts: feature vectors, token ids, images
+    for shape, make in [((40,), torch.randn), ((40,), token_ids), ((1, 8, 8), torch.randn), ((3, 32, 32), torch.randn)]:
         try:
             model = build_model(arch, shape, 10).eval()
-            x = torch.randn(30, *shape)
+            x = make(30, *shape)
             model(x[:2])
             break
         except Exception:

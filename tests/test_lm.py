@@ -301,3 +301,15 @@ def test_a_teacher_device_torch_cannot_see_is_one_line(root, raw, capsys):
     _bad(root, raw, capsys, lambda c: c["teachers"][0].update(device="cuda:7"), "torch sees 0 CUDA device(s)",
          "teacher-device")
     _bad(root, raw, capsys, lambda c: c["distill"].update(channels_last=True), "for image inputs", "channels-last")
+
+
+def test_export_of_a_language_model_run_is_refused_in_one_line_and_load_student_works(finished, capsys):
+    assert main(["export", str(finished), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "language-model run" in err and len(err.splitlines()) == 1
+    assert not list(finished.glob("student.onnx*"))
+    import mtkd
+
+    student = mtkd.load_student(finished)
+    ids = torch.randint(0, 50, (2, 8))
+    assert student.model(ids).shape[:2] == (2, 8)

@@ -170,8 +170,13 @@ def test_meta_weight_network_learns_during_training(form):
     Trainer(recipe, BatchLoader(data, 20), TrainConfig(steps=60, lr=0.01, log_every=10),
           metrics=MetricsLog(None), progress=False).fit()
     assert any(not torch.equal(a, b) for a, b in zip(before, agg.net.parameters()))
+    # the recipe hands the aggregator the student's features only when it declares it needs them
+    # (form 'mmkd' weighs by the teachers' logits; 'bilevel' by the student's penultimate features)
+    assert (recipe.targets.features is not None) == agg.capabilities.needs_features
     with torch.no_grad():
         x = data.x[:50]
+        student_logits = student(x)
+        features = recipe.targets.features.value if recipe.targets.features is not None else None
         weights = agg(torch.stack([t(x) for t in teachers]), data.y[:50], 2.0,
-                      student_logits=student(x), features=recipe.targets.features.value).weights
+                      student_logits=student_logits, features=features).weights
     assert weights[:, 0].mean() > 0.7  # started at 0.5 (uniform)

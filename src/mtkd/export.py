@@ -219,6 +219,9 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
                 rundir.check_new_file(path, overwrite)
         config = load_yaml_text((run_dir / "config.yaml").read_text(errors="replace"), run_dir / "config.yaml")
         config = config if isinstance(config, dict) else {}
+        if (config.get("data") or {}).get("name") == "text":
+            raise MtkdError(f"{run_dir} is a language-model run: exporting its student to {fmt} is not supported yet; "
+                            "use student.pt (mtkd.load_student) in PyTorch")
         data = _run_data(config)
         student, teachers, missing = _run_models(run_dir, config, data, allow_code)
         x = data.test.x
