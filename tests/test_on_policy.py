@@ -133,3 +133,13 @@ def test_config():
         "lambda": 0.25, "max_new_tokens": 32, "temperature": 1.0}
     with pytest.raises(ValueError, match="smaller than the sequence length"):
         sample_continuations(Bigram(torch.zeros(V, V)), batch(), OnPolicyConfig(max_new_tokens=T), 0, 0)
+
+
+def test_max_new_tokens_must_leave_a_prompt_at_load():
+    raw = {"data": {"name": "text", "tokenizer": "tok", "seq_len": 8, "domains": {"a": {"paths": ["*.txt"]}}},
+           "teachers": [{"name": "t", "arch": "gpt"}], "student": {"arch": "gpt"},
+           "distill": {"on_policy": {"lambda": 0.5, "max_new_tokens": 8}}}
+    with pytest.raises(ConfigError, match="max_new_tokens: 8 leaves no prompt in rows of data.seq_len 8"):
+        parse_config(raw)
+    raw["distill"]["on_policy"]["max_new_tokens"] = 7
+    assert parse_config(raw).distill.on_policy.max_new_tokens == 7

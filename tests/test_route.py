@@ -135,3 +135,24 @@ def test_route_by_domain_on_a_classification_config_exits_2_before_writing(tmp_p
     cfg = parse_config({**raw, "distill": {"aggregator": {"name": "route", "by": "min_loss"}}})
     assert cfg.aggregator_options.by == "min_loss"
     assert cfg.to_dict()["distill"]["aggregator"] == {"name": "route", "by": "min_loss", "map": None}
+
+
+def text_config(distill):
+    return {"data": {"name": "text", "tokenizer": "tok", "seq_len": 8,
+                     "domains": {"code": {"paths": ["*.py"]}, "prose": {"paths": ["*.txt"]}}},
+            "teachers": [{"name": "coder", "arch": "gpt"}, {"name": "writer", "arch": "gpt"}],
+            "student": {"arch": "gpt"}, "distill": distill}
+
+
+def test_route_by_domain_is_checked_against_the_text_domains_at_load():
+    ok = parse_config(text_config({"aggregator": {"name": "route", "by": "domain",
+                                                  "map": {"code": ["coder"], "prose": ["writer", "coder"]}}}))
+    assert ok.aggregator_options.map == {"code": ["coder"], "prose": ["writer", "coder"]}
+    with pytest.raises(ConfigError, match="unknown domain 'math'"):
+        parse_config(text_config({"aggregator": {"name": "route", "by": "domain",
+                                                 "map": {"code": ["coder"], "prose": ["writer"], "math": ["coder"]}}}))
+    with pytest.raises(ConfigError, match="map.prose: unknown teacher 'poet'"):
+        parse_config(text_config({"aggregator": {"name": "route", "by": "domain",
+                                                 "map": {"code": ["coder"], "prose": ["poet"]}}}))
+    with pytest.raises(ConfigError, match="domain 'prose' has no teacher"):
+        parse_config(text_config({"aggregator": "route", "by": "domain", "map": {"code": ["coder"]}}))  # flat keys
