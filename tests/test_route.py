@@ -156,3 +156,19 @@ def test_route_by_domain_is_checked_against_the_text_domains_at_load():
                                                  "map": {"code": ["coder"], "prose": ["poet"]}}}))
     with pytest.raises(ConfigError, match="domain 'prose' has no teacher"):
         parse_config(text_config({"aggregator": "route", "by": "domain", "map": {"code": ["coder"]}}))  # flat keys
+
+
+def test_a_dropped_teacher_leaves_its_samples_to_the_rest():
+    from mtkd.aggregation.base import aggregated_kd
+
+    agg = build_aggregator("route", ctx(["t0", "t1", "t2"], ["a", "b"]),
+                           {"by": "domain", "map": {"a": ["t0", "t1"], "b": ["t2"]}})
+    z = torch.randn(3, 2, 4)
+    alive = torch.tensor([False, True, True])  # t0 failed on this batch
+    _, weights = aggregated_kd(agg, torch.zeros(2, 4), z, torch.tensor([0, 1]), 1.0, alive=alive,
+                               domains=torch.tensor([0, 1]))
+    assert torch.allclose(weights, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    alive = torch.tensor([True, True, False])  # t2, domain b's only teacher, failed
+    _, weights = aggregated_kd(agg, torch.zeros(2, 4), z, torch.tensor([0, 1]), 1.0, alive=alive,
+                               domains=torch.tensor([0, 1]))
+    assert torch.allclose(weights, torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]))
