@@ -143,3 +143,18 @@ def test_max_new_tokens_must_leave_a_prompt_at_load():
         parse_config(raw)
     raw["distill"]["on_policy"]["max_new_tokens"] = 7
     assert parse_config(raw).distill.on_policy.max_new_tokens == 7
+
+
+def test_on_policy_batch_is_none_off_policy_and_the_sample_on_policy():
+    from mtkd.on_policy import on_policy_batch
+
+    model, ids = Bigram(torch.randn(V, V)), batch()
+    assert on_policy_batch(model, ids, None, 0, 0) is None
+    options = OnPolicyConfig.model_validate({"lambda": 0.5, "max_new_tokens": 3})
+    steps = [s for s in range(40) if is_on_policy_step(0, s, 0.5)]
+    assert 0 < len(steps) < 40
+    for s in range(6):
+        got = on_policy_batch(model, ids, options, 0, s)
+        assert (got is None) == (s not in steps)
+        if got is not None:
+            assert torch.equal(got.input_ids, sample_continuations(model, ids, options, 0, s).input_ids)
