@@ -246,3 +246,16 @@ def test_the_python_block_of_the_text_page_runs(root):
     with _chdir(root):
         exec(compile(block, "docs/tasks/text.md", "exec"), scope)
     assert scope["data"].domain_names == ("code", "prose") and (root / "tokens" / "manifest.json").is_file()
+
+
+def test_student_from_the_token_cache_matches_the_live_one(root, raw, finished):
+    """k = 64 keeps every one of the 56 tokens: the cached targets differ from the live ones only by
+    float16 rounding, so the two students end close; the summary reports the cache's size and error."""
+    cfg = copy.deepcopy(raw)
+    cfg["distill"].update(baseline=False, cache="auto", cache_storage="topk", cache_topk=64)
+    out = root / "runs" / "cached"
+    assert main(["run", str(_write(root, cfg, "cached")), "--out", str(out), "--no-progress"]) == 0
+    s, live = json.loads((out / "summary.json").read_text()), json.loads((finished / "summary.json").read_text())
+    assert s["cache"]["k"] == 64 and s["cache"]["bytes_per_token"] > 0 and s["cache"]["kl_mean"] < 1e-4
+    assert s["student"]["perplexity"] == pytest.approx(live["student"]["perplexity"], rel=1e-3)
+    assert any((out / "teacher_cache").iterdir())

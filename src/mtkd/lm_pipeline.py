@@ -104,9 +104,10 @@ def prepare_lm(cfg: Config) -> LmPrepared:
                           f"choose one of: {', '.join(a for a in TEXT_AGGREGATORS if a in AGGREGATORS)}")
     if d.amp == "fp16":
         raise ConfigError("distill.amp: 'fp16' is not supported for language models yet; use 'bf16' or 'off'")
-    if d.cache == "always":
-        raise ConfigError("distill.cache: 'always': language-model teachers run live in this version "
-                          "(the token cache is not wired into the pipeline yet); use 'auto' or 'off'")
+    if d.cache != "off" and d.recipe == "offline" and (d.cache_storage != "topk" or d.cache_topk <= 0):
+        if d.cache == "always":
+            raise ConfigError("distill.cache: language-model teachers are cached as top-k log-probabilities plus "
+                              "the tail mass; set distill.cache_storage: topk and distill.cache_topk (e.g. 64)")
     files, tokenizer, info = prepare_text(cfg.data)
     seq = cfg.data.seq_len
     vocab = _student_vocab(cfg, info)
@@ -156,8 +157,9 @@ def prepare_lm(cfg: Config) -> LmPrepared:
     if d.recipe == "offline" and not teachers:
         raise ConfigError("teachers: recipe 'offline' needs at least one teacher")
     device = resolve_device(d.device)
-    if d.cache == "auto" and teachers and d.recipe == "offline":
-        notes.append("note: distill.cache 'auto': language-model teachers run live in this version")
+    if d.cache == "auto" and teachers and d.recipe == "offline" and not uses_token_cache(d):
+        notes.append("note: distill.cache 'auto' with cache_storage other than topk: language-model teachers run "
+                     "live (set cache_storage: topk and cache_topk to cache them)")
     return LmPrepared(cfg, files, tokenizer, info, vocab, teachers, device, params, notes)
 
 
@@ -179,9 +181,14 @@ def _check_causal(model: nn.Module, seq: int, vocab: int, where: str) -> None:
                           f"next-token logits [batch, seq_len, {vocab}]")
 
 
+def uses_token_cache(d) -> bool:
+    """Whether an offline language-model run reads its teachers from the top-k + tail token cache."""
+    return d.cache != "off" and d.recipe == "offline" and d.cache_storage == "topk" and d.cache_topk > 0
+
+
 def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[str, nn.Module]], d, aggregator_options,
                     vocab: int, eos_id: int, pad_id: int, domain_names=(), teacher_weights=None,
-                    device: torch.device | str = "cpu") -> nn.Module:
+                    device: torch.device | str = "cpu", cache=None) -> nn.Module:
     """The language-model recipe ``recipe_name`` ('offline' or 'scratch') over ``teachers`` (name, module),
     with the aggregator and loss of ``d`` (the distill settings); the pipeline and ``mtkd.distill`` call it."""
     if recipe_name == "scratch":
@@ -198,7 +205,7 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
                             teacher_names=tuple(n for n, _ in teachers), domain_names=tuple(domain_names))
     aggregator = build_aggregator(d.aggregator, ctx, aggregator_options)
     return LmOfflineRecipe(student, teachers, aggregator, d.loss, eos_id, pad_id, d.temperature, d.alpha, d.beta,
-                           d.token_chunk)
+                           d.token_chunk, cache)
 
 
 class LmRun:
@@ -211,6 +218,21 @@ class LmRun:
         self.metrics = MetricsLog(out / "metrics.jsonl", trackers)
         self.state_path = out / "stages.json"
         self.stages = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.cache_info: dict | None = None  # the token cache's size and error, once built
+
+    def token_cache(self):
+        """Every teacher's top-k + tail on the training rows (built once, reused by later runs with
+        the same rows and teachers); records its size and measured error for the summary."""
+        from .cache.tokens import TokenCache, build_token_cache
+
+        d, prep = self.cfg.distill, self.prep
+        report = build_token_cache([(name, lambda m=m: m) for name, _, m, _ in prep.teachers], self.data.train.x,
+                                   d.cache_dir or self.out / "teacher_cache", k=d.cache_topk, device=prep.device,
+                                   temperature=d.temperature, log=self.log)
+        errors = [e.manifest["topk_error"] for e in report.entries]
+        self.cache_info = {"storage": "topk", "k": d.cache_topk, "bytes_per_token": round(report.bytes_per_token, 1),
+                           "kl_mean": max(e["kl_mean"] for e in errors), "kl_max": max(e["kl_max"] for e in errors)}
+        return TokenCache(report)
 
     def student(self, recipe_name: str) -> nn.Module:
         """Train (or load, when done) the student with ``recipe_name``; same initial weights for every recipe."""
@@ -225,9 +247,10 @@ class LmRun:
         student = build_model(cfg.student, seq, prep.vocab)
         info = prep.info
         teachers = [(name, m.to(prep.device)) for name, _, m, _ in prep.teachers]
+        cache = self.token_cache() if recipe_name == "offline" and uses_token_cache(d) else None
         recipe = build_lm_recipe(recipe_name, student, teachers, d, self.cfg.aggregator_options, prep.vocab,
                                  info.eos_id, info.pad_id, self.data.domain_names, [w for *_, w in prep.teachers],
-                                 prep.device)
+                                 prep.device, cache)
         from .data import BatchLoader
 
         stage = "scratch" if stem == "student_scratch" else "distill"
@@ -306,6 +329,10 @@ def _stages(prep: LmPrepared, data: TextSplits, out: Path, progress: bool, log, 
     summary["data"] = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
                        "test": len(data.test), "seq_len": data.input_shape[0], "domains": list(names),
                        "vocab": prep.info.vocab, "tokens": data.stats}
+    if uses_token_cache(d):
+        if run.cache_info is None:  # the student was already trained: read the entries' numbers back
+            run.token_cache()
+        summary["cache"] = run.cache_info
     summary["stages"] = run.stages
     write_lm_report(out, summary, run.metrics.read(), plots=cfg.output.plots)
     write_json(out / "summary.json", summary)  # last: its presence marks the run finished

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache.tokens import expand_tokens
 from ..data.text import loss_mask
 from ..errors import MtkdError
 from ..losses.tokens import aggregated_token_loss, masked_positions
@@ -50,8 +51,11 @@ class LmOfflineRecipe(nn.Module):
 
     def __init__(self, student: nn.Module, teachers: Sequence[tuple[str, nn.Module]], aggregator: nn.Module,
                  loss: str, eos_id: int, pad_id: int, temperature: float = 1.0, alpha: float = 0.9,
-                 beta: float = 0.5, chunk: int = 1024):
+                 beta: float = 0.5, chunk: int = 1024, cache=None):
         super().__init__()
+        # cache: a mtkd.cache.tokens.TokenCache of the teachers' top-k + tail on the training rows (looked
+        # up by row index), used instead of running the teachers; None = teachers run live
+        self.cache = cache
         self.student, self.aggregator = student, aggregator
         self.teachers = list(teachers)  # a plain list: their weights stay out of parameters()
         self.loss, self.eos_id, self.pad_id = loss, eos_id, pad_id
@@ -62,7 +66,12 @@ class LmOfflineRecipe(nn.Module):
         ids = x.long()  # [B, T]; y: [B] the row's domain
         mask = loss_mask(ids, self.eos_id, self.pad_id)  # [B, T] targets that do not cross a boundary
         valid = mask[:, 1:]
-        teacher_rows = masked_positions(teacher_token_logits(self.teachers, ids), mask)  # [K, N, V]
+        if self.cache is not None:  # restored log-probabilities [K, B, T, V] (tail spread uniformly)
+            values, top_ids, tail = self.cache.lookup(index)
+            teacher_logits = expand_tokens(values, top_ids, tail, self.cache.vocab_size).to(ids.device)
+        else:
+            teacher_logits = teacher_token_logits(self.teachers, ids)  # [K, B, T, V]
+        teacher_rows = masked_positions(teacher_logits, mask)  # [K, N, V]
         out = self.student(ids)  # [B, T, V] (a transformers model: an output with .logits)
         student_rows = masked_positions(getattr(out, "logits", out), mask)  # [N, V]
         targets = ids[:, 1:][valid]  # [N]

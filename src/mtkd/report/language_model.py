@@ -50,6 +50,11 @@ def write_lm_report(out: Path, summary: dict, records: list[dict], plots: bool =
     if t["steps"]:
         lines += [f"Training: {t['steps']:,} steps in {t['distill_seconds']:.1f} s "
                   f"({t['tokens_per_second']:,.0f} tokens/s).", ""]
+    if "cache" in summary:
+        c = summary["cache"]
+        lines += [f"Teachers read from the top-{c['k']} + tail token cache: {c['bytes_per_token']:.0f} bytes per token "
+                  f"and teacher; KL(full || stored) {c['kl_mean']:.2e} nats per token on average (max "
+                  f"{c['kl_max']:.2e}).", ""]
     if plots:
         from .plots import plot_curves, plot_teacher_weights
 
