@@ -1,5 +1,7 @@
 """On-policy mode (GKD): which steps sample, the student's continuations, their loss mask, and
 reproducibility from (seed, step) alone; tiny random Hugging Face GPT-2 models, no downloads."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -143,6 +145,9 @@ def test_max_new_tokens_must_leave_a_prompt_at_load():
         parse_config(raw)
     raw["distill"]["on_policy"]["max_new_tokens"] = 7
     assert parse_config(raw).distill.on_policy.max_new_tokens == 7
+    raw["distill"]["recipe"] = "scratch"
+    with pytest.raises(ConfigError, match="needs distill.recipe: offline"):
+        parse_config(raw)
 
 
 def test_on_policy_batch_is_none_off_policy_and_the_sample_on_policy():
@@ -158,3 +163,48 @@ def test_on_policy_batch_is_none_off_policy_and_the_sample_on_policy():
         assert (got is None) == (s not in steps)
         if got is not None:
             assert torch.equal(got.input_ids, sample_continuations(model, ids, options, 0, s).input_ids)
+
+
+def lm_recipe(gpt2, seed):
+    from mtkd.lm_pipeline import build_lm_recipe
+    from mtkd.options import DistillConfig
+
+    d = DistillConfig.model_validate({"loss": "forward_kl", "temperature": 1.0, "alpha": 0.5,
+                                      "on_policy": {"lambda": 0.5, "max_new_tokens": 4}})
+    torch.manual_seed(3)
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V, n_positions=32,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    student = transformers.GPT2LMHeadModel(config)
+    recipe = build_lm_recipe("offline", student, [("t", gpt2)], d, None, V, eos_id=1, pad_id=1, seed=seed)
+    return recipe, torch.optim.SGD(student.parameters(), lr=0.5)
+
+
+def train(recipe, optimizer, steps):
+    records = []
+    for s in steps:
+        x = batch(s).float()  # a TokenDataset row: ids as float
+        losses = recipe.step(x, torch.zeros(3, dtype=torch.long), torch.arange(3))
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        records.append({k: float(v.detach()) for k, v in losses.items() if not k.startswith("weight/")})
+    return records
+
+
+def test_the_lm_recipe_learns_from_its_own_samples_and_resumes_bit_exactly(gpt2):
+    seed = next(s for s in range(100) if len({is_on_policy_step(s, t, 0.5) for t in range(2, 5)}) == 2)
+    recipe, optimizer = lm_recipe(gpt2, seed)
+    full = train(recipe, optimizer, range(5))
+    kinds = [r["on_policy"] for r in full]
+    assert kinds == [float(is_on_policy_step(seed, t, 0.5)) for t in range(5)] and 0 < sum(kinds[2:]) < 3
+    for r in full:
+        assert ("ce" in r) == (r["on_policy"] == 0.0) and math.isfinite(r["loss"]) and r["kd"] > 0
+    first, optimizer_a = lm_recipe(gpt2, seed)
+    train(first, optimizer_a, range(2))
+    state, optim_state = first.state_dict(), optimizer_a.state_dict()
+    resumed, optimizer_b = lm_recipe(gpt2, seed)
+    resumed.load_state_dict(state)
+    optimizer_b.load_state_dict(optim_state)
+    assert int(resumed.steps_taken) == 2
+    torch.manual_seed(99)  # a resumed process starts from another global random state: sampling must not see it
+    assert train(resumed, optimizer_b, range(2, 5)) == full[2:]

@@ -115,7 +115,8 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
     named = dict(teachers) if isinstance(teachers, Mapping) else {f"teacher{i}": t for i, t in enumerate(teachers)}
     if isinstance(train_loader, BatchLoader) and isinstance(train_loader.dataset, TokenDataset):
         return _distill_lm(student, named, train_loader, cfg, aggregator_options, teacher_weights=teacher_weights,
-                           checkpoint=checkpoint, metrics_path=metrics_path, progress=progress, trackers=trackers)
+                           checkpoint=checkpoint, metrics_path=metrics_path, progress=progress, trackers=trackers,
+                           seed=seed)
     traits = RECIPES[cfg.recipe].traits
     if traits.needs_teachers and not named:
         raise ConfigError(f"recipe {cfg.recipe!r} needs at least one teacher")
@@ -155,7 +156,7 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
 
 
 def _distill_lm(student, named, train_loader, cfg, aggregator_options, *, teacher_weights, checkpoint, metrics_path,
-                progress, trackers) -> nn.Module:
+                progress, trackers, seed: int = 0) -> nn.Module:
     """Causal language models on packed token rows (a BatchLoader over ``mtkd.data.text.TokenDataset``):
     the token-level recipes of ``mtkd run`` with ``data.name: text`` (see :mod:`mtkd.lm_pipeline`)."""
     from .lm_pipeline import build_lm_recipe
@@ -168,7 +169,7 @@ def _distill_lm(student, named, train_loader, cfg, aggregator_options, *, teache
     vocab = getattr(out, "logits", out).shape[-1]  # [1, T, V]
     teachers = [(name, m.to(device)) for name, m in named.items()]
     recipe = build_lm_recipe(cfg.recipe, student, teachers, cfg, aggregator_options, vocab, data.eos_id, data.pad_id,
-                             data.domain_names, teacher_weights, device)
+                             data.domain_names, teacher_weights, device, seed=seed)
     Trainer(recipe, train_loader, cfg, stage="scratch" if cfg.recipe == "scratch" else "distill", val_data=None,
             checkpoint=checkpoint, metrics=MetricsLog(metrics_path, trackers), device=device, progress=progress).fit()
     return student

@@ -188,7 +188,7 @@ def uses_token_cache(d) -> bool:
 
 def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[str, nn.Module]], d, aggregator_options,
                     vocab: int, eos_id: int, pad_id: int, domain_names=(), teacher_weights=None,
-                    device: torch.device | str = "cpu", cache=None) -> nn.Module:
+                    device: torch.device | str = "cpu", cache=None, seed: int = 0) -> nn.Module:
     """The language-model recipe ``recipe_name`` ('offline' or 'scratch') over ``teachers`` (name, module),
     with the aggregator and loss of ``d`` (the distill settings); the pipeline and ``mtkd.distill`` call it."""
     if recipe_name == "scratch":
@@ -205,7 +205,7 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
                             teacher_names=tuple(n for n, _ in teachers), domain_names=tuple(domain_names))
     aggregator = build_aggregator(d.aggregator, ctx, aggregator_options)
     return LmOfflineRecipe(student, teachers, aggregator, d.loss, eos_id, pad_id, d.temperature, d.alpha, d.beta,
-                           d.token_chunk, cache)
+                           d.token_chunk, cache, getattr(d, "on_policy", None), seed)
 
 
 class LmRun:
@@ -250,7 +250,7 @@ class LmRun:
         cache = self.token_cache() if recipe_name == "offline" and uses_token_cache(d) else None
         recipe = build_lm_recipe(recipe_name, student, teachers, d, self.cfg.aggregator_options, prep.vocab,
                                  info.eos_id, info.pad_id, self.data.domain_names, [w for *_, w in prep.teachers],
-                                 prep.device, cache)
+                                 prep.device, cache, cfg.seed)
         from .data import BatchLoader
 
         stage = "scratch" if stem == "student_scratch" else "distill"
