@@ -208,3 +208,21 @@ def test_the_lm_recipe_learns_from_its_own_samples_and_resumes_bit_exactly(gpt2)
     assert int(resumed.steps_taken) == 2
     torch.manual_seed(99)  # a resumed process starts from another global random state: sampling must not see it
     assert train(resumed, optimizer_b, range(2, 5)) == full[2:]
+
+
+def test_sampled_tokens_are_unlabeled_for_the_aggregator(gpt2, monkeypatch):
+    import mtkd.recipes.lm_offline as lm_offline
+
+    seen = []
+    real = lm_offline.aggregated_token_loss
+
+    def spy(aggregator, student_rows, teacher_rows, labels, *args):
+        seen.append(labels.clone())
+        return real(aggregator, student_rows, teacher_rows, labels, *args)
+
+    monkeypatch.setattr(lm_offline, "aggregated_token_loss", spy)
+    seed = next(s for s in range(100) if is_on_policy_step(s, 0, 0.5) and not is_on_policy_step(s, 1, 0.5))
+    recipe, optimizer = lm_recipe(gpt2, seed)
+    train(recipe, optimizer, range(2))
+    assert (seen[0] == -1).all() and len(seen[0]) > 0  # step 0: on-policy
+    assert (seen[1] >= 0).all()  # step 1: the data's next tokens

@@ -94,7 +94,9 @@ class LmOfflineRecipe(nn.Module):
         student_rows = masked_positions(getattr(out, "logits", out), mask)  # [N, V]
         targets = ids[:, 1:][valid]  # [N]
         domains = y.long()[:, None].expand_as(valid)[valid]  # [N]
-        kd, weights = aggregated_token_loss(self.aggregator, student_rows, teacher_rows, targets, domains,
+        # the student's sampled tokens are not ground truth: label-based aggregators see them as unlabeled (-1)
+        labels = targets if sampled is None else torch.full_like(targets, -1)
+        kd, weights = aggregated_token_loss(self.aggregator, student_rows, teacher_rows, labels, domains,
                                             self.loss, self.temperature, self.beta, self.chunk)
         ce = F.cross_entropy(student_rows.float(), targets) if len(targets) else student_rows.sum() * 0.0
         if sampled is not None:  # no cross-entropy on the student's own samples
