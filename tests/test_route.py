@@ -172,3 +172,19 @@ def test_a_dropped_teacher_leaves_its_samples_to_the_rest():
     _, weights = aggregated_kd(agg, torch.zeros(2, 4), z, torch.tensor([0, 1]), 1.0, alive=alive,
                                domains=torch.tensor([0, 1]))
     assert torch.allclose(weights, torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 4), b=st.integers(1, 6), seed=st.integers(0, 10**6), scale=st.sampled_from([0.1, 1.0, 50.0]))
+def test_min_loss_choice_is_a_lowest_loss_teacher(k, b, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(k, b, 5, generator=g) * scale
+    labels = torch.randint(-1, 5, (b,), generator=g)
+    choice = min_loss_choice(z, labels)
+    logp = torch.log_softmax(z, -1)
+    for i in range(b):
+        if labels[i] >= 0:
+            loss = -logp[:, i, labels[i]]
+        else:
+            loss = -(logp[:, i].exp() * logp[:, i]).nan_to_num().sum(-1)
+        assert loss[choice[i]] <= loss.min() + 1e-5
