@@ -60,7 +60,7 @@ def test_overrides_set_nested_values_and_list_items():
 
 @pytest.mark.parametrize("raw, message", [
     ({"data": {"name": "imagenet"}}, r"data.name: unknown data set 'imagenet' \(did you mean 'images'\?\); choose one of: arrays, csv, digits, hf_disk, images, mnist1d, npz, parquet"),
-    ({"student": {"arch": "resnet"}}, r"student.arch: unknown model 'resnet'; choose one of: cnn1d, cnn2d, gru"),
+    ({"student": {"arch": "resnet"}}, r"student.arch: unknown model 'resnet'; choose one of: cnn1d, cnn2d, gpt, gru"),
     ({"distill": {"aggregator": "median"}},
      r"distill.aggregator: unknown aggregator 'median' \(did you mean 'mean'\?\); choose one of: " + ", ".join(sorted(AGGREGATORS))),
     ({"distill": {"recipe": "magic"}}, r"distill.recipe: unknown recipe 'magic'; choose one of: "

@@ -52,19 +52,9 @@ def finished(root):
     """The example config run once, as docs/tasks/text.md runs it (with its from-scratch baseline)."""
     page = (Path(__file__).parent.parent / "docs" / "tasks" / "text.md").read_text()
     assert "cd examples/lm && python make_tiny.py && mtkd run lm.yaml --out runs/lm" in page
-    with _chdir(root):
+    with contextlib.chdir(root):
         assert main(["run", "lm.yaml", "--out", "runs/lm", "--no-progress"]) == 0
     return root / "runs" / "lm"
-
-
-@contextlib.contextmanager
-def _chdir(path: Path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def _write(root: Path, raw: dict, name: str) -> Path:
@@ -243,7 +233,7 @@ def test_the_python_block_of_the_text_page_runs(root):
     page = (Path(__file__).parent.parent / "docs" / "tasks" / "text.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "from mtkd.data.text import" in b)
     scope: dict = {}
-    with _chdir(root):
+    with contextlib.chdir(root):
         exec(compile(block, "docs/tasks/text.md", "exec"), scope)
     assert scope["data"].domain_names == ("code", "prose") and (root / "tokens" / "manifest.json").is_file()
 
@@ -259,3 +249,17 @@ def test_student_from_the_token_cache_matches_the_live_one(root, raw, finished):
     assert s["cache"]["k"] == 64 and s["cache"]["bytes_per_token"] > 0 and s["cache"]["kl_mean"] < 1e-4
     assert s["student"]["perplexity"] == pytest.approx(live["student"]["perplexity"], rel=1e-3)
     assert any((out / "teacher_cache").iterdir())
+
+
+def test_on_policy_batches_are_the_students_samples_scored_by_the_teachers(root, raw):
+    """distill.on_policy (GKD): with lambda = 0.5, some steps distil on the student's own continuations
+    (logged as on_policy = 1), the others on the corpus; the run finishes with its summary."""
+    cfg = copy.deepcopy(raw)
+    cfg["distill"].update(steps=8, baseline=False, log_every=1, loss="jsd",
+                          on_policy={"lambda": 0.5, "max_new_tokens": 8})
+    out = root / "runs" / "on_policy"
+    assert main(["run", str(_write(root, cfg, "on_policy")), "--out", str(out), "--no-progress"]) == 0
+    flags = [json.loads(line)["on_policy"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"on_policy"' in line]
+    assert len(flags) == 8 and 0 < sum(flags) < 8
+    assert json.loads((out / "summary.json").read_text())["student"]["perplexity"] > 1

@@ -150,21 +150,6 @@ def test_max_new_tokens_must_leave_a_prompt_at_load():
         parse_config(raw)
 
 
-def test_on_policy_batch_is_none_off_policy_and_the_sample_on_policy():
-    from mtkd.on_policy import on_policy_batch
-
-    model, ids = Bigram(torch.randn(V, V)), batch()
-    assert on_policy_batch(model, ids, None, 0, 0) is None
-    options = OnPolicyConfig.model_validate({"lambda": 0.5, "max_new_tokens": 3})
-    steps = [s for s in range(40) if is_on_policy_step(0, s, 0.5)]
-    assert 0 < len(steps) < 40
-    for s in range(6):
-        got = on_policy_batch(model, ids, options, 0, s)
-        assert (got is None) == (s not in steps)
-        if got is not None:
-            assert torch.equal(got.input_ids, sample_continuations(model, ids, options, 0, s).input_ids)
-
-
 def lm_recipe(gpt2, seed):
     from mtkd.lm_pipeline import build_lm_recipe
     from mtkd.options import DistillConfig
@@ -205,7 +190,7 @@ def test_the_lm_recipe_learns_from_its_own_samples_and_resumes_bit_exactly(gpt2)
     resumed, optimizer_b = lm_recipe(gpt2, seed)
     resumed.load_state_dict(state)
     optimizer_b.load_state_dict(optim_state)
-    assert int(resumed.steps_taken) == 2
+    assert int(resumed.steps_done) == 2
     torch.manual_seed(99)  # a resumed process starts from another global random state: sampling must not see it
     assert train(resumed, optimizer_b, range(2, 5)) == full[2:]
 

@@ -156,7 +156,7 @@ def _distill(student, teachers, train_loader, cfg, aggregator_options, recipe_op
 
 
 def _distill_lm(student, named, train_loader, cfg, aggregator_options, *, teacher_weights, checkpoint, metrics_path,
-                progress, trackers, seed: int = 0) -> nn.Module:
+                progress, trackers, seed) -> nn.Module:
     """Causal language models on packed token rows (a BatchLoader over ``mtkd.data.text.TokenDataset``):
     the token-level recipes of ``mtkd run`` with ``data.name: text`` (see :mod:`mtkd.lm_pipeline`)."""
     from .lm_pipeline import build_lm_recipe

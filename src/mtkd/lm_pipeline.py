@@ -27,7 +27,7 @@ from .models.files import arch_config, load_model_file, save_model_file
 from .recipes.lm_offline import LmOfflineRecipe
 from .recipes.lm_scratch import LmScratchRecipe
 from .report.language_model import write_lm_report
-from .run_setup import _comparable, check_free_space, fingerprint, open_run_dir, resolve_device
+from .run_setup import _comparable, announce, check_free_space, fingerprint, open_run_dir, resolve_device
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
 from .tracking import check_trackers, make_trackers
@@ -108,6 +108,11 @@ def prepare_lm(cfg: Config) -> LmPrepared:
         if d.cache == "always":
             raise ConfigError("distill.cache: language-model teachers are cached as top-k log-probabilities plus "
                               "the tail mass; set distill.cache_storage: topk and distill.cache_topk (e.g. 64)")
+    if d.on_policy is not None and d.recipe != "offline":
+        raise ConfigError("distill.on_policy: the student's samples are scored by teachers; use recipe offline")
+    if d.on_policy is not None and d.on_policy.max_new_tokens >= cfg.data.seq_len:
+        raise ConfigError(f"distill.on_policy.max_new_tokens: {d.on_policy.max_new_tokens} must be smaller than "
+                          f"data.seq_len ({cfg.data.seq_len}), so every continuation has a prompt")
     files, tokenizer, info = prepare_text(cfg.data)
     seq = cfg.data.seq_len
     vocab = _student_vocab(cfg, info)
@@ -192,6 +197,9 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
     """The language-model recipe ``recipe_name`` ('offline' or 'scratch') over ``teachers`` (name, module),
     with the aggregator and loss of ``d`` (the distill settings); the pipeline and ``mtkd.distill`` call it."""
     if recipe_name == "scratch":
+        if d.on_policy is not None:
+            raise ConfigError("distill.on_policy: the student's samples are scored by teachers; recipe 'scratch' has "
+                              "none (remove on_policy or use recipe offline)")
         return LmScratchRecipe(student, eos_id, pad_id)
     if recipe_name != "offline":
         raise ConfigError(f"distill.recipe: {recipe_name!r} is not available for language models; "
@@ -205,7 +213,7 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
                             teacher_names=tuple(n for n, _ in teachers), domain_names=tuple(domain_names))
     aggregator = build_aggregator(d.aggregator, ctx, aggregator_options)
     return LmOfflineRecipe(student, teachers, aggregator, d.loss, eos_id, pad_id, d.temperature, d.alpha, d.beta,
-                           d.token_chunk, cache, getattr(d, "on_policy", None), seed)
+                           d.token_chunk, cache, d.on_policy, seed)
 
 
 class LmRun:
@@ -248,6 +256,8 @@ class LmRun:
         info = prep.info
         teachers = [(name, m.to(prep.device)) for name, _, m, _ in prep.teachers]
         cache = self.token_cache() if recipe_name == "offline" and uses_token_cache(d) else None
+        if recipe_name == "scratch" and d.recipe != "scratch":  # the baseline: next-token cross-entropy only
+            d = d.model_copy(update={"on_policy": None})
         recipe = build_lm_recipe(recipe_name, student, teachers, d, self.cfg.aggregator_options, prep.vocab,
                                  info.eos_id, info.pad_id, self.data.domain_names, [w for *_, w in prep.teachers],
                                  prep.device, cache, cfg.seed)
@@ -285,13 +295,9 @@ def run_lm_pipeline(cfg: Config, out: str | Path, restart: bool = False, progres
     check_trackers(cfg.output.tracking, cfg.output.mlflow_uri)
     status = open_run_dir(out, cfg_dict, restart, force)
     try:
-        if status == "done":
-            log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
-            return json.loads((out / "summary.json").read_text())
-        if status == "resume":
-            log(f"resuming the run in {out}")
-        for note in prep.notes:
-            log(note)
+        finished = announce(status, out, prep.notes, log)
+        if finished is not None:
+            return finished
         token_dir = cfg.data.cache_dir or out / "tokens"
         build_token_arrays(cfg.data, prep.files, prep.tokenizer, prep.info, cfg.seed, token_dir, log)
         data = open_token_splits(token_dir, prep.info)
@@ -323,7 +329,7 @@ def _stages(prep: LmPrepared, data: TextSplits, out: Path, progress: bool, log, 
         summary["ensemble"] = record(teacher_models, rule=f"mean of {len(teacher_models)} (mixture of probabilities)")
     if scratch is not None:
         summary["scratch"] = record([scratch], arch=str(cfg.student.arch))
-    stage = run.stages.get("scratch" if d.recipe == "scratch" else "distill", {})
+    stage = run.stages.get("distill", {})  # the student's own stage (the baseline's is "scratch")
     summary["timing"] = {"distill_seconds": stage.get("seconds", 0.0), "steps": stage.get("steps", 0),
                          "tokens_per_second": stage.get("tokens_per_second", 0.0)}
     summary["data"] = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,

@@ -135,17 +135,3 @@ def sample_continuations(student: nn.Module, input_ids: torch.Tensor, options: O
     loss_mask = torch.zeros_like(generated)
     loss_mask[:, :-1] = generated[:, 1:]  # logits at position i predict token i + 1
     return OnPolicyBatch(sequences, loss_mask, generated)
-
-
-def on_policy_batch(student: nn.Module, input_ids: torch.Tensor, options: OnPolicyConfig | None, seed: int,
-                    step: int, eos_token_id: int | None = None, pad_token_id: int = 0) -> OnPolicyBatch | None:
-    """What a training step calls: the student's continuations of ``input_ids`` [B, T] when step
-    ``step`` is on-policy (probability ``options.lambda_``), else None (``options`` None = off).
-
-    On such a step the caller runs the teachers live on ``batch.input_ids`` (a cache does not hold
-    them), takes the token divergence where ``batch.generated`` marks a target token (or, for
-    logits, ``batch.loss_mask``), and leaves out the cross-entropy on the labels: the student's
-    own samples are not ground truth."""
-    if options is None or not is_on_policy_step(seed, step, options.lambda_):
-        return None
-    return sample_continuations(student, input_ids, options, seed, step, eos_token_id, pad_token_id)

@@ -35,7 +35,7 @@ from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer, predict_logits
 from .report import build_summary, calibration_and_agreement, teacher_faults, write_report
 from .recipes.assistant import train_chain
-from .run_setup import MIN_FREE_BYTES, _comparable, check_free_space, fingerprint, open_run_dir, resolve_device  # noqa: F401
+from .run_setup import MIN_FREE_BYTES, _comparable, announce, check_free_space, fingerprint, open_run_dir, resolve_device  # noqa: F401,E501
 
 
 @dataclass
@@ -366,13 +366,9 @@ def run_pipeline(cfg: Config, out: str | Path, restart: bool = False, progress: 
         distributed.barrier()  # the others open the directory rank 0 has made (or reset)
         if not distributed.is_main():  # rank 0 holds the lock for the whole job
             status = open_run_dir(out, cfg_dict, False, force, lock=False)
-        if status == "done":
-            log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
-            return json.loads((out / "summary.json").read_text())
-        if status == "resume":
-            log(f"resuming the run in {out}")
-        for note in prep.notes:
-            log(note)
+        finished = announce(status, out, prep.notes, log)
+        if finished is not None:
+            return finished
         return _stages(prep, cfg, out, progress, log, force)
     finally:
         release(out)

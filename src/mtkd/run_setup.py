@@ -113,3 +113,16 @@ def fingerprint(*parts) -> str:
     text = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+
+def announce(status: str, out: Path, notes, log) -> dict | None:
+    """After :func:`open_run_dir`: the summary of a finished run (nothing left to do), else None,
+    having said that the run resumes (when it does) and printed the run's notes."""
+    if status == "done":
+        log(f"{out} already holds a finished run; nothing to do (use --restart to run again)")
+        return json.loads((out / "summary.json").read_text())
+    if status == "resume":
+        log(f"resuming the run in {out}")
+    for note in notes:
+        log(note)
+    return None

@@ -9,7 +9,8 @@
         prose: {paths: ["corpus/prose/**/*.txt"]}
 
 Each file is one document of its domain. Documents are split into train / validation / test
-per domain (a seeded permutation of the domain's files, so a document is in exactly one split),
+per domain (a permutation of the domain's files seeded by ``split_seed``, default the run's seed,
+so a document is in exactly one split),
 tokenized one at a time, followed by the tokenizer's EOS token, and packed back to back into
 rows of ``seq_len`` tokens; a domain's last row is filled with the pad token. Rows never mix
 domains, so every row has one domain. The rows are written once to ``.npy`` files and opened
@@ -57,6 +58,8 @@ class TextConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="documents of each domain held out for validation")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="documents of each domain held out for the test")
     cache_dir: Path | None = Field(None, description="where the token arrays are written (default: <run dir>/tokens)")
+    split_seed: int | None = Field(None, description="seed of the document split (default: the run's seed); fix it "
+                                   "to keep one split while the training seed varies")
 
     @field_validator("domains")
     @classmethod
@@ -117,6 +120,11 @@ def domain_files(cfg: TextConfig) -> dict[str, list[Path]]:
                             f"{' or set data.val_fraction: 0' if needed == 3 else ''}")
         found[name] = files
     return found
+
+
+def split_seed(cfg: TextConfig, seed: int) -> int:
+    """The seed of the document split: data.split_seed, else the run's seed."""
+    return seed if cfg.split_seed is None else cfg.split_seed
 
 
 def split_documents(files: list[Path], cfg: TextConfig, seed: int, domain: str) -> dict[str, list[Path]]:
@@ -184,7 +192,7 @@ def fingerprint(cfg: TextConfig, files: dict[str, list[Path]], seed: int) -> str
     """What the arrays depend on: the files (names, sizes, modification times), the tokenizer's
     files (contents), seq_len, the split fractions and the seed."""
     h = hashlib.sha256(TOKENS_FORMAT.encode())
-    h.update(json.dumps([cfg.seq_len, cfg.val_fraction, cfg.test_fraction, seed]).encode())
+    h.update(json.dumps([cfg.seq_len, cfg.val_fraction, cfg.test_fraction, split_seed(cfg, seed)]).encode())
     for name, paths in files.items():
         h.update(name.encode())
         for p in paths:
@@ -225,7 +233,7 @@ def build_token_arrays(cfg: TextConfig, files: dict[str, list[Path]], tokenizer,
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.seq_len
     stats: dict = {}
-    splits_of = {name: split_documents(paths, cfg, seed, name) for name, paths in files.items()}
+    splits_of = {name: split_documents(paths, cfg, split_seed(cfg, seed), name) for name, paths in files.items()}
     for split in SPLITS:
         stats[split] = {}
         domain_rows = []

@@ -37,10 +37,9 @@ class HfCausalLM(nn.Module):
         return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
 
 
-def build_hf_causal(path: str, options: dict, where: str) -> HfCausalLM:
-    from .sources import library
-
-    transformers = library("transformers", where)
+def build_hf_causal(path: str, options: dict, where: str, transformers) -> HfCausalLM:
+    """``AutoModelForCausalLM`` from the local directory ``path``; ``transformers``: the imported module
+    (models/sources.py imports it with its one-line install hint)."""
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # transformers' loading bar would break the one-line errors
     try:

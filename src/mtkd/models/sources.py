@@ -272,7 +272,7 @@ def build(cfg: LibraryModelConfig, input_shape: tuple[int, ...], num_classes: in
         if cfg.weights is not None:  # every torchvision classification weight uses ImageNet's statistics
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     elif not image and is_causal_lm_dir(name):  # a causal LM: token ids [T] -> logits [T, V] (models/causal_lm.py)
-        model = build_hf_causal(name, cfg.options, where)
+        model = build_hf_causal(name, cfg.options, where, library("transformers", where))
         _check_lm_forward(model, input_shape, num_classes, where, cfg)
         return model
     else:

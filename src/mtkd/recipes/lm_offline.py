@@ -11,11 +11,6 @@ the chosen token loss (forward KL, reverse KL or GKD's generalised JSD; see
 
 The word-level KD of Kim and Rush ("Sequence-Level Knowledge Distillation", EMNLP 2016), and
 with several teachers the per-token form of You et al. (KDD 2017)'s averaged soft targets.
-
-With ``on_policy`` (GKD, Agarwal et al., ICLR 2024; :mod:`mtkd.on_policy`) a step is, with
-probability lambda, the student's own continuations of the batch's prompts: the teachers run live
-on them (a cache does not hold them), the divergence is taken on the generated tokens only, and the
-cross-entropy term is left out (the student's samples are not ground truth): loss = alpha * D.
 """
 from __future__ import annotations
 
@@ -29,7 +24,7 @@ from ..cache.tokens import expand_tokens
 from ..data.text import loss_mask
 from ..errors import MtkdError
 from ..losses.tokens import aggregated_token_loss, masked_positions
-from ..on_policy import on_policy_batch
+from ..on_policy import is_on_policy_step, sample_continuations
 from .base import Traits
 
 
@@ -59,10 +54,10 @@ class LmOfflineRecipe(nn.Module):
                  loss: str, eos_id: int, pad_id: int, temperature: float = 1.0, alpha: float = 0.9,
                  beta: float = 0.5, chunk: int = 1024, cache=None, on_policy=None, seed: int = 0):
         super().__init__()
-        # on_policy: an OnPolicyConfig (None = off); sampling depends on (seed, steps taken) only, and the
-        # step count is a buffer, so it is saved in the checkpoint and a resumed run samples the same tokens
+        # on_policy: distill.on_policy (GKD's lambda, max_new_tokens, temperature) or None; the steps taken
+        # so far are a buffer, so a resumed run draws the same on-policy steps and samples (mtkd.on_policy)
         self.on_policy, self.seed = on_policy, seed
-        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # cache: a mtkd.cache.tokens.TokenCache of the teachers' top-k + tail on the training rows (looked
         # up by row index), used instead of running the teachers; None = teachers run live
         self.cache = cache
@@ -75,16 +70,14 @@ class LmOfflineRecipe(nn.Module):
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         ids = x.long()  # [B, T]; y: [B] the row's domain
         mask = loss_mask(ids, self.eos_id, self.pad_id)  # [B, T] targets that do not cross a boundary
-        step = int(self.steps_taken)
-        self.steps_taken += 1
-        sampled = on_policy_batch(self.student, ids, self.on_policy, self.seed, step, self.eos_id, self.pad_id) \
-            if self.on_policy is not None else None
-        if sampled is not None:  # the student's continuations: targets are the generated tokens
-            ids, mask = sampled.input_ids, sampled.generated
+        step = int(self.steps_done)
+        self.steps_done += 1
+        sampled = self.on_policy is not None and is_on_policy_step(self.seed, step, self.on_policy.lambda_)
+        if sampled:  # GKD: the student's own continuations of the rows' prompts; targets = generated tokens
+            batch = sample_continuations(self.student, ids, self.on_policy, self.seed, step, self.eos_id, self.pad_id)
+            ids, mask = batch.input_ids, batch.generated  # [B, T] each; the teachers score them live
         valid = mask[:, 1:]
-        if sampled is not None:
-            teacher_logits = teacher_token_logits(self.teachers, ids)  # [K, B, T, V], live
-        elif self.cache is not None:  # restored log-probabilities [K, B, T, V] (tail spread uniformly)
+        if self.cache is not None and not sampled:  # restored log-probabilities [K, B, T, V] (tail spread uniformly)
             values, top_ids, tail = self.cache.lookup(index)
             teacher_logits = expand_tokens(values, top_ids, tail, self.cache.vocab_size).to(ids.device)
         else:
@@ -95,16 +88,16 @@ class LmOfflineRecipe(nn.Module):
         targets = ids[:, 1:][valid]  # [N]
         domains = y.long()[:, None].expand_as(valid)[valid]  # [N]
         # the student's sampled tokens are not ground truth: label-based aggregators see them as unlabeled (-1)
-        labels = targets if sampled is None else torch.full_like(targets, -1)
+        labels = torch.full_like(targets, -1) if sampled else targets
         kd, weights = aggregated_token_loss(self.aggregator, student_rows, teacher_rows, labels, domains,
                                             self.loss, self.temperature, self.beta, self.chunk)
         ce = F.cross_entropy(student_rows.float(), targets) if len(targets) else student_rows.sum() * 0.0
-        if sampled is not None:  # no cross-entropy on the student's own samples
-            losses = {"loss": self.alpha * kd, "kd": kd, "on_policy": kd.new_ones(())}
+        if sampled:  # GKD's loss on the student's samples is the divergence alone: CE would reinforce them
+            losses = {"loss": self.alpha * kd, "kd": kd}
         else:
             losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
-            if self.on_policy is not None:
-                losses["on_policy"] = kd.new_zeros(())
+        if self.on_policy is not None:
+            losses["on_policy"] = ce.new_tensor(float(sampled))
         for name, value in getattr(self.aggregator, "logged", dict)().items():  # e.g. route: how often each teacher
             losses[name] = value
         for k, (name, _) in enumerate(self.teachers):
