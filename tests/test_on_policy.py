@@ -1,5 +1,7 @@
 """On-policy mode (GKD): which steps sample, the student's continuations, their loss mask, and
 reproducibility from (seed, step) alone; tiny random Hugging Face GPT-2 models, no downloads."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -133,3 +135,79 @@ def test_config():
         "lambda": 0.25, "max_new_tokens": 32, "temperature": 1.0}
     with pytest.raises(ValueError, match="smaller than the sequence length"):
         sample_continuations(Bigram(torch.zeros(V, V)), batch(), OnPolicyConfig(max_new_tokens=T), 0, 0)
+
+
+def test_max_new_tokens_must_leave_a_prompt_at_load():
+    raw = {"data": {"name": "text", "tokenizer": "tok", "seq_len": 8, "domains": {"a": {"paths": ["*.txt"]}}},
+           "teachers": [{"name": "t", "arch": "gpt"}], "student": {"arch": "gpt"},
+           "distill": {"on_policy": {"lambda": 0.5, "max_new_tokens": 8}}}
+    with pytest.raises(ConfigError, match="max_new_tokens: 8 leaves no prompt in rows of data.seq_len 8"):
+        parse_config(raw)
+    raw["distill"]["on_policy"]["max_new_tokens"] = 7
+    assert parse_config(raw).distill.on_policy.max_new_tokens == 7
+    raw["distill"]["recipe"] = "scratch"
+    with pytest.raises(ConfigError, match="needs distill.recipe: offline"):
+        parse_config(raw)
+
+
+def lm_recipe(gpt2, seed):
+    from mtkd.lm_pipeline import build_lm_recipe
+    from mtkd.options import DistillConfig
+
+    d = DistillConfig.model_validate({"loss": "forward_kl", "temperature": 1.0, "alpha": 0.5,
+                                      "on_policy": {"lambda": 0.5, "max_new_tokens": 4}})
+    torch.manual_seed(3)
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V, n_positions=32,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    student = transformers.GPT2LMHeadModel(config)
+    recipe = build_lm_recipe("offline", student, [("t", gpt2)], d, None, V, eos_id=1, pad_id=1, seed=seed)
+    return recipe, torch.optim.SGD(student.parameters(), lr=0.5)
+
+
+def train(recipe, optimizer, steps):
+    records = []
+    for s in steps:
+        x = batch(s).float()  # a TokenDataset row: ids as float
+        losses = recipe.step(x, torch.zeros(3, dtype=torch.long), torch.arange(3))
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        records.append({k: float(v.detach()) for k, v in losses.items() if not k.startswith("weight/")})
+    return records
+
+
+def test_the_lm_recipe_learns_from_its_own_samples_and_resumes_bit_exactly(gpt2):
+    seed = next(s for s in range(100) if len({is_on_policy_step(s, t, 0.5) for t in range(2, 5)}) == 2)
+    recipe, optimizer = lm_recipe(gpt2, seed)
+    full = train(recipe, optimizer, range(5))
+    kinds = [r["on_policy"] for r in full]
+    assert kinds == [float(is_on_policy_step(seed, t, 0.5)) for t in range(5)] and 0 < sum(kinds[2:]) < 3
+    for r in full:
+        assert ("ce" in r) == (r["on_policy"] == 0.0) and math.isfinite(r["loss"]) and r["kd"] > 0
+    first, optimizer_a = lm_recipe(gpt2, seed)
+    train(first, optimizer_a, range(2))
+    state, optim_state = first.state_dict(), optimizer_a.state_dict()
+    resumed, optimizer_b = lm_recipe(gpt2, seed)
+    resumed.load_state_dict(state)
+    optimizer_b.load_state_dict(optim_state)
+    assert int(resumed.steps_done) == 2
+    torch.manual_seed(99)  # a resumed process starts from another global random state: sampling must not see it
+    assert train(resumed, optimizer_b, range(2, 5)) == full[2:]
+
+
+def test_sampled_tokens_are_unlabeled_for_the_aggregator(gpt2, monkeypatch):
+    import mtkd.recipes.lm_offline as lm_offline
+
+    seen = []
+    real = lm_offline.aggregated_token_loss
+
+    def spy(aggregator, student_rows, teacher_rows, labels, *args):
+        seen.append(labels.clone())
+        return real(aggregator, student_rows, teacher_rows, labels, *args)
+
+    monkeypatch.setattr(lm_offline, "aggregated_token_loss", spy)
+    seed = next(s for s in range(100) if is_on_policy_step(s, 0, 0.5) and not is_on_policy_step(s, 1, 0.5))
+    recipe, optimizer = lm_recipe(gpt2, seed)
+    train(recipe, optimizer, range(2))
+    assert (seen[0] == -1).all() and len(seen[0]) > 0  # step 0: on-policy
+    assert (seen[1] >= 0).all()  # step 1: the data's next tokens

@@ -135,3 +135,56 @@ def test_route_by_domain_on_a_classification_config_exits_2_before_writing(tmp_p
     cfg = parse_config({**raw, "distill": {"aggregator": {"name": "route", "by": "min_loss"}}})
     assert cfg.aggregator_options.by == "min_loss"
     assert cfg.to_dict()["distill"]["aggregator"] == {"name": "route", "by": "min_loss", "map": None}
+
+
+def text_config(distill):
+    return {"data": {"name": "text", "tokenizer": "tok", "seq_len": 8,
+                     "domains": {"code": {"paths": ["*.py"]}, "prose": {"paths": ["*.txt"]}}},
+            "teachers": [{"name": "coder", "arch": "gpt"}, {"name": "writer", "arch": "gpt"}],
+            "student": {"arch": "gpt"}, "distill": distill}
+
+
+def test_route_by_domain_is_checked_against_the_text_domains_at_load():
+    ok = parse_config(text_config({"aggregator": {"name": "route", "by": "domain",
+                                                  "map": {"code": ["coder"], "prose": ["writer", "coder"]}}}))
+    assert ok.aggregator_options.map == {"code": ["coder"], "prose": ["writer", "coder"]}
+    with pytest.raises(ConfigError, match="unknown domain 'math'"):
+        parse_config(text_config({"aggregator": {"name": "route", "by": "domain",
+                                                 "map": {"code": ["coder"], "prose": ["writer"], "math": ["coder"]}}}))
+    with pytest.raises(ConfigError, match="map.prose: unknown teacher 'poet'"):
+        parse_config(text_config({"aggregator": {"name": "route", "by": "domain",
+                                                 "map": {"code": ["coder"], "prose": ["poet"]}}}))
+    with pytest.raises(ConfigError, match="domain 'prose' has no teacher"):
+        parse_config(text_config({"aggregator": "route", "by": "domain", "map": {"code": ["coder"]}}))  # flat keys
+
+
+def test_a_dropped_teacher_leaves_its_samples_to_the_rest():
+    from mtkd.aggregation.base import aggregated_kd
+
+    agg = build_aggregator("route", ctx(["t0", "t1", "t2"], ["a", "b"]),
+                           {"by": "domain", "map": {"a": ["t0", "t1"], "b": ["t2"]}})
+    z = torch.randn(3, 2, 4)
+    alive = torch.tensor([False, True, True])  # t0 failed on this batch
+    _, weights = aggregated_kd(agg, torch.zeros(2, 4), z, torch.tensor([0, 1]), 1.0, alive=alive,
+                               domains=torch.tensor([0, 1]))
+    assert torch.allclose(weights, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    alive = torch.tensor([True, True, False])  # t2, domain b's only teacher, failed
+    _, weights = aggregated_kd(agg, torch.zeros(2, 4), z, torch.tensor([0, 1]), 1.0, alive=alive,
+                               domains=torch.tensor([0, 1]))
+    assert torch.allclose(weights, torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 4), b=st.integers(1, 6), seed=st.integers(0, 10**6), scale=st.sampled_from([0.1, 1.0, 50.0]))
+def test_min_loss_choice_is_a_lowest_loss_teacher(k, b, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(k, b, 5, generator=g) * scale
+    labels = torch.randint(-1, 5, (b,), generator=g)
+    choice = min_loss_choice(z, labels)
+    logp = torch.log_softmax(z, -1)
+    for i in range(b):
+        if labels[i] >= 0:
+            loss = -logp[:, i, labels[i]]
+        else:
+            loss = -(logp[:, i].exp() * logp[:, i]).nan_to_num().sum(-1)
+        assert loss[choice[i]] <= loss.min() + 1e-5

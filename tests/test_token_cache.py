@@ -7,6 +7,8 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mtkd.cache.tokens import TokenCache, build_token_cache, bytes_per_token, compress_tokens, expand_tokens, \
     id_dtype, topk_token_divergence
@@ -44,10 +46,12 @@ def test_divergences_by_hand():
     p = [0.5, 0.3, 0.1, 0.1]
     forward = sum(pi * math.log(pi / 0.25) for pi in p)  # 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4 = 0.218012
     assert forward == pytest.approx(0.218012, abs=1e-6)
-    assert topk_token_divergence(student, values, ids, tail, kind="forward_kl").item() == pytest.approx(forward, abs=1e-6)
+    got = topk_token_divergence(student, values, ids, tail, kind="forward_kl").item()
+    assert got == pytest.approx(forward, abs=1e-6)
     reverse = sum(0.25 * math.log(0.25 / pi) for pi in p)  # 0.25 (ln 0.5 + ln(0.25 / 0.3) + 2 ln 2.5) = 0.239278
     assert reverse == pytest.approx(0.239278, abs=1e-6)
-    assert topk_token_divergence(student, values, ids, tail, kind="reverse_kl").item() == pytest.approx(reverse, abs=1e-6)
+    got = topk_token_divergence(student, values, ids, tail, kind="reverse_kl").item()
+    assert got == pytest.approx(reverse, abs=1e-6)
     beta = 0.3
     m = [beta * pi + (1 - beta) * 0.25 for pi in p]
     jsd = beta * sum(pi * math.log(pi / mi) for pi, mi in zip(p, m)) \
@@ -95,6 +99,21 @@ def test_chunked_closed_form_equals_the_expanded_divergence_with_gradients(kind,
     (g2,) = torch.autograd.grad(want, student)
     assert torch.allclose(g1, g2, atol=1e-6)
     assert g1[~mask].abs().max() == 0  # masked-out positions get no gradient
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), k=st.integers(1, 12), scale=st.sampled_from([0.1, 1.0, 10.0]),
+       kind=st.sampled_from(["forward_kl", "reverse_kl", "jsd"]), temperature=st.sampled_from([0.5, 1.0, 3.0]))
+def test_divergences_are_nonnegative_and_zero_on_the_restored_teacher(seed, k, scale, kind, temperature):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(1, 3, 12, generator=g) * scale
+    values, ids, tail = (torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint16 else a)
+                         for a in compress_tokens(teacher, k))
+    student = torch.randn(1, 3, 12, generator=g) * scale
+    assert topk_token_divergence(student, values, ids, tail, kind=kind, temperature=temperature) > -1e-5
+    restored = expand_tokens(values, ids, tail, 12)  # the student that is the stored teacher: divergence 0
+    same = topk_token_divergence(restored, values, ids, tail, kind=kind, temperature=temperature)
+    assert abs(same.item()) < 1e-4
 
 
 def relative_kl_error(sigma, k, v=1000):

@@ -198,6 +198,13 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(f"distill.on_policy: on-policy distillation samples continuations from a language-model "
                           f"student and needs data.name: text (data set {data_name!r} is not token sequences); "
                           "remove distill.on_policy")
+    if distill.on_policy is not None and distill.recipe != "offline":
+        raise ConfigError(f"distill.on_policy: the student's samples are scored by teachers, so it needs "
+                          f"distill.recipe: offline (got {distill.recipe!r}); remove distill.on_policy")
+    seq_len = getattr(data, "seq_len", None)
+    if distill.on_policy is not None and seq_len is not None and distill.on_policy.max_new_tokens >= seq_len:
+        raise ConfigError(f"distill.on_policy.max_new_tokens: {distill.on_policy.max_new_tokens} leaves no prompt in "
+                          f"rows of data.seq_len {seq_len} tokens; set it below {seq_len}")
     check = getattr(AGGREGATORS[distill.aggregator], "check_config", None)
     if check is not None:  # options that must agree with the teachers and the data (route's domain map)
         domains = getattr(data, "domains", None)

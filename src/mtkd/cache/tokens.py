@@ -30,8 +30,9 @@ logits [B, T, V] without ever expanding the teacher to [B, T, V]: forward KL and
 closed forms over the k kept tokens plus one term for the uniform tail (see the function); the
 generalised JSD of GKD (Agarwal et al., "On-Policy Distillation of Language Models: Learning from
 Self-Generated Mistakes", ICLR 2024) needs the mixture on every token, so it expands the teacher
-one chunk at a time. Positions are processed ``chunk`` at a time under activation checkpointing,
-so memory is O(chunk x V) in the forward pass and in the backward pass.
+one chunk at a time and calls :func:`mtkd.losses.tokens.token_divergence`. Positions are
+processed ``chunk`` at a time under activation checkpointing, so memory is O(chunk x V) in the
+forward pass and in the backward pass.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
+from ..losses.tokens import token_divergence
 from ..precision import autocast
 from .build import TeacherLoader, reuse_or_build
 from .store import CacheError, Entry, _hash_tensor, entry_key, teacher_fingerprint
@@ -281,17 +283,16 @@ def _chunk_divergence(flat: torch.Tensor, rows: torch.Tensor, values: torch.Tens
         if logp_tail is not None:
             out = out - (1.0 - q_kept.sum(1)).clamp_min(0.0) * logp_tail
         return out
-    # generalised JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q: needs p on all V
+    # generalised JSD(beta) needs p on every token (the mixture m): expand this chunk's teacher, [n, V]
     fill = logp_tail if logp_tail is not None else torch.full_like(tail, -math.inf)
-    logp = fill.unsqueeze(1).expand_as(logq).clone().scatter_(1, ids, logp_kept)  # [n, V]
-    logm = torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
-    p, q = logp.exp(), logq.exp()
-    return beta * torch.xlogy(p, p).sum(1) - beta * (p * logm).sum(1) + (1 - beta) * ((q * (logq - logm)).sum(1))
+    logp = fill.unsqueeze(1).expand_as(logq).clone().scatter_(1, ids, logp_kept)  # [n, V], already at T
+    return token_divergence(student, logp, "jsd", temperature, beta) / temperature**2
 
 
-def topk_token_divergence(student_logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, tail: torch.Tensor,
-                     mask: torch.Tensor | None = None, kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl",
-                     temperature: float = 1.0, beta: float = 0.5, chunk: int = 1024) -> torch.Tensor:
+def topk_token_divergence(student_logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor,
+                          tail: torch.Tensor, mask: torch.Tensor | None = None,
+                          kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl", temperature: float = 1.0,
+                          beta: float = 0.5, chunk: int = 1024) -> torch.Tensor:
     """Mean over the masked-in positions of T^2 * D(p_T, q_T), from one teacher's cached top-k.
 
     student_logits [B, T, V]; values [B, T, k] (log-probs at T = 1), ids [B, T, k], tail [B, T]

@@ -102,10 +102,15 @@ class LmOfflineRecipe(nn.Module):
         student_rows = masked_positions(getattr(out, "logits", out), mask)  # [N, V]
         targets = ids[:, 1:][valid]  # [N]
         domains = y.long()[:, None].expand_as(valid)[valid]  # [N]
-        kd, weights = aggregated_token_loss(self.aggregator, student_rows, teacher_rows, targets, domains,
+        # the student's sampled tokens are not ground truth: label-based aggregators see them as unlabeled (-1)
+        labels = torch.full_like(targets, -1) if sampled else targets
+        kd, weights = aggregated_token_loss(self.aggregator, student_rows, teacher_rows, labels, domains,
                                             self.loss, self.temperature, self.beta, self.chunk)
         ce = F.cross_entropy(student_rows.float(), targets) if len(targets) else student_rows.sum() * 0.0
-        losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
+        if sampled:  # GKD's loss on the student's samples is the divergence alone: CE would reinforce them
+            losses = {"loss": self.alpha * kd, "kd": kd}
+        else:
+            losses = {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
         if self.on_policy is not None:
             losses["on_policy"] = ce.new_tensor(float(sampled))
         if self.aggregator.capabilities.logs:  # e.g. route: the share of tokens each teacher taught
