@@ -31,7 +31,7 @@ from .run_setup import (_comparable, announce, check_free_space, check_placement
                         resolve_device)
 from .seeding import seed_everything
 from .teachers import FrozenTeacher
-from .teachers.placement import DeviceTurns, visiting
+from .teachers.placement import DeviceTurns, place_teachers, visiting
 from .tracking import check_trackers, make_trackers
 from .trainer import MetricsLog, Trainer
 
@@ -221,23 +221,13 @@ def build_lm_recipe(recipe_name: str, student: nn.Module, teachers: list[tuple[s
 
 
 def place_lm_teachers(prep: LmPrepared) -> tuple[list[tuple[str, nn.Module]], DeviceTurns | None]:
-    """(name, teacher) pairs placed as the config says: a teacher with ``device`` of its own goes there;
-    the others sit beside the student, or, with ``0 < distill.teachers_on_device <`` their number, stay in
-    CPU memory and take turns on the compute device (the returned DeviceTurns; None otherwise)."""
+    """(name, teacher) pairs placed as the config says, by the classification teachers' rule
+    (:func:`mtkd.teachers.placement.place_teachers`): a teacher with ``device`` of its own goes there;
+    the others sit beside the student, or take turns on the compute device (the returned DeviceTurns)."""
     own = {spec.name: spec.device for spec in prep.cfg.teachers if spec.device}
-    movable = [m for name, _, m, _ in prep.teachers if name not in own]
-    slots = prep.cfg.distill.teachers_on_device
-    turns = DeviceTurns(slots, prep.device) if 0 < slots < len(movable) else None
-    placed = []
-    for name, _, model, _ in prep.teachers:
-        if name in own:
-            model = model.to(resolve_device(own[name]))
-        elif turns is not None:
-            turns.add(model)
-        else:
-            model = model.to(prep.device)
-        placed.append((name, model))
-    return placed, turns
+    frozen = [FrozenTeacher(model, name, device=own.get(name)) for name, _, model, _ in prep.teachers]
+    turns = place_teachers(frozen, prep.device, prep.cfg.distill.teachers_on_device)
+    return [(t.name, t.model) for t in frozen], turns
 
 
 class LmRun:
