@@ -14,17 +14,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
 from .aggregation import AGGREGATORS
 from .data import DATASETS
 from .errors import ConfigError
-from .models import MODELS, parse_model
+from .models import parse_model
 from .options import DistillConfig, NoOptions, OutputConfig, TeacherSpec, TrainConfig
 from .recipes import RECIPES
-from .schema import choices as _choices, did_you_mean, pick as _pick, validate as _validate
+from .schema import did_you_mean, pick as _pick, validate as _validate
 from .teachers.kinds import TEACHER_KINDS
 
 _model = parse_model  # a model section (arch + size keys) -> its validated config

@@ -247,10 +247,6 @@ def export_student(run_dir: str | Path, fmt: str = "onnx", out: str | Path | Non
 
 def _export_and_time(student, usable, teachers, missing, x, out: Path, fmt: str, tolerance: float,
                      latency: bool) -> dict:
-    from .evaluation import ms_per_1000, ms_per_1000_of
-    from .io import write_json
-    from .models import count_params
-
     result = export_model(student, x, out, fmt, tolerance)
     result["params"] = count_params(usable.model)
     result["classes"] = usable.classes

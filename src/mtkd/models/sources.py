@@ -393,4 +393,4 @@ def list_library(source: str) -> list[str]:
     if source == "torchvision":
         tv = library("torchvision.models", "mtkd list --models torchvision")
         return sorted(tv.list_models(module=tv))  # classification models only
-    raise ConfigError(f"--models: choose timm or torchvision (hf models are local directories: hf:PATH)")
+    raise ConfigError("--models: choose timm or torchvision (hf models are local directories: hf:PATH)")

@@ -43,7 +43,7 @@ from ..losses import ce_loss
 from ..teachers import FrozenTeacher
 from ..trainer import predict_logits
 from .progressive import phase_of
-from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from .base import PreparedTeachers, TeacherStage, Traits, TrainedTeacher
 from .offline import TeacherTargets
 
 

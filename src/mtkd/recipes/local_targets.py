@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
 from ..trainer import accuracy
-from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from .base import PreparedTeachers, TeacherStage, Traits
 from ..models import build_model
 from ..seeding import seed_everything
 

@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..io import load_torch
 from ..losses import ce_loss
 from ..teachers import FrozenTeacher
-from .base import PreparedTeachers, TeacherPlan, TeacherStage, Traits, TrainedTeacher
+from .base import PreparedTeachers, TeacherStage, Traits, TrainedTeacher
 from .offline import TeacherTargets
 
 

@@ -18,7 +18,6 @@ does not are left out and the teacher's distribution is renormalised over the re
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import uuid
 from pathlib import Path
