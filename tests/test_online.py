@@ -251,7 +251,9 @@ def test_mutual_learning_from_the_python_api():
     ("mutual", {"peers": [{"arch": "mlp", "size": 3}]}, "distill.peers[0].size: unknown key for model 'mlp'"),
     ("mutual", {"peers": [{"name": "a", "arch": "mlp"}, {"name": "a", "arch": "mlp"}]},
      "distill.peers: the name 'a' is used twice"),
-    ("afd", {"peers": [{"arch": "mlp", "hidden": [32]}]}, "recipe 'afd': the peers' feature widths differ ([16, 32]"),
+    ("afd", {"features": "maps"}, "recipe 'afd': features: maps, but student has no 2-D feature map"),
+    ("ffl", {"features": "maps", "peers": [{"arch": "cnn1d"}]}, "recipe 'ffl': features: maps, but student has no"),
+    ("afd", {"features": "pixels"}, "features"),
     ("okddip", {"peers": [{"arch": "mlp"}]}, "recipe 'okddip' needs at least two auxiliary peers"),
     ("ffl", {"peers": [{"name": "fused", "arch": "mlp"}]}, "the peer name 'fused' is taken"),
 ])
