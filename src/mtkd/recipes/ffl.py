@@ -26,6 +26,9 @@ different spatial sizes are first average-pooled to the smallest (the authors' s
 share one size, 8x8). Otherwise (``features: vectors``, or a sub-network without such a map:
 MLP, GRU, 1-D CNN) the fusion module works on each sub-network's penultimate vector (the input of
 its final ``nn.Linear``): concatenation -> Linear -> BatchNorm -> ReLU -> Linear classifier.
+Deviations (docs/methods/online.md): the sub-networks are independent networks (the authors'
+share the low layers), and the run's one optimizer trains the fusion module (theirs has its own
+SGD, weight decay 1e-5).
 
 The student is sub-network 1; the other sub-networks and the fused classifier (which needs all
 sub-networks at inference) are reported as rows of ``summary.json["peers"]``.
