@@ -184,25 +184,17 @@ def test_map_form_runs_through_the_cli_and_says_so(tmp_path, capsys, recipe):
 
 @pytest_sklearn
 @pytest.mark.parametrize("recipe", ["ffl", "afd"])
-def test_interrupted_map_form_run_resumes_to_the_same_weights(tmp_path, capsys, recipe, monkeypatch):
+def test_interrupted_map_form_run_resumes_to_the_same_weights(tmp_path, recipe):
     """Ctrl-C at step 15 (checkpoint at 10): the fusion module / discriminators, transfer layers,
     BatchNorm statistics and the discriminators' Adam state come back, so every model ends bit for
     bit as in an unbroken run."""
+    from fault_injection import interrupted_at
     from mtkd.recipes import RECIPES
 
     cfg = _config(tmp_path, recipe, 20)
-    cls = RECIPES[recipe]
-    original, calls = cls.step, {"n": 0}
-
-    def step_or_interrupt(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(cls, "step", step_or_interrupt)
     killed, unbroken = tmp_path / "killed", tmp_path / "unbroken"
-    assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 130
+    with interrupted_at(15, RECIPES[recipe]):
+        assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 130
     assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 0
     assert main(["run", str(cfg), "--out", str(unbroken), "--no-progress"]) == 0
     for name in ["student.pt", "peers/wide.pt"]:
