@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtkd.cli import main
+from mtkd.errors import ConfigError
 from mtkd.models import build_model, parse_model
 from mtkd.models.feature_maps import align_spatial, map_layer, probe_map_shapes, smallest_size
 from mtkd.recipes.afd import AfdOptions, AfdRecipe, lsgan_discriminator_loss, lsgan_generator_loss, map_discriminator
@@ -112,6 +113,12 @@ def test_library_cnns_have_maps_and_vits_do_not():
     assert torch.equal(state, torch.get_rng_state()) and all(m.training for m in models)  # probing changed nothing
     assert len(shapes[0]) == len(shapes[1]) == 3 and shapes[2] == (512, 1, 1)
     assert shapes[3] is None  # a ViT: tokens, then a pooled vector
+    ffl = FflRecipe(_model({"arch": "cnn2d", "channels": [4]}, shape), peers=models[:2], num_classes=3,
+                    input_shape=shape)  # a cnn2d with a timm ResNet and ConvNeXt
+    assert ffl.form == "maps" and ffl.fusion.size == smallest_size([shapes[0], shapes[1], (4, 32, 32)])
+    assert torch.isfinite(ffl.step(x, torch.tensor([0, 2]), None)["loss"])
+    with pytest.raises(ConfigError, match="features: maps, but peer3 has no 2-D feature map"):
+        AfdRecipe(models[0], peers=models[1:], input_shape=shape, options=AfdOptions(features="maps"))
 
 
 def test_afd_transfer_layer_and_alignment_on_maps():

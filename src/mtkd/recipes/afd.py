@@ -7,8 +7,11 @@ ICML 2020 (arXiv:2002.01775). With K peers, features F_k and discriminators D_k 
 features are "fake", those of peer k+1 mod K "real", the paper's cyclic arrangement for more
 than two networks), least-squares GAN losses:
 
-    discriminators:  sum_k [ (1 - D_k(F_{k+1}))^2 + D_k(F_k)^2 ]        (own optimizer step, first)
-    peers:           sum_k (1 - alpha) * CE(z_k, y) + alpha * KD_k + adv_weight * (1 - D_k(F_k))^2
+    discriminators:  sum_k [ (1 - D_k(F_{k+1}))^2 + D_k(T_k(F_k))^2 ]     (own optimizer step, first)
+    peers:           sum_k (1 - alpha) * CE(z_k, y) + alpha * KD_k + adv_weight * (1 - D_k(T_k(F_k)))^2
+
+(T_k: the transfer layer from peer k's features to peer k+1's shape, the identity when they
+agree; squares are averaged over the batch.)
 
 KD_k is Deep Mutual Learning's term (T^2 / (K-1) * sum_{l != k} KL(p_l || p_k), see ``mutual``).
 Each step first updates the discriminators on detached features with their own Adam optimizer
