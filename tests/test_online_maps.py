@@ -16,7 +16,7 @@ from mtkd.errors import ConfigError
 from mtkd.models import build_model, parse_model
 from mtkd.models.feature_maps import align_spatial, map_layer, probe_map_shapes, smallest_size
 from mtkd.recipes.afd import AfdOptions, AfdRecipe, lsgan_discriminator_loss, lsgan_generator_loss, map_discriminator
-from mtkd.recipes.ffl import FflOptions, FflRecipe, MapFusionModule
+from mtkd.recipes.ffl import FflRecipe, MapFusionModule
 from optional_libs import usable
 
 EPS = 1e-5  # BatchNorm's epsilon: in eval mode with fresh statistics, BN(x) = x / sqrt(1 + eps)

@@ -174,7 +174,8 @@ class AfdRecipe(nn.Module):
         # 2. peers: fool their (now frozen) discriminator; the graph keeps no discriminator leaf
         self.discriminators.requires_grad_(False)
         try:
-            adv = torch.stack([lsgan_generator_loss(d(fake)) for d, (_, fake) in zip(self.discriminators, pairs)])  # [K]
+            adv = torch.stack([lsgan_generator_loss(d(fake))
+                               for d, (_, fake) in zip(self.discriminators, pairs)])  # [K]
         finally:
             self.discriminators.requires_grad_(True)
         kd = mutual_kd(logits, self.temperature)  # [K]
