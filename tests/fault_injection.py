@@ -55,12 +55,13 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def interrupted_at(step: int):
-    """Inside the block, the ``step``-th distillation step (recipe offline) raises KeyboardInterrupt, as
-    Ctrl-C would; the recipe is restored afterwards."""
+def interrupted_at(step: int, recipe: type | None = None):
+    """Inside the block, the ``step``-th distillation step (of ``recipe``, a recipe class; default
+    offline) raises KeyboardInterrupt, as Ctrl-C would; the recipe is restored afterwards."""
     from mtkd.recipes import OfflineRecipe
 
-    original, calls = OfflineRecipe.step, {"n": 0}
+    cls = recipe or OfflineRecipe
+    original, calls = cls.step, {"n": 0}
 
     def step_or_interrupt(self, *args):
         calls["n"] += 1
@@ -68,11 +69,11 @@ def interrupted_at(step: int):
             raise KeyboardInterrupt
         return original(self, *args)
 
-    OfflineRecipe.step = step_or_interrupt
+    cls.step = step_or_interrupt
     try:
         yield
     finally:
-        OfflineRecipe.step = original
+        cls.step = original
 
 
 def unreadable(paths) -> int:

@@ -201,27 +201,19 @@ def test_online_recipe_runs_through_the_cli_without_teachers(tmp_path, capsys, t
 
 
 @pytest.mark.parametrize("recipe", sorted(ONLINE))
-def test_interrupted_online_run_resumes_to_the_same_weights(tmp_path, capsys, tiny_raw_config, recipe, monkeypatch):
+def test_interrupted_online_run_resumes_to_the_same_weights(tmp_path, capsys, tiny_raw_config, recipe):
     """Ctrl-C at step 25 (checkpoint at 20), run again: the student, every peer and the fused model
     end bit for bit as in an unbroken run (peers, discriminators, fusion module and their
     optimizer state are all in the checkpoint)."""
+    from fault_injection import interrupted_at
     from mtkd.recipes import RECIPES
 
     raw = _online_config(tiny_raw_config, recipe, **ONLINE[recipe])
     raw["distill"].update(steps=40, checkpoint_every=10)
     cfg = _write(tmp_path, raw)
-    cls = RECIPES[recipe]
-    original, calls = cls.step, {"n": 0}
-
-    def step_or_interrupt(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(cls, "step", step_or_interrupt)
     killed, unbroken = tmp_path / "killed", tmp_path / "unbroken"
-    assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 130
+    with interrupted_at(25, RECIPES[recipe]):
+        assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 130
     assert not (killed / "summary.json").exists()
     assert main(["run", str(cfg), "--out", str(killed), "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().err
@@ -251,7 +243,9 @@ def test_mutual_learning_from_the_python_api():
     ("mutual", {"peers": [{"arch": "mlp", "size": 3}]}, "distill.peers[0].size: unknown key for model 'mlp'"),
     ("mutual", {"peers": [{"name": "a", "arch": "mlp"}, {"name": "a", "arch": "mlp"}]},
      "distill.peers: the name 'a' is used twice"),
-    ("afd", {"peers": [{"arch": "mlp", "hidden": [32]}]}, "recipe 'afd': the peers' feature widths differ ([16, 32]"),
+    ("afd", {"features": "maps"}, "recipe 'afd': features: maps, but student has no 2-D feature map"),
+    ("ffl", {"features": "maps", "peers": [{"arch": "cnn1d"}]}, "recipe 'ffl': features: maps, but student has no"),
+    ("afd", {"features": "pixels"}, "features"),
     ("okddip", {"peers": [{"arch": "mlp"}]}, "recipe 'okddip' needs at least two auxiliary peers"),
     ("ffl", {"peers": [{"name": "fused", "arch": "mlp"}]}, "the peer name 'fused' is taken"),
 ])

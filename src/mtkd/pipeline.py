@@ -74,15 +74,18 @@ def prepare(cfg: Config) -> Prepared:
     built = []  # (teacher name, model) for a recipe's own checks of layer names, blocks, ...
     recipe_cls = RECIPES[cfg.distill.recipe]
     traits = recipe_cls.traits
+    online_notes = []  # e.g. which features FFL's / AFD's own modules work on
     if traits.online:  # online recipes: build the cohort once, so its errors come now
-        build_recipe(cfg.distill.recipe, build_model(cfg.student, data.input_shape, num_classes), [], cfg.distill,
-                     recipe_options=cfg.recipe_options, aggregator_options=cfg.aggregator_options,
-                     num_classes=num_classes, input_shape=data.input_shape, example=None,
-                     device=torch.device("cpu"), student_config=cfg.student, monitor=False)
+        cohort = build_recipe(cfg.distill.recipe, build_model(cfg.student, data.input_shape, num_classes), [],
+                              cfg.distill, recipe_options=cfg.recipe_options,
+                              aggregator_options=cfg.aggregator_options, num_classes=num_classes,
+                              input_shape=data.input_shape, example=None, device=torch.device("cpu"),
+                              student_config=cfg.student, monitor=False).recipe
+        online_notes = [e["note"] for e in cohort.events if "note" in e]
     if traits.needs_unlabeled and data.unlabeled is None:
         raise ConfigError(f"distill.recipe: {cfg.distill.recipe!r} needs an unlabeled pool; set data.unlabeled "
                           f"(mnist1d) or add x_unlabeled to the .npz file")
-    plans, notes = [], []
+    plans, notes = [], list(online_notes)
     d = cfg.distill
     if d.cache == "always" and not traits.cacheable:
         raise ConfigError(f"distill.cache: 'always', but recipe {d.recipe!r} cannot use cached teacher outputs "

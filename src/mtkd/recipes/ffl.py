@@ -16,10 +16,19 @@ ICLR 2017) over the first ``rampup`` fraction of the steps: they ramp over 80 of
 (per epoch; here per step). Their loss is CE + w * KD at T = 3: ``alpha: 0.5, temperature: 3``
 here (same directions, half the scale).
 
-Deviation: the paper fuses the sub-networks' last feature *maps* with a depthwise-separable
-convolution before its classifier; architectures here differ in what they produce, so the fusion
-module works on each sub-network's penultimate feature vector (the input of its final
-``nn.Linear``): concatenation -> Linear -> BatchNorm -> ReLU -> Linear classifier.
+Fusion module, as in the paper and the authors' ``our_network.py`` (``Fusion_module``), when
+every sub-network has a last 2-D feature map (``features: auto`` or ``maps``; see
+``mtkd.models.feature_maps``): the maps [B, C_i, H_i, W_i] are concatenated along channels,
+then a 3x3 depthwise convolution (stride 1, padding 1, no bias) -> BatchNorm -> ReLU, a 1x1
+pointwise convolution to ``fusion_hidden`` channels (default: sub-network 1's C, the authors' 2C
+-> C) -> BatchNorm -> ReLU, global average pooling and a linear fused classifier. Maps of
+different spatial sizes are first average-pooled to the smallest (the authors' sub-networks
+share one size, 8x8). Otherwise (``features: vectors``, or a sub-network without such a map:
+MLP, GRU, 1-D CNN) the fusion module works on each sub-network's penultimate vector (the input of
+its final ``nn.Linear``): concatenation -> Linear -> BatchNorm -> ReLU -> Linear classifier.
+Deviations (docs/methods/online.md): the sub-networks are independent networks (the authors'
+share the low layers), and the run's one optimizer trains the fusion module (theirs has its own
+SGD, weight decay 1e-5).
 
 The student is sub-network 1; the other sub-networks and the fused classifier (which needs all
 sub-networks at inference) are reported as rows of ``summary.json["peers"]``.
@@ -35,8 +44,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import ce_loss, kd_loss
-from ..models.features import PenultimateFeatures
-from .peers import PeerOptions, build_peers, rampup
+from ..models.feature_maps import align_spatial, smallest_size
+from ..models.features import head_layer
+from .peers import FEATURES_HELP, FeatureForm, PeerOptions, build_peers, cohort_features, features_event, rampup
 from .base import Traits
 
 
@@ -51,7 +61,7 @@ def ffl_kd_terms(sub_logits: torch.Tensor, fused_logits: torch.Tensor, temperatu
 
 
 class FusionModule(nn.Module):
-    """Concatenated sub-network features [B, sum F_i] -> fused logits [B, C]."""
+    """Concatenated sub-network feature vectors [B, sum F_i] -> fused logits [B, C] (the vector form)."""
 
     def __init__(self, widths: Sequence[int], hidden: int, num_classes: int):
         super().__init__()
@@ -62,22 +72,53 @@ class FusionModule(nn.Module):
         return self.classifier(self.fuse(torch.cat(list(features), dim=1)))
 
 
+class MapFusionModule(nn.Module):
+    """FFL's fusion module on feature maps (Kim et al., ICPR 2020; the authors' ``Fusion_module``):
+    maps K x [B, C_i, H_i, W_i] -> (pooled to ``size``) concatenated [B, sum C_i, h, w] ->
+    depthwise 3x3 conv -> BN -> ReLU -> pointwise 1x1 conv [B, hidden, h, w] -> BN -> ReLU ->
+    global average [B, hidden] -> linear classifier [B, num_classes]."""
+
+    def __init__(self, channels: Sequence[int], size: tuple[int, int], hidden: int, num_classes: int):
+        super().__init__()
+        total = sum(channels)
+        self.size = tuple(size)
+        self.depthwise = nn.Conv2d(total, total, 3, stride=1, padding=1, groups=total, bias=False)
+        self.bn_depthwise = nn.BatchNorm2d(total)
+        self.pointwise = nn.Conv2d(total, hidden, 1, bias=False)
+        self.bn_pointwise = nn.BatchNorm2d(hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+        for conv in (self.depthwise, self.pointwise):  # the authors' init: N(0, 2 / (k * k * out_channels))
+            k = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+            nn.init.normal_(conv.weight, 0.0, (2.0 / k) ** 0.5)
+
+    def fused_map(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(align_spatial(maps, self.size), dim=1)  # [B, sum C_i, h, w]
+        x = torch.relu(self.bn_depthwise(self.depthwise(x)))
+        return torch.relu(self.bn_pointwise(self.pointwise(x)))  # [B, hidden, h, w]
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.fused_map(maps).mean(dim=(2, 3)))
+
+
 class FusedClassifier(nn.Module):
     """Inference with the fused classifier: every sub-network, then the fusion module."""
 
-    def __init__(self, subnets: Sequence[nn.Module], fusion: FusionModule, features: Sequence[PenultimateFeatures]):
+    def __init__(self, subnets: Sequence[nn.Module], fusion: nn.Module, features: Sequence):
         super().__init__()
         self.subnets, self.fusion = nn.ModuleList(subnets), fusion
         self.features = list(features)  # the recipe's hooks on the sub-networks' heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for m in self.subnets:
-            m(x)  # fills features[i].value: [B, F_i]
+            m(x)  # fills features[i].value: [B, F_i] or [B, C_i, H_i, W_i]
         return self.fusion([f.value for f in self.features])
 
 
 class FflOptions(PeerOptions):
-    fusion_hidden: int = Field(64, gt=0, description="width of the fusion module's hidden layer")
+    fusion_hidden: int | None = Field(None, gt=0, description="channels of the fusion module's pointwise conv "
+                                      "(maps; default: sub-network 1's channels) or width of its hidden layer "
+                                      "(vectors; default 64)")
+    features: FeatureForm = Field("auto", description=FEATURES_HELP)
     rampup: float = Field(0.27, ge=0, le=1, description="fraction of the steps over which the KD weight ramps up "
                           "(sigmoid; 80 of 300 epochs in the authors' code; 0 = no ramp-up)")
 
@@ -107,11 +148,18 @@ class FflRecipe(nn.Module):
             raise ConfigError("recipe 'ffl': the peer name 'fused' is taken by the fused classifier; rename the peer")
         self.peer_configs = [c for _, _, c in named]
         self.peers = nn.ModuleList([m for _, m, _ in named])
-        self.features = [PenultimateFeatures(m) for m in self.subnets()]  # h_i: [B, F_i] after each forward
-        classes = num_classes or self.features[0].layer.out_features
+        names = ["student", *self.peer_names]
+        # h_i after each forward: maps [B, C_i, H_i, W_i] or vectors [B, F_i]; shapes: per sample
+        self.form, self.features, shapes = cohort_features("ffl", names, self.subnets(), o.features, input_shape)
+        self.events.append(features_event("ffl", self.form, names, shapes))
+        classes = num_classes or head_layer(student).out_features
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1009 + 7)
-            self.fusion = FusionModule([f.dim for f in self.features], o.fusion_hidden, classes)
+            if self.form == "maps":
+                self.fusion = MapFusionModule([s[0] for s in shapes], smallest_size(shapes),
+                                              o.fusion_hidden or shapes[0][0], classes)
+            else:
+                self.fusion = FusionModule([s[0] for s in shapes], o.fusion_hidden or 64, classes)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # position on the ramp-up
 
     def subnets(self) -> list[nn.Module]:
@@ -121,7 +169,8 @@ class FflRecipe(nn.Module):
         rows = [{"name": n, "role": "sub-network (ffl)", "module": m, "config": c}
                 for n, m, c in zip(self.peer_names, self.peers, self.peer_configs)]
         fused = FusedClassifier(self.subnets(), self.fusion, self.features)
-        return rows + [{"name": "fused", "role": "fused classifier (ffl)", "module": fused, "config": None,
+        on = "feature maps" if self.form == "maps" else "feature vectors"
+        return rows + [{"name": "fused", "role": f"fused classifier (ffl, on {on})", "module": fused, "config": None,
                         "arch": "fusion"}]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -139,4 +188,4 @@ class FflRecipe(nn.Module):
         return losses
 
 
-__all__ = ["FflOptions", "FflRecipe", "FusedClassifier", "FusionModule", "ffl_kd_terms"]
+__all__ = ["FflOptions", "FflRecipe", "FusedClassifier", "FusionModule", "MapFusionModule", "ffl_kd_terms"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,6 +28,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..models import parse_model
 from ..models import build_model
+from ..models.feature_maps import FeatureMap, map_layer, probe_map_shapes
+from ..models.features import PenultimateFeatures
 
 
 def peer_config(spec: Any, i: int) -> tuple[str | None, BaseModel]:
@@ -115,3 +117,47 @@ def rampup(step: int, length: int) -> float:
         return 1.0
     t = step / length
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+FeatureForm = Literal["auto", "maps", "vectors"]
+FEATURES_HELP = ("what the recipe's own modules see: 'maps' (each network's last 2-D feature map, as the paper), "
+                 "'vectors' (the pooled vector entering each classifier) or 'auto' (maps when every network has one)")
+
+
+def cohort_features(recipe: str, names: Sequence[str], models: Sequence[nn.Module], requested: str,
+                    input_shape: tuple | None = None, example: torch.Tensor | None = None):
+    """Which features an online recipe's modules (FFL's fusion, AFD's discriminators) work on:
+    ``(form, captures, shapes)`` with form 'maps' or 'vectors', one capture per model
+    (``FeatureMap`` [B, C, H, W] or ``PenultimateFeatures`` [B, F] in ``.value`` after each
+    forward) and its shape per sample ((C, H, W) or (F,)).
+
+    'auto' takes maps when every model has a last 2-D feature map (``mtkd.models.feature_maps``),
+    else vectors; 'maps' without one is a ConfigError naming the model. Finding the maps' shapes
+    needs a probe input: ``example`` [n, ...] or zeros of ``input_shape``.
+    """
+    missing = [n for n, m in zip(names, models) if map_layer(m) is None]
+    shapes = None
+    if requested != "vectors" and not missing:
+        if example is None and input_shape is None:
+            raise ConfigError(f"recipe '{recipe}': sizing modules on feature maps needs a probe input; pass "
+                              "input_shape= or example=, or set features='vectors'")
+        x = example[:2] if example is not None else torch.zeros(2, *input_shape)
+        shapes = probe_map_shapes(models, x)
+        missing = [n for n, s in zip(names, shapes) if s is None]
+    if requested == "maps" and missing:
+        raise ConfigError(f"recipe '{recipe}': features: maps, but {missing[0]} has no 2-D feature map "
+                          "[B, C, H, W] before its pooling (maps come from cnn2d and timm / torchvision CNNs); "
+                          "use features: auto or vectors")
+    if requested == "vectors" or missing:
+        captures = [PenultimateFeatures(m) for m in models]
+        return "vectors", captures, [(c.dim,) for c in captures]
+    return "maps", [FeatureMap(m) for m in models], shapes
+
+
+def features_event(recipe: str, form: str, names: Sequence[str], shapes: Sequence[tuple]) -> dict:
+    """The event (logged at the first step, and printed by ``mtkd run`` before training) naming the
+    features the recipe's modules work on."""
+    what = "feature maps" if form == "maps" else "pooled feature vectors"
+    sizes = ", ".join(f"{n} {list(s)}" for n, s in zip(names, shapes))
+    return {"event": "features", "form": form,
+            "note": f"recipe '{recipe}': working on {what} ({sizes})"}
