@@ -16,6 +16,10 @@ pytestmark = pytest.mark.skipif(not usable("timm", "torchvision"),
 SHAPE = (1, 16, 16)
 RESNET = {"arch": "timm:test_resnet"}
 VIT = {"arch": "timm:test_vit", "options": {"img_size": 16, "patch_size": 4, "depth": 2}}
+# a tiny Swin: its stages hand on grids of tokens [B, H, W, C] (timm's output_fmt NHWC)
+SWIN = {"arch": "timm:swin_tiny_patch4_window7_224",
+        "options": {"img_size": 16, "patch_size": 2, "window_size": 4, "embed_dim": 8, "depths": [1, 1],
+                    "num_heads": [1, 2]}}
 
 
 def _model(spec, input_shape=SHAPE, classes=10):
@@ -54,7 +58,36 @@ def test_projector_on_token_sequences_is_linear_then_token_count_alignment():
     assert proj.globl is None
 
 
+def test_projector_reads_and_writes_channels_last_grids_as_maps():
+    from mtkd.models.projectors import Projector
+
+    proj = Projector((4, 4, 2), "channels_last", (3, 2, 2), "channels")  # [H, W, C] -> [C', H', W']
+    assert isinstance(proj.local, torch.nn.Conv2d) and proj.globl is None
+    with torch.no_grad():
+        proj.local.weight.zero_()
+        proj.local.weight[:, 1] = 1.0  # every output channel = input channel 1 (the last axis)
+        proj.local.bias.zero_()
+    x = torch.zeros(1, 4, 4, 2)
+    x[0, :, :, 1] = torch.arange(16.0).reshape(4, 4)
+    expected = torch.tensor([[2.5, 4.5], [10.5, 12.5]])  # 2x2 means of channel 1, by hand
+    assert torch.equal(proj(x), expected.expand(1, 3, 2, 2))
+    back = Projector((3, 2, 2), "channels", (4, 4, 5), "channels_last")
+    assert back(torch.randn(2, 3, 2, 2)).shape == (2, 4, 4, 5)
+
+
+def test_swin_stages_are_channels_last_and_its_convolution_is_not():
+    from mtkd.models.layers import LayerFeatures
+
+    swin = _model(SWIN)
+    feats = LayerFeatures(swin, ["layers.1", "patch_embed.proj"])
+    swin(torch.rand(2, *SHAPE))
+    assert tuple(feats.values["layers.1"].shape) == (2, 4, 4, 16)
+    assert feats.layout("layers.1") == "channels_last" and feats.layout("patch_embed.proj") == "channels"
+
+
 @pytest.mark.parametrize("student, s_layer, teacher, t_layer, t_shape", [
+    (SWIN, "layers.1", RESNET, "layer2", (48, 2, 2)),                                # Swin grid -> conv map
+    (RESNET, "layer1", SWIN, "layers.0", (8, 8, 8)),                                # conv map -> Swin grid
     (RESNET, "layer2", {"arch": "torchvision:resnet18"}, "layer3", (256, 1, 1)),   # conv map -> smaller map
     (VIT, "blocks.0", dict(VIT, options={"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 32}),
      "blocks.1", (5, 32)),                                                           # 17 tokens -> 5 tokens
@@ -71,6 +104,8 @@ def test_fitnet_hints_on_library_layers(student, s_layer, teacher, t_layer, t_sh
     recipe = FeaturesRecipe(s, teachers, build_aggregator("mean", AggregatorContext(teachers, 10), None),
                             options=opts, example=x)
     assert tuple(recipe.teacher_feats[0].values[t_layer].shape[1:]) == t_shape
+    if len(t_shape) == 3:  # grids on both sides (NCHW or NHWC): FitNet's 1x1 conv regressor, positions pooled
+        assert all(isinstance(p.local, torch.nn.Conv2d) and p.globl is None for p in recipe.projectors.values())
     losses = recipe.step(x, y, None)
     assert torch.isfinite(losses["hint"]) and float(losses["hint"].detach()) > 0
     losses["loss"].backward()

@@ -62,10 +62,14 @@ def _works_on_tokens(module: nn.Module) -> bool:
             and not any(isinstance(m, nn.Conv1d) for m in module.modules()))  # a 1-D conv block is channels
 
 
-def layout_of(module: nn.Module, value: torch.Tensor) -> str:
-    """Guess the layout of a layer's output [B, ...]: vector, channels (CNN) or tokens."""
+def layout_of(module: nn.Module, value: torch.Tensor, channels_last: bool = False) -> str:
+    """Guess the layout of a layer's output [B, ...]: vector, channels (CNN), tokens, or
+    channels_last [B, H, W, C] for a 4-D output of a model whose grids are NHWC (``channels_last``:
+    timm's ``output_fmt``, e.g. Swin) other than a convolution's."""
     if value.dim() == 2:
         return "vector"
+    if value.dim() == 4 and channels_last and not isinstance(module, nn.Conv2d):
+        return "channels_last"
     if value.dim() == 3 and _works_on_tokens(module):
         return "tokens"
     return "channels"
@@ -77,6 +81,8 @@ class LayerFeatures:
     def __init__(self, model: nn.Module, names: Iterable[str | None], where: str = "model"):
         self.values: dict[str | None, torch.Tensor] = {}
         self.modules: dict[str | None, nn.Module] = {}
+        # timm models whose 2-D grids are [B, H, W, C] between blocks (Swin) say so in output_fmt
+        self.channels_last = getattr(library_model(model)[0], "output_fmt", "NCHW") == "NHWC"
         self._handles = []
         for name in dict.fromkeys(names):  # unique, in order
             module = find_layer(model, name, where)
@@ -97,7 +103,7 @@ class LayerFeatures:
         return hook
 
     def layout(self, name: str | None) -> str:
-        return "vector" if name is None else layout_of(self.modules[name], self.values[name])
+        return "vector" if name is None else layout_of(self.modules[name], self.values[name], self.channels_last)
 
     def remove(self) -> None:
         for h in self._handles:

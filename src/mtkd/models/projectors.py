@@ -1,10 +1,11 @@
 """Learned projectors between features of different shapes and layouts (FitNet regressors,
 the TAS local-to-global projector).
 
-Features of the built-in models come in three layouts (per sample, batch dimension left out):
-``vector`` [F] (MLP layers, penultimate features), ``channels`` [C, L] or [C, H, W] (CNNs:
-channels first, positions last) and ``tokens`` [T, D] (GRU outputs, transformer layers:
-positions first). Every projector goes through one canonical form, channel-first [C, L]
+Features come in four layouts (per sample, batch dimension left out): ``vector`` [F] (MLP
+layers, penultimate features), ``channels`` [C, L] or [C, H, W] (CNNs: channels first, positions
+last), ``tokens`` [T, D] (GRU outputs, transformer layers: positions first) and
+``channels_last`` [H, W, C] (a grid of tokens, e.g. the stages of timm's Swin, whose
+``output_fmt`` is NHWC). Every projector goes through one canonical form, channel-first [C, L]
 (a vector is [F, 1], tokens [D, T], an image [C, H*W]), so any layout maps to any other:
 
     [C, L] --conv1d(k), C -> C'--> [C', L] --linear over positions, L -> L'--> [C', L']
@@ -25,24 +26,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Layout = Literal["vector", "channels", "tokens"]
+Layout = Literal["vector", "channels", "tokens", "channels_last"]
+POSITIONS_FIRST = ("tokens", "channels_last")  # the channel (feature) dimension is the last one
 
 
 def canonical_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
     """(C, L) of a per-sample feature shape in ``layout``."""
     if layout == "vector":
         return math.prod(shape), 1
-    if layout == "tokens":
+    if layout in POSITIONS_FIRST:
         return shape[-1], math.prod(shape[:-1])
     return shape[0], math.prod(shape[1:])
+
+
+def map_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...] | None:
+    """(C, H, W) of a per-sample feature map in layout ``channels`` [C, H, W] or ``channels_last``
+    [H, W, C]; None for anything that is not a 2-D grid."""
+    if len(shape) != 3 or layout not in ("channels", "channels_last"):
+        return None
+    return tuple(shape) if layout == "channels" else (shape[2], shape[0], shape[1])
 
 
 def to_channels(x: torch.Tensor, layout: str) -> torch.Tensor:
     """[B, ...] in ``layout`` -> [B, C, L]."""
     if layout == "vector":
         return x.flatten(1).unsqueeze(-1)  # [B, F, 1]
-    if layout == "tokens":
-        return x.flatten(1, -2).transpose(1, 2)  # [B, T, D] -> [B, D, T]
+    if layout in POSITIONS_FIRST:
+        return x.flatten(1, -2).transpose(1, 2)  # [B, T, D] -> [B, D, T]; [B, H, W, C] -> [B, C, H*W]
     return x.flatten(2)  # [B, C, H, W] -> [B, C, H*W]
 
 
@@ -50,7 +60,7 @@ def from_channels(x: torch.Tensor, shape: tuple[int, ...], layout: str) -> torch
     """[B, C, L] -> [B, *shape] in ``layout`` (the inverse of :func:`to_channels`)."""
     if layout == "vector":
         return x.reshape(len(x), *shape)
-    if layout == "tokens":
+    if layout in POSITIONS_FIRST:
         return x.transpose(1, 2).reshape(len(x), *shape)
     return x.reshape(len(x), *shape)
 
@@ -73,9 +83,11 @@ class Projector(nn.Module):
 
     Two layouts keep their structure instead of going through the canonical form:
 
-    - conv feature maps on both sides, [C, H, W] -> [C', H', W'] (FitNet's case on CNNs): a
-      ``kernel`` x ``kernel`` ``nn.Conv2d`` (FitNet's 1x1 regressor by default), then the map is
-      brought to [H', W'] by :func:`align_positions` (adaptive average pooling down, bilinear up);
+    - 2-D grids on both sides, [C, H, W] -> [C', H', W'] (FitNet's case on CNNs; a
+      ``channels_last`` grid [H, W, C] such as a Swin stage's is permuted to [C, H, W] first and
+      back after): a ``kernel`` x ``kernel`` ``nn.Conv2d`` (FitNet's 1x1 regressor by default),
+      then the map is brought to [H', W'] by :func:`align_positions` (adaptive average pooling
+      down, bilinear up);
     - token sequences on both sides, [T, D] -> [T', D'] (transformer layers, e.g. ViT blocks): a
       linear map of each token D -> D' (``kernel`` 1), then the sequence brought to T' tokens by
       :func:`align_positions` (pooling or linear interpolation along the sequence).
@@ -89,12 +101,13 @@ class Projector(nn.Module):
         self.in_layout, self.out_layout = in_layout, out_layout
         c_in, l_in = canonical_shape(self.in_shape, in_layout)
         c_out, l_out = canonical_shape(self.out_shape, out_layout)
-        maps = in_layout == out_layout == "channels" and len(self.in_shape) == len(self.out_shape) == 3
+        in_map, out_map = map_shape(self.in_shape, in_layout), map_shape(self.out_shape, out_layout)
+        maps = in_map is not None and out_map is not None
         tokens = in_layout == out_layout == "tokens" and len(self.in_shape) == len(self.out_shape) == 2
         self.aligned = (maps or tokens) and not mix_positions  # positions pooled/interpolated, not learned
         if self.aligned and maps:
             self.local = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)  # [B, C, H, W] -> [B, C', H, W]
-            self.positions = self.out_shape[1:]
+            self.positions = out_map[1:]
         else:
             self.local = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)  # same length for odd kernels
             self.positions = (self.out_shape[0],) if tokens else None
@@ -103,7 +116,10 @@ class Projector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.aligned and len(self.positions) == 2:  # [B, C, H, W] -> [B, C', H', W']
-            return align_positions(self.local(x), self.positions)
+            if self.in_layout == "channels_last":
+                x = x.permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+            h = align_positions(self.local(x), self.positions)
+            return h.permute(0, 2, 3, 1) if self.out_layout == "channels_last" else h
         h = self.local(to_channels(x, self.in_layout))  # [B, C', L]
         if self.aligned:
             h = align_positions(h, self.positions)  # [B, D', T] -> [B, D', T']
