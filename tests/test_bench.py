@@ -23,3 +23,21 @@ def test_bench_writes_one_record_per_setting(tmp_path, capsys):
 def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--teachers", "0"]) == 2
     assert "--teachers" in capsys.readouterr().err
+
+
+def test_bench_json_never_replaces_a_file_it_was_not_told_to(tmp_path, capsys):
+    """An existing --json file (mtkd cannot tell it wrote it), a folder, or a missing parent folder:
+    one line and exit 2 before anything is measured; the file is left as it was."""
+    mine = tmp_path / "notes.json"
+    mine.write_text("my own notes")
+    args = ["bench", "--steps", "1", "--repeats", "1", "--warmup", "0", "--samples", "200", "--unlabeled", "50",
+            "--teachers", "1", "--teacher-channels", "4", "--modes", "student_only"]
+    assert main([*args, "--json", str(mine)]) == 2
+    err = capsys.readouterr()
+    assert "--overwrite" in err.err and "| student_only" not in err.out  # refused before measuring
+    assert mine.read_text() == "my own notes"
+    assert main([*args, "--json", str(tmp_path)]) == 2 and "directory" in capsys.readouterr().err
+    assert main([*args, "--json", str(tmp_path / "missing" / "b.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*args, "--json", str(mine), "--overwrite"]) == 0
+    assert json.loads(mine.read_text())[0]["mode"] == "student_only"

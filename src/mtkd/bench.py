@@ -36,6 +36,7 @@ from .teachers import FrozenTeacher, run_teachers
 from .teachers.placement import DeviceTurns
 from .errors import ConfigError
 from .io import write_json
+from .rundir import check_new_file
 from .precision import grad_scaler
 from .trainer import lr_factor
 from .precision import autocast
@@ -45,6 +46,7 @@ from .trainer import Trainer
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="write one record per measured setting to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--teachers", default="1,2,4,8", help="teacher counts K to measure (default 1,2,4,8)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default 20)")
     p.add_argument("--repeats", type=int, default=25,
@@ -344,6 +346,10 @@ def main(args) -> None:
     if unknown:
         raise ConfigError(f"--modes: unknown {sorted(unknown)}; choose from student_only, hand_loop, live, turns, "
                           "cached")
+    if args.json is not None:  # before minutes of measuring: never replace a file mtkd was not told to
+        check_new_file(args.json, args.overwrite, "--json")
+        if not args.json.parent.is_dir():
+            raise ConfigError(f"--json {args.json}: the folder {args.json.parent} does not exist; create it first")
     records, info = run_bench(args)
     print(format_table(records, info))
     if args.json:  # a list of records; each carries the run's settings, cached ones the cache's numbers
