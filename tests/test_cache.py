@@ -48,6 +48,37 @@ def test_round_trip_equals_live_outputs(tmp_path):
         cached[0].check_classes(x, 5)
 
 
+def test_an_entry_another_run_holds_is_waited_for_then_reused(tmp_path):
+    """Two runs sharing a cache: while one builds or checks an entry the other waits (one line
+    naming the holder), then reuses the entry instead of failing or building it twice."""
+    import threading
+
+    from mtkd.rundir import exclusive
+
+    data, models = _data(), _models(k=1)
+    first = build_cache(_loaders(models), data, tmp_path)
+    entry = first.entries[0].path
+    taken = threading.Event()
+
+    def other_run():  # its own open file description of the lock, held for half a second
+        held = exclusive(entry.parent / f".{entry.name}.lock", "test")
+        taken.set()
+        threading.Event().wait(0.5)
+        held.release()
+
+    holder = threading.Thread(target=other_run)
+    holder.start()
+    taken.wait()
+    lines = []
+    try:
+        again = build_cache(_loaders(models), data, tmp_path, log=lines.append)
+    finally:
+        holder.join()
+    assert again.built == [] and again.entries[0].path == entry
+    assert any("is in use by process" in line and "waiting" in line for line in lines)
+    assert lines[-1].startswith("teacher cache: reusing")
+
+
 def test_reused_when_nothing_changed_rebuilt_when_teacher_or_data_changes(tmp_path):
     data, models = _data(), _models()
     first = build_cache(_loaders(models), data, tmp_path)

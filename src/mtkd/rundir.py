@@ -28,6 +28,7 @@ import shutil
 import socket
 import time
 import uuid
+from typing import Callable
 from pathlib import Path
 
 from . import distributed
@@ -51,28 +52,38 @@ def _key(path) -> Path:
 
 # ---------------------------------------------------------------- locks
 
-def exclusive(lock_path: Path, what: str):
-    """Take the exclusive lock ``lock_path`` (non-blocking) and write who holds it beside it;
-    raises MtkdError naming the holder when another process has it. Returns the lock (release it)."""
+def _holder(lock_path: Path) -> str:
+    try:
+        holder = json.loads(Path(str(lock_path) + ".info").read_text())
+        return f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+    except (OSError, ValueError):
+        return "another process"
+
+
+def exclusive(lock_path: Path, what: str, wait: Callable[[str], None] | None = None):
+    """Take the exclusive lock ``lock_path`` and write who holds it beside it. Held by another
+    process: without ``wait``, raises MtkdError naming the holder at once (two runs must not
+    share a run directory); with ``wait``, says once through it whom it waits for and blocks
+    until the holder is done (a cache entry that another run is building or checking: then
+    this one reuses it). The OS drops the lock of a process that dies. Returns the lock."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(lock_path), thread_local=False)
-    info = Path(str(lock_path) + ".info")
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
         try:
-            holder = json.loads(info.read_text())
-            who = f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
-        except (OSError, ValueError):
-            who = "another process"
-        raise MtkdError(f"{what} is in use by {who}; wait for it to finish or stop it, then run again") from None
+            lock.acquire(timeout=0)
+        except Timeout:
+            if wait is None:
+                raise MtkdError(f"{what} is in use by {_holder(lock_path)}; wait for it to finish or stop it, "
+                                "then run again") from None
+            wait(f"{what} is in use by {_holder(lock_path)}; waiting for it to finish")
+            lock.acquire()
     except OSError as exc:  # read-only directory, permissions
         raise MtkdError(f"{what}: cannot take its lock {lock_path} ({exc.strerror or exc}); "
                         "is it writable?") from None
     try:
-        info.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                    "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        Path(str(lock_path) + ".info").write_text(json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
     except OSError:
         pass  # the lock is what counts; the note only names the holder
     return lock

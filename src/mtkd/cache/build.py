@@ -124,8 +124,9 @@ def reuse_or_build(load: TeacherLoader, name: str, key_of: Callable[[nn.Module],
     key = key_of(model)
     path = root / f"{name}-{key}"
     new_entry_root(root, name)
-    # one process per entry: a second one building the same entry stops with the holder's name
-    lock = exclusive(root / f".{name}-{key}.lock", f"teacher cache entry {path}")
+    # one process per entry at a time: another one (a second run sharing the cache) waits, then
+    # reuses the entry the first one built or checked
+    lock = exclusive(root / f".{name}-{key}.lock", f"teacher cache entry {path}", wait=log)
     try:
         if path.exists():
             try:
