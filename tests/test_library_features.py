@@ -83,6 +83,9 @@ def test_swin_stages_are_channels_last_and_its_convolution_is_not():
     swin(torch.rand(2, *SHAPE))
     assert tuple(feats.values["layers.1"].shape) == (2, 4, 4, 16)
     assert feats.layout("layers.1") == "channels_last" and feats.layout("patch_embed.proj") == "channels"
+    from mtkd.models.library_blocks import library_blocks
+
+    assert [stage.layout for stage in library_blocks(swin).body] == ["channels_last", "channels_last"]  # TAS's stages
 
 
 @pytest.mark.parametrize("student, s_layer, teacher, t_layer, t_shape", [
@@ -134,7 +137,8 @@ def test_wrong_layer_name_lists_the_library_layers_before_writing(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("student, teacher", [(VIT, RESNET), (RESNET, VIT)], ids=["cnn_to_vit", "vit_to_cnn"])
+@pytest.mark.parametrize("student, teacher", [(VIT, RESNET), (RESNET, VIT), (SWIN, RESNET), (RESNET, SWIN)],
+                         ids=["cnn_to_vit", "vit_to_cnn", "cnn_to_swin", "swin_to_cnn"])
 def test_tas_on_library_pairs(student, teacher):
     """The hybrid assistant from real stages: the CNN's first stages -> L2G -> the ViT's later blocks."""
     from mtkd.aggregation import AggregatorContext, build_aggregator

@@ -10,7 +10,8 @@ Stages found per family:
   head: ``norm`` then ``forward_head`` (pooling, ``fc_norm``, classifier).
 - other timm models with ``feature_info`` (ResNet, ConvNeXt, EfficientNet, ...): the top-level
   modules in order, cut after each module that ``feature_info`` names (its stages, nested names
-  such as ``blocks.3`` included), output [B, C, H, W] (channels); head: the modules after the
+  such as ``blocks.3`` included), output [B, C, H, W] (channels), or [B, H, W, C]
+  (``channels_last``) when timm's ``output_fmt`` is NHWC (Swin); head: the modules after the
   last stage that ``forward_features`` still runs (e.g. ConvNeXt's ``norm_pre``,
   EfficientNet's ``conv_head`` / ``bn2``), then ``forward_head``.
 - torchvision ResNets: stem (``conv1``, ``bn1``, ``relu``, ``maxpool``), ``layer1`` .. ``layer4``;
@@ -132,11 +133,13 @@ def library_blocks(model: nn.Module):
         names = [f["module"] for f in (info if isinstance(info, list) else info.get_dicts())]
         units = _units(inner, names)
         last = max(i for i, (n, _) in enumerate(units) if n in names)
+        # stages hand on [B, C, H, W], or [B, H, W, C] in models whose output_fmt says NHWC (Swin)
+        layout = "channels_last" if getattr(inner, "output_fmt", "NCHW") == "NHWC" else "channels"
         body, current = [], list(convert)
         for n, m in units[:last + 1]:
             current.append(m)
             if n in names:
-                body.append(Stage(current, _sequential, "channels"))
+                body.append(Stage(current, _sequential, layout))
                 current = []
         ran = _features_modules(inner)  # trailing modules that forward_features still runs (norm_pre, conv_head)
         tails = [m for n, m in units[last + 1:] if n in ran]
