@@ -121,6 +121,29 @@ def test_library_cnns_have_maps_and_vits_do_not():
         AfdRecipe(models[0], peers=models[1:], input_shape=shape, options=AfdOptions(features="maps"))
 
 
+@pytest.mark.skipif(not usable("timm"), reason="timm not usable here (extra: vision)")
+def test_a_swin_hands_on_its_last_grid_as_a_channels_first_map():
+    """timm's Swin keeps [B, H, W, C] grids up to its head (output_fmt NHWC): the captured map is
+    that grid permuted to [B, C, H, W], equal element for element."""
+    from mtkd.models.feature_maps import FeatureMap
+
+    shape = (3, 16, 16)
+    swin = _model({"arch": "timm:swin_tiny_patch4_window7_224",
+                   "options": {"img_size": 16, "patch_size": 2, "window_size": 4, "embed_dim": 8, "depths": [1, 1],
+                               "num_heads": [1, 2]}}, shape)
+    x = torch.rand(2, *shape)
+    capture = FeatureMap(swin)
+    swin.eval()
+    with torch.no_grad():
+        swin(x)
+        grid = swin.forward_features(x)  # [B, H, W, C]
+    assert grid.shape == (2, 4, 4, 16) and torch.equal(capture.value, grid.permute(0, 3, 1, 2))
+    swin.train()
+    afd = AfdRecipe(swin, peers=[_model({"arch": "cnn2d", "channels": [4]}, shape)], input_shape=shape)
+    assert afd.form == "maps"  # a transfer layer 16 -> 4 channels, grids pooled to 4x4
+    assert torch.isfinite(afd.step(x, torch.tensor([0, 2]), None)["loss"])
+
+
 def test_afd_transfer_layer_and_alignment_on_maps():
     """Peer 1's map [6, 4, 4] meets peer 2's [5, 8, 8]: D_1 judges in [5, 4, 4] (peer 1 through a
     1x1 conv, peer 2 pooled); D_2 judges in [6, 4, 4]."""

@@ -8,7 +8,8 @@ Where it is, per model family:
 - timm models (``forward_features`` / ``forward_head``): the input of ``global_pool`` when it is a
   module (ResNet, EfficientNet, MobileNet), else of ``head`` (ConvNeXt, RegNet, NFNet, ByobNet):
   what ``forward_features`` returns. Models whose features are channels-last (``output_fmt``
-  ``NHWC``: Swin) or token sequences (ViT: the head sees a pooled vector) have none.
+  ``NHWC``: Swin) hand the head [B, H, W, C]; it is permuted to [B, C, H, W]. Token sequences
+  (ViT: the head sees [B, T, D], no grid) have none.
 - torchvision models with an ``avgpool`` module (ResNet, MobileNet, EfficientNet, VGG, ...):
   its input.
 
@@ -27,22 +28,24 @@ from .cnn2d import Cnn2d
 from .layers import library_model
 
 
-def map_layer(model: nn.Module) -> tuple[nn.Module, bool] | None:
-    """(module, True when the map is its input / False when it is its output), or None."""
+def map_layer(model: nn.Module) -> tuple[nn.Module, bool, bool] | None:
+    """(module, True when the map is its input / False when it is its output, True when the map
+    is channels-last [B, H, W, C]), or None."""
     inner, _ = library_model(model)
     if isinstance(inner, Cnn2d):
-        return inner.features, False
+        return inner.features, False, False
     if callable(getattr(inner, "forward_features", None)) and callable(getattr(inner, "forward_head", None)):
-        if getattr(inner, "output_fmt", "NCHW") != "NCHW":  # e.g. Swin: [B, H, W, C]
+        channels_last = getattr(inner, "output_fmt", "NCHW") == "NHWC"  # e.g. Swin: [B, H, W, C]
+        if getattr(inner, "output_fmt", "NCHW") not in ("NCHW", "NHWC"):
             return None
         for name in ("global_pool", "head"):
             module = getattr(inner, name, None)
             if isinstance(module, nn.Module):
-                return module, True
+                return module, True, channels_last
         return None
     pool = getattr(inner, "avgpool", None)
     if isinstance(pool, nn.Module):  # torchvision
-        return pool, True
+        return pool, True, False
     return None
 
 
@@ -54,7 +57,7 @@ class FeatureMap:
         found = map_layer(model)
         if found is None:
             raise ValueError(f"{type(library_model(model)[0]).__name__} has no known 2-D feature map")
-        module, is_input = found
+        module, is_input, self.channels_last = found
         self.value: torch.Tensor | None = None
         if is_input:
             self._handle = module.register_forward_pre_hook(self._pre_hook)
@@ -62,10 +65,13 @@ class FeatureMap:
             self._handle = module.register_forward_hook(self._hook)
 
     def _pre_hook(self, module, args):
-        self.value = args[0]
+        self.value = self._nchw(args[0])
 
     def _hook(self, module, args, output):
-        self.value = output
+        self.value = self._nchw(output)
+
+    def _nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2) if self.channels_last and x.dim() == 4 else x  # [B, H, W, C] -> [B, C, H, W]
 
     def remove(self) -> None:
         self._handle.remove()
