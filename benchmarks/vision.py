@@ -7,7 +7,8 @@ sample), (d) the same with the confidence aggregator. Every run goes through the
 (mean ± std over seeds) and the distillation stage's examples per second, live vs cached.
 
     python benchmarks/vision.py                      # 3 seeds; results in benchmarks/results/vision.{json,md}
-    python benchmarks/vision.py --seeds 0 --steps 100    # a quick look
+    python benchmarks/vision.py --seeds 0 --steps 100 --teacher-steps 100   # a quick look
+    python benchmarks/vision.py --part views --views 32   # the cached arms with 32 recorded views; vision_views.*
     python benchmarks/vision.py --part tas           # TAS, CNN -> ViT and ViT -> CNN; results in vision_tas.*
     python benchmarks/vision.py --part overhead      # mtkd vs a hand-written loop; results in vision_overhead.*
 """

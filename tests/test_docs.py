@@ -108,7 +108,7 @@ ELSEWHERE = {
     "mtkd list --models timm": "needs the vision extra; tests/test_model_sources.py runs it",
     "mtkd run configs/digits-vision.yaml --out runs/vision": "needs the vision extra; tests/test_model_sources.py "
         "and tests/test_augment_views.py run the same sources, augmentation and view cache on tiny models",
-    "python benchmarks/vision.py --seeds 0 --steps 20 --out runs/vision-bench": "a benchmark (about 10 minutes on "
+    "python benchmarks/vision.py --seeds 0 --steps 20 --teacher-steps 20 --out runs/vision-bench": "a benchmark (about 2 minutes on "
         "a loaded 2-core machine); needs the vision extra",
 }
 # python blocks that are not run here: the README's quickstart is run by test_readme.py
