@@ -225,6 +225,17 @@ def overhead_part(args) -> None:
     combine(args.out)
 
 
+def trained_in(run_dir: Path, teachers: list[dict]) -> list[dict]:
+    """Teacher entries reading the checkpoints that the run in ``run_dir`` trained."""
+    return [{"name": t["name"], "checkpoint": str(run_dir / "teachers" / f"{t['name']}.pt")} for t in teachers]
+
+
+def from_cache(seed: int, base: Path, name: str, args, teachers: list[dict], **distill) -> tuple[dict, dict]:
+    """A student distilled from the view cache under ``base / "cache"`` (args.views recorded views)."""
+    return run(config(seed, base / name, args.steps, teachers, cache="always", cache_views=args.views,
+                      cache_dir=str(base / "cache"), **distill))
+
+
 def views_part(args) -> None:
     """The view cache with ``args.views`` recorded views per sample, per seed: the same teachers as
     the kd part (same seed, same training), then the student from the cache with the mean and the
@@ -236,12 +247,9 @@ def views_part(args) -> None:
         for seed in args.seeds:
             base = Path(tmp) / f"s{seed}"
             teachers = [to_train(spec, name, args.teacher_steps) for name, spec in TEACHERS]
-            cached, _ = run(config(seed, base / "cached", args.steps, teachers, cache="always",
-                                   cache_views=args.views, cache_dir=str(base / "cache")))
-            trained = [{"name": t["name"], "checkpoint": str(base / "cached" / "teachers" / f"{t['name']}.pt")}
-                       for t in teachers]
-            confident, _ = run(config(seed, base / "confidence", args.steps, trained, cache="always",
-                                      cache_views=args.views, cache_dir=str(base / "cache"), aggregator="confidence"))
+            cached, _ = from_cache(seed, base, "cached", args, teachers)  # trains the teachers first
+            confident, _ = from_cache(seed, base, "confidence", args, trained_in(base / "cached", teachers),
+                                      aggregator="confidence")
             row = {"seed": seed, "teachers": {t["name"]: t["accuracy"] for t in cached["teachers"]},
                    "kd_views": cached["student"]["accuracy"], "kd_views_confidence": confident["student"]["accuracy"]}
             rows.append(row)
@@ -317,13 +325,10 @@ def main() -> None:
             base = Path(tmp) / f"s{seed}"
             teachers = [to_train(spec, name, args.teacher_steps) for name, spec in TEACHERS]
             live, live_stages = run(config(seed, base / "live", args.steps, teachers, baseline=True))
-            trained = [{"name": t["name"], "checkpoint": str(base / "live" / "teachers" / f"{t['name']}.pt")}
-                       for t in teachers]
-            cached, cached_stages = run(config(seed, base / "cached", args.steps, trained, cache="always",
-                                               cache_views=args.views, cache_dir=str(base / "cache")))
+            trained = trained_in(base / "live", teachers)
+            cached, cached_stages = from_cache(seed, base, "cached", args, trained)
             # the same recorded views and cache entries, weighted per sample by the teachers' confidence
-            confident, _ = run(config(seed, base / "confidence", args.steps, trained, cache="always",
-                                      cache_views=args.views, cache_dir=str(base / "cache"), aggregator="confidence"))
+            confident, _ = from_cache(seed, base, "confidence", args, trained, aggregator="confidence")
             row = {"seed": seed,
                    "teachers": {t["name"]: t["accuracy"] for t in live["teachers"]},
                    "ensemble": live["ensemble"]["accuracy"] if "ensemble" in live else None,
