@@ -97,26 +97,44 @@ def tas_part(args) -> None:
     write_tas(rows, args, time.perf_counter() - started)
 
 
-def write_tas(rows: list[dict], args, wall: float) -> None:
+def mean_std(vals: list[float]) -> str:
+    """'mean ± sample standard deviation' of accuracies in % (0 for a single seed)."""
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1f}"
+
+
+def save_rows(args, part: str, rows: list[dict], wall: float) -> Path:
+    """vision_PART.json beside ``args.out``: the arguments, the per-seed rows and the wall time;
+    returns the path without suffix, for the part's .md."""
     args.seeds = [r["seed"] for r in rows]
-    out = args.out.with_name(args.out.name + "_tas")
+    out = args.out.with_name(f"{args.out.name}_{part}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                     "rows": rows, "wall_s": round(wall, 1)}, indent=1))
-    lines = [f"digits 16x16, augmented; teachers {args.teacher_steps} steps, students {args.steps} steps (batch 64, "
-             f"Adam, lr {CNN_LR:g} for CNNs, {VIT_LR:g} for ViTs, students warmed up over {WARMUP} steps); seeds "
-             f"{args.seeds}; test accuracy %, mean ± std", "", "| pair | teacher | student alone | KD (mean) | TAS |", "|---|---:|---:|---:|---:|"]
-    for pair, label in (("cnn_to_vit", f"{CNN['arch']} -> {STUDENT['arch']}"),
-                        ("vit_to_cnn", f"{VIT_TEACHER['arch']} -> {CNN['arch']}")):
-        cells = []
-        for key in ("teacher", "scratch", "kd", "tas"):
-            vals = [100 * r[pair][key] for r in rows]
-            cells.append(f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"wall time {wall:.0f} s (summed over the runs)"]
+    return out
+
+
+def publish(out: Path, lines: list[str], page: Path) -> None:
+    """The part's table in ``out``.md, printed, and the combined page ``page``.{md,json} rewritten."""
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    combine(args.out)
+    combine(page)
+
+
+def settings_line(args) -> str:
+    return (f"digits 16x16, augmented; teachers {args.teacher_steps} steps, students {args.steps} steps (batch 64, "
+            f"Adam, lr {CNN_LR:g} for CNNs, {VIT_LR:g} for ViTs, students warmed up over {WARMUP} steps); seeds "
+            f"{args.seeds}; test accuracy %, mean ± std")
+
+
+def write_tas(rows: list[dict], args, wall: float) -> None:
+    out = save_rows(args, "tas", rows, wall)
+    lines = [settings_line(args), "", "| pair | teacher | student alone | KD (mean) | TAS |", "|---|---:|---:|---:|---:|"]
+    for pair, label in (("cnn_to_vit", f"{CNN['arch']} -> {STUDENT['arch']}"),
+                        ("vit_to_cnn", f"{VIT_TEACHER['arch']} -> {CNN['arch']}")):
+        cells = [mean_std([100 * r[pair][key] for r in rows]) for key in ("teacher", "scratch", "kd", "tas")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"wall time {wall:.0f} s (summed over the runs)"]
+    publish(out, lines, args.out)
 
 
 # Real small models for the speed table (randomly initialised: the time of a step does not depend on
@@ -220,9 +238,7 @@ def overhead_part(args) -> None:
                           f"{t['overhead_min']:.3f}x (minimums); goal <= 1.02x"]
         lines += ["", f"augmented batches, live teachers / view cache: {t['cached_speedup']:.2f}x faster per step from "
                       f"the cache (medians), {t['cached_speedup_min']:.2f}x (minimums); goal >= 3x"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    combine(args.out)
+    publish(out, lines, args.out)
 
 
 def trained_in(run_dir: Path, teachers: list[dict]) -> list[dict]:
@@ -259,24 +275,17 @@ def views_part(args) -> None:
 
 def write_views(rows: list[dict], args, wall: float) -> None:
     rows = [{k: v for k, v in r.items() if k != "cache_build_s"} for r in rows]  # an early version's empty field
-    args.seeds = [r["seed"] for r in rows]
-    out = args.out.with_name(args.out.name + "_views")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                    "rows": rows, "wall_s": round(wall, 1)}, indent=1))
+    out = save_rows(args, "views", rows, wall)
 
     def ms(key):
-        vals = [100 * r[key] for r in rows]
-        return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1f}"
+        return mean_std([100 * r[key] for r in rows])
 
     lines = [f"the kd part's teachers and settings; {args.views} recorded views per sample; seeds {args.seeds}; "
              "test accuracy %, mean ± std", "", "| model | accuracy |", "|---|---:|",
              f"| student, KD (mean) from the view cache ({args.views} views) | {ms('kd_views')} |",
              f"| student, KD (confidence) from the view cache ({args.views} views) | {ms('kd_views_confidence')} |",
              "", f"wall time {wall:.0f} s (summed over the runs)"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    combine(args.out)
+    publish(out, lines, args.out)
 
 
 PARTS = (("kd", "Scratch, KD and the view cache"), ("views", "More recorded views"), ("tas", "TAS on CNN -> ViT and ViT -> CNN"),
@@ -343,35 +352,24 @@ def main() -> None:
 
 
 def write_kd(rows: list[dict], args, wall: float) -> None:
-    args.seeds = [r["seed"] for r in rows]
-
     def ms(key):
-        vals = [100 * r[key] for r in rows]
-        return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1f}"
+        return mean_std([100 * r[key] for r in rows])
 
-    ratio = [r["cached_examples_per_s"] / r["live_examples_per_s"] for r in rows]
-    out = args.out.with_name(args.out.name + "_kd")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                         "rows": rows, "wall_s": round(wall, 1)}, indent=1))
-    lines = [f"digits 16x16, augmented; teachers {args.teacher_steps} steps, students {args.steps} steps (batch 64, "
-             f"Adam, lr {CNN_LR:g} for CNNs, {VIT_LR:g} for ViTs, students warmed up over {WARMUP} steps); seeds "
-             f"{args.seeds}; test accuracy %, mean ± std", "", "| model | accuracy |", "|---|---:|"]
+    speedups = [r["cached_examples_per_s"] / r["live_examples_per_s"] for r in rows]
+    out = save_rows(args, "kd", rows, wall)
+    lines = [settings_line(args), "", "| model | accuracy |", "|---|---:|"]
     for name, spec in TEACHERS:
-        vals = [100 * r["teachers"][name] for r in rows]
-        lines.append(f"| teacher {name} ({spec['arch']}) | {statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.1f} |")
+        lines.append(f"| teacher {name} ({spec['arch']}) | {mean_std([100 * r['teachers'][name] for r in rows])} |")
     if all(r.get("ensemble") is not None for r in rows):
         lines.append(f"| ensemble of the teachers (mean of probabilities) | {ms('ensemble')} |")
     lines += [f"| student {STUDENT['arch']} alone | {ms('scratch')} |",
               f"| student, KD (mean) from live teachers | {ms('kd_live')} |",
               f"| student, KD (mean) from the view cache ({args.views} views) | {ms('kd_views')} |",
               f"| student, KD (confidence) from the view cache ({args.views} views) | {ms('kd_views_confidence')} |", "",
-              f"distillation examples/s, cached / live: {', '.join(f'{r:.2f}' for r in ratio)} "
-              f"(mean {statistics.mean(ratio):.2f}x; wall-clock on a shared machine)", "",
+              f"distillation examples/s, cached / live: {', '.join(f'{r:.2f}' for r in speedups)} "
+              f"(mean {statistics.mean(speedups):.2f}x; wall-clock on a shared machine)", "",
               f"wall time {wall:.0f} s (summed over the runs)"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    combine(args.out)
+    publish(out, lines, args.out)
 
 
 if __name__ == "__main__":
