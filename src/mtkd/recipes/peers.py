@@ -146,7 +146,7 @@ def cohort_features(recipe: str, names: Sequence[str], models: Sequence[nn.Modul
         missing = [n for n, s in zip(names, shapes) if s is None]
     if requested == "maps" and missing:
         raise ConfigError(f"recipe '{recipe}': features: maps, but {missing[0]} has no 2-D feature map "
-                          "[B, C, H, W] before its pooling (maps come from cnn2d and timm / torchvision CNNs); "
+                          "[B, C, H, W] before its pooling (maps come from cnn2d, timm CNNs and Swins, torchvision CNNs); "
                           "use features: auto or vectors")
     if requested == "vectors" or missing:
         captures = [PenultimateFeatures(m) for m in models]
