@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cnn2d import Cnn2d
-from .layers import library_model
+from .layers import channels_last_grids, library_model
 
 
 def map_layer(model: nn.Module) -> tuple[nn.Module, bool, bool] | None:
@@ -35,7 +35,7 @@ def map_layer(model: nn.Module) -> tuple[nn.Module, bool, bool] | None:
     if isinstance(inner, Cnn2d):
         return inner.features, False, False
     if callable(getattr(inner, "forward_features", None)) and callable(getattr(inner, "forward_head", None)):
-        channels_last = getattr(inner, "output_fmt", "NCHW") == "NHWC"  # e.g. Swin: [B, H, W, C]
+        channels_last = channels_last_grids(inner)  # e.g. Swin: [B, H, W, C]
         if getattr(inner, "output_fmt", "NCHW") not in ("NCHW", "NHWC"):
             return None
         for name in ("global_pool", "head"):

@@ -37,6 +37,12 @@ def library_model(model: nn.Module) -> tuple[nn.Module, str]:
     return model, prefix
 
 
+def channels_last_grids(model: nn.Module) -> bool:
+    """True when the model's 2-D grids are [B, H, W, C] between its blocks: timm models whose
+    ``output_fmt`` is NHWC (Swin). Wrappers are looked through."""
+    return getattr(library_model(model)[0], "output_fmt", "NCHW") == "NHWC"
+
+
 def layer_names(model: nn.Module) -> list[str]:
     inner, _ = library_model(model)
     return [name for name, _ in inner.named_modules() if name]
@@ -81,8 +87,7 @@ class LayerFeatures:
     def __init__(self, model: nn.Module, names: Iterable[str | None], where: str = "model"):
         self.values: dict[str | None, torch.Tensor] = {}
         self.modules: dict[str | None, nn.Module] = {}
-        # timm models whose 2-D grids are [B, H, W, C] between blocks (Swin) say so in output_fmt
-        self.channels_last = getattr(library_model(model)[0], "output_fmt", "NCHW") == "NHWC"
+        self.channels_last = channels_last_grids(model)
         self._handles = []
         for name in dict.fromkeys(names):  # unique, in order
             module = find_layer(model, name, where)

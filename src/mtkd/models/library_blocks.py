@@ -113,7 +113,7 @@ class _Head(nn.Module):
 
 def library_blocks(model: nn.Module):
     """``Blocks`` of a timm / torchvision classifier (see the module doc), or None for another model."""
-    from .layers import library_model
+    from .layers import channels_last_grids, library_model
     from .stages import Blocks, Stage
 
     inner, _ = library_model(model)
@@ -134,7 +134,7 @@ def library_blocks(model: nn.Module):
         units = _units(inner, names)
         last = max(i for i, (n, _) in enumerate(units) if n in names)
         # stages hand on [B, C, H, W], or [B, H, W, C] in models whose output_fmt says NHWC (Swin)
-        layout = "channels_last" if getattr(inner, "output_fmt", "NCHW") == "NHWC" else "channels"
+        layout = "channels_last" if channels_last_grids(inner) else "channels"
         body, current = [], list(convert)
         for n, m in units[:last + 1]:
             current.append(m)
